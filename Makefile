@@ -1,0 +1,39 @@
+# imagesim: two commands for a newcomer.
+#   make demo   set up, fetch the offline sample data, ingest it, run the main job, print where to look
+#   make test   set up and run the test suite
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+PYTHON ?= python3.11
+VENV ?= .venv
+PIP_FLAGS ?= --disable-pip-version-check --no-input --progress-bar off
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_FLAGS) -q --upgrade pip setuptools wheel 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@echo "Installing imagesim and its pinned dependencies into $(VENV) (torch is large: a few minutes the first time)"
+	$(BIN)/python -m pip install $(PIP_FLAGS) -q -e '.[dev]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(BIN)/python -c "import imagesim_pipeline, torch, torchvision, lightning, dagster; print('imagesim ready: torch', torch.__version__, 'torchvision', torchvision.__version__, 'dagster', dagster.__version__)"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/imagesim demo
+
+test: setup
+	$(BIN)/imagesim samples fetch
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/bench_discovery.py
+
+ui: setup
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(VENV) .dagster data/bucket

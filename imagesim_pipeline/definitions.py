@@ -1,0 +1,16 @@
+"""The Dagster code location of imagesim (loaded through ``workspace.yaml``)."""
+
+from dagster import Definitions, multiprocess_executor
+
+from imagesim_pipeline.orchestration.ard_assets import ard_tile
+from imagesim_pipeline.orchestration.jobs import cell_job
+from imagesim_pipeline.orchestration.resources import default_bucket_resource
+from imagesim_pipeline.orchestration.sensors import ard_delivery_sensor
+
+defs = Definitions(
+    assets=[ard_tile],
+    jobs=[cell_job],
+    sensors=[ard_delivery_sensor],
+    resources={"bucket": default_bucket_resource()},
+    executor=multiprocess_executor.configured({"max_concurrent": 2}),
+)

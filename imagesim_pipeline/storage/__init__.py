@@ -1,0 +1,12 @@
+"""Bucket storage: a local folder or S3, behind one interface."""
+
+from imagesim_pipeline.storage.bucket import (
+    Bucket,
+    LocalBucket,
+    ObjectInfo,
+    S3Bucket,
+    StorageError,
+    open_bucket,
+)
+
+__all__ = ["Bucket", "LocalBucket", "ObjectInfo", "S3Bucket", "StorageError", "open_bucket"]

@@ -1,0 +1,338 @@
+"""One storage layer for the imagesim bucket: a local folder or ``s3://bucket/prefix``.
+
+Every read and write of the bucket goes through :class:`Bucket`. Keys are ``/``-separated paths
+relative to the bucket root (``ard/33/120020223133/...``). Writes are atomic: a local write goes
+to a temporary name in the destination folder and is renamed into place; an S3 PUT (or a
+completed multipart upload) is atomic by nature. Readers therefore never see half an object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+
+class StorageError(RuntimeError):
+    """A bucket operation failed; the message names the URI and what to do."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object of a listing."""
+
+    key: str
+    size: int
+    modified: datetime
+
+
+def _clean_key(key: str) -> str:
+    key = key.replace("\\", "/").lstrip("/")
+    if any(part == ".." for part in key.split("/")):
+        raise StorageError(f"key {key!r} may not contain '..'")
+    return key
+
+
+class Bucket(ABC):
+    """A bucket root. Subclasses implement the primitive operations for one backend."""
+
+    uri: str
+
+    def url(self, key: str) -> str:
+        """The full URI of ``key`` (for messages and metadata)."""
+        return f"{self.uri.rstrip('/')}/{_clean_key(key)}"
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` (recursively), in no guaranteed order."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` to ``key`` atomically, replacing any previous object."""
+
+    @abstractmethod
+    def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
+        """Copy a local file to ``key`` atomically."""
+
+    @abstractmethod
+    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting a missing key is not an error."""
+
+    @abstractmethod
+    def gdal_path(self, key: str) -> str:
+        """A path that GDAL/rasterio opens directly (a file path, or ``/vsis3/...``)."""
+
+    def gdal_options(self) -> dict[str, Any]:
+        """GDAL configuration options needed to open :meth:`gdal_path` (see :meth:`rasterio_env`)."""
+        return {}
+
+    def rasterio_env(self) -> "contextlib.AbstractContextManager[Any]":
+        """A ``rasterio.Env`` configured to read this bucket's :meth:`gdal_path` values."""
+        import rasterio
+
+        return rasterio.Env(**self.gdal_options())
+
+    # --- conveniences built on the primitives --------------------------------------------------
+    def read_text(self, key: str) -> str:
+        return self.read_bytes(key).decode("utf-8")
+
+    def write_text(self, key: str, text: str) -> None:
+        self.write_bytes(key, text.encode("utf-8"))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many were deleted."""
+        keys = [obj.key for obj in self.list(prefix)]
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
+    @contextlib.contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        """A local file holding ``key``'s bytes for the duration of the block."""
+        with tempfile.TemporaryDirectory(prefix="imagesim-") as tmp:
+            path = Path(tmp) / Path(key).name
+            self.download_file(key, path)
+            yield path
+
+
+class LocalBucket(Bucket):
+    """A bucket that is a folder on the local file system."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _clean_key(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        prefix = _clean_key(prefix)
+        # Walk from the deepest folder the prefix names, then filter on the full prefix.
+        folder = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not folder.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            rel_dir = "" if rel_dir == "." else rel_dir + "/"
+            for name in sorted(filenames):
+                if name.startswith(".imagesim-tmp-"):
+                    continue  # an atomic write in flight (or one that crashed)
+                key = rel_dir + name
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    stat = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue  # deleted while we listed
+                yield ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+
+    def read_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"{self.url(key)} does not exist") from None
+
+    @contextlib.contextmanager
+    def _atomic_target(self, key: str) -> Iterator[Path]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".imagesim-tmp-{uuid.uuid4().hex}-{path.name}"
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self._atomic_target(key) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
+        with self._atomic_target(key) as tmp:
+            shutil.copyfile(local_path, tmp)
+
+    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        try:
+            shutil.copyfile(self._path(key), local_path)
+        except FileNotFoundError:
+            raise StorageError(f"{self.url(key)} does not exist") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def gdal_path(self, key: str) -> str:
+        return str(self._path(key))
+
+    @contextlib.contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        path = self._path(key)
+        if not path.is_file():
+            raise StorageError(f"{self.url(key)} does not exist")
+        yield path
+
+
+class S3Bucket(Bucket):
+    """A bucket on S3 or an S3-compatible server, ``s3://bucket[/prefix]``.
+
+    ``client`` is a boto3 S3 client (on the Dagster side, from dagster-aws's ``S3Resource``).
+    ``endpoint_url`` names a custom S3-compatible endpoint; it is also handed to GDAL so that
+    ``/vsis3/`` paths reach the same server.
+    """
+
+    def __init__(self, uri: str, client: Any = None, endpoint_url: str | None = None):
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise StorageError(f"{uri!r} is not an s3://bucket/prefix URI")
+        self.uri = uri.rstrip("/")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+            "AWS_ENDPOINT_URL"
+        )
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3", endpoint_url=self.endpoint_url)
+        self.client = client
+
+    def _key(self, key: str) -> str:
+        key = _clean_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, action: str, key: str, exc: Exception) -> StorageError:
+        return StorageError(
+            f"{action} {self.url(key)} failed: {exc}. Check the bucket name, the credentials "
+            "(AWS_PROFILE / AWS_ACCESS_KEY_ID) and, for an S3-compatible server, AWS_ENDPOINT_URL."
+        )
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["LastModified"])
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error("listing", prefix, exc) from exc
+
+    def read_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise StorageError(f"{self.url(key)} does not exist") from None
+            raise self._error("reading", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._error("reading", key, exc) from exc
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error("writing", key, exc) from exc
+
+    def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.upload_file(str(local_path), self.bucket, self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error("uploading", key, exc) from exc
+
+    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(local_path))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise StorageError(f"{self.url(key)} does not exist") from None
+            raise self._error("downloading", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._error("downloading", key, exc) from exc
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise self._error("checking", key, exc) from exc
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error("deleting", key, exc) from exc
+
+    def gdal_path(self, key: str) -> str:
+        return f"/vsis3/{self.bucket}/{self._key(key)}"
+
+    def gdal_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+        credentials = self.client._request_signer._credentials  # boto3's resolved credentials
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            options["AWS_ACCESS_KEY_ID"] = frozen.access_key
+            options["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
+            if frozen.token:
+                options["AWS_SESSION_TOKEN"] = frozen.token
+        region = self.client.meta.region_name
+        if region:
+            options["AWS_REGION"] = region
+        if self.endpoint_url:
+            endpoint = urlparse(self.endpoint_url)
+            options["AWS_S3_ENDPOINT"] = endpoint.netloc
+            options["AWS_HTTPS"] = "YES" if endpoint.scheme == "https" else "NO"
+            options["AWS_VIRTUAL_HOSTING"] = "FALSE"
+        return options
+
+
+def open_bucket(uri: str | os.PathLike[str] | None = None, *, client: Any = None,
+                endpoint_url: str | None = None) -> Bucket:
+    """The bucket at ``uri`` (default: the ``IMAGESIM_BUCKET`` setting)."""
+    from imagesim_pipeline.settings import bucket_uri
+
+    uri = str(uri) if uri is not None else bucket_uri()
+    if uri.startswith("s3://"):
+        return S3Bucket(uri, client=client, endpoint_url=endpoint_url)
+    if "://" in uri and not uri.startswith("file://"):
+        raise StorageError(f"unsupported bucket URI {uri!r}: use a folder path or s3://bucket/prefix")
+    return LocalBucket(uri.removeprefix("file://"))
