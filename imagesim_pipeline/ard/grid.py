@@ -11,7 +11,8 @@ Facts (see the design notes):
 * Cells whose quadkey starts with 2 or 3 lie south of the equator: they are delivered in
   EPSG:327zz, where the true northing is the grid y + 10 000 000.
 
-A cell id is ``Z{zone:02d}-{quadkey}``; its path form is ``{zone}/{quadkey}``.
+A cell id is ``Z{zone:02d}-{quadkey}``; its path form is ``{zone:02d}/{quadkey}`` (as in
+``maxar-ard-grid``'s ``tile_id``); parsing accepts an unpadded zone too.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import shapely
 from pyproj import CRS, Transformer
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform as shapely_transform
 
 MAP_SIZE = 10_240_000
 FALSE_EASTING = 500_000
@@ -99,7 +99,8 @@ class ArdCell:
 
     @property
     def path(self) -> str:
-        return f"{self.zone}/{self.quadkey}"
+        """The path form used in bucket keys, ``33/120020223133`` (zone zero-padded: ``05/...``)."""
+        return f"{self.zone:02d}/{self.quadkey}"
 
     def __str__(self) -> str:
         return self.id
@@ -164,7 +165,7 @@ class ArdCell:
     def wgs84_geometry(self) -> BaseGeometry:
         """The cell outline in WGS84 (edges densified, so curved meridians are followed)."""
         outline = shapely.segmentize(self.geometry, self.size / 16)
-        return shapely_transform(_to_wgs84(self.epsg), outline)
+        return _reproject(_to_wgs84(self.epsg), outline)
 
     # --- hierarchy --------------------------------------------------------------------------
     @property
@@ -194,6 +195,11 @@ class ArdCell:
 
     def contains(self, other: "ArdCell") -> bool:
         return self.zone == other.zone and other.quadkey.startswith(self.quadkey)
+
+
+def _reproject(fn, geometry: BaseGeometry) -> BaseGeometry:
+    """Apply a pyproj ``transform(x, y)`` function to every coordinate of ``geometry``."""
+    return shapely.transform(geometry, fn, interleaved=False)
 
 
 # --- covering -------------------------------------------------------------------------------
@@ -250,12 +256,16 @@ def cells_covering(geometry: BaseGeometry, crs: str | int | CRS, zoom: int = TIL
         return []
     if not 1 <= zoom <= MAX_ZOOM:
         raise GridError(f"zoom {zoom} must be in 1..{MAX_ZOOM}")
-    crs_text = CRS.from_user_input(crs).to_wkt()
+    crs_obj = CRS.from_user_input(crs)
+    crs_text = crs_obj.to_wkt()
+    # A geometry already in a UTM zone's CRS maps into that zone's grid frame exactly.
+    native_zone = int(crs_obj.utm_zone[:-1]) if crs_obj.utm_zone else None
+    native_offset = -SOUTH_FALSE_NORTHING if crs_obj.utm_zone and crs_obj.utm_zone.endswith("S") else 0
     # Densify before reprojecting so long straight edges bend the way they should.
     minx, miny, maxx, maxy = geometry.bounds
     span = max(maxx - minx, maxy - miny)
     dense = shapely.segmentize(geometry, span / 64) if span > 0 else geometry
-    wgs84 = shapely_transform(_transformer(crs_text, 4326).transform, dense)
+    wgs84 = _reproject(_transformer(crs_text, 4326).transform, dense)
     if not wgs84.is_valid:
         wgs84 = shapely.make_valid(wgs84)
     west, south, east, north = wgs84.bounds
@@ -266,10 +276,14 @@ def cells_covering(geometry: BaseGeometry, crs: str | int | CRS, zoom: int = TIL
     cells: list[ArdCell] = []
     for zone in range(zone_of_longitude(west - pad), zone_of_longitude(east + pad) + 1):
         band_west = -180 + (zone - 1) * 6
-        part = wgs84.intersection(box(band_west - pad, -90, band_west + 6 + pad, 90))
-        if part.is_empty:
-            continue
-        part_utm = shapely_transform(_transformer(_WGS84_WKT, _north_utm_epsg(zone)).transform, part)
+        band = box(band_west - pad, -90, band_west + 6 + pad, 90)
+        if zone == native_zone and band.contains(wgs84):
+            part_utm = shapely.transform(geometry, lambda xy: xy + (0, native_offset))
+        else:
+            part = wgs84.intersection(band)
+            if part.is_empty:
+                continue
+            part_utm = _reproject(_transformer(_WGS84_WKT, _north_utm_epsg(zone)).transform, part)
         for cell in _cells_in_frame(part_utm, zone, zoom, size):
             if in_zone_grid(cell):
                 cells.append(cell)

