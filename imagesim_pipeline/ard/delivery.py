@@ -51,6 +51,21 @@ class DeliveryError(ValueError):
     """A delivered file is unusable; the message names the key and the reason."""
 
 
+def tiff_data_end(src: rasterio.DatasetReader) -> int:
+    """The byte just past the last full-resolution block of a tiled TIFF (0 if unknown).
+
+    A COG stores its overviews first and its full-resolution blocks last, so comparing this
+    with the object's size catches a truncated upload from the headers alone.
+    """
+    end = 0
+    for (row, col), _ in src.block_windows(1):
+        offset = src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=1)
+        if offset:
+            size = src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=1)
+            end = max(end, int(offset) + int(size or 0))
+    return end
+
+
 def _footprint_from_mask(bucket: Bucket, key: str, cell_geom) -> object:
     import geopandas as gpd
 
@@ -78,6 +93,13 @@ def summarise_acquisition(bucket: Bucket, acq: Acquisition) -> AcquisitionSummar
             if b.left < xmin - tol or b.right > xmax + tol or b.bottom < ymin - tol or b.top > ymax + tol:
                 raise DeliveryError(f"{bucket.url(key)}: bounds {tuple(round(v) for v in b)} fall outside "
                                     f"cell {cell.id} {tuple(round(v) for v in cell.bounds)}")
+            # Decoding the coarsest overview is cheap and fails on a file cut before its data.
+            factor = (src.overviews(1) or [1])[-1]
+            src.read(1, out_shape=(max(1, src.height // factor), max(1, src.width // factor)))
+            tiff_end = tiff_data_end(src)
+            if tiff_end > acq.sizes.get("visual", tiff_end):
+                raise DeliveryError(f"{bucket.url(key)}: truncated: its image data runs to byte {tiff_end} "
+                                    f"but the file has {acq.sizes['visual']} bytes; deliver it again")
             width, height, res = src.width, src.height, src.res[0]
             image_box = box(*src.bounds)
     except RasterioError as exc:

@@ -126,11 +126,22 @@ def parse_cell_folder(zone: str, quadkey: str) -> ArdCell:
     return cell
 
 
+def _parse_day(day: str) -> date | str:
+    """The date of a ``YYYY-MM-DD`` folder, or the reason it is not one."""
+    if not _DATE_RE.match(day):
+        return f"date folder {day!r} is not YYYY-MM-DD"
+    try:
+        return date.fromisoformat(day)
+    except ValueError:
+        return f"date folder {day!r} is not a calendar date"
+
+
 def discover(listing: Iterable[ObjectInfo]) -> Discovery:
     """Group a listing of ``ard/`` into cells and acquisitions; report malformed entries."""
     result = Discovery()
     cell_cache: dict[tuple[str, str], ArdCell | GridError] = {}
     acquisitions: dict[tuple[str, str, str], Acquisition] = {}
+    date_cache: dict[str, date | str] = {}
     for obj in listing:
         key = obj.key
         if not key.startswith(ARD_PREFIX):
@@ -161,13 +172,11 @@ def discover(listing: Iterable[ObjectInfo]) -> Discovery:
             result.problems.append(Problem(key, "nested too deep: expected <cell>/<date>/<file>"))
             continue
         day, name = parts[2], parts[3]
-        if not _DATE_RE.match(day):
-            result.problems.append(Problem(key, f"date folder {day!r} is not YYYY-MM-DD"))
-            continue
-        try:
-            when = date.fromisoformat(day)
-        except ValueError:
-            result.problems.append(Problem(key, f"date folder {day!r} is not a calendar date"))
+        when = date_cache.get(day)
+        if when is None:
+            when = date_cache[day] = _parse_day(day)
+        if isinstance(when, str):
+            result.problems.append(Problem(key, when))
             continue
         for suffix, kind in ASSET_SUFFIXES.items():
             if name.endswith(suffix):

@@ -50,6 +50,6 @@ def run_cells(cell_ids: list[str] | None = None, job_name: str = "cell_job",
         if not result.success:
             failures.append(cell_id)
             for event in result.all_events:
-                if event.is_failure and event.step_failure_data:
+                if event.is_step_failure:
                     progress(f"      {event.step_failure_data.error.message.strip().splitlines()[0]}")
     return failures

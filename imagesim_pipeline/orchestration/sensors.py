@@ -33,7 +33,9 @@ def ard_delivery_sensor(context: SensorEvaluationContext, bucket: BucketResource
         newest = modified if newest is None or modified > newest else newest
         if cell_id not in existing:
             new_cells.append(cell_id)
-        elif since is not None and modified > since:
+        elif since is not None and modified >= since:
+            # '>=': a file landing in the same instant as the last tick is not missed; the run
+            # key (content fingerprint) keeps an unchanged cell from running twice.
             changed_cells.append(cell_id)
     if not new_cells and not changed_cells:
         return SkipReason(f"no new or changed deliveries among {len(found.cells)} cells")

@@ -1,0 +1,50 @@
+"""The imagesim command: every subcommand has help, and errors say what to do."""
+
+from __future__ import annotations
+
+import pytest
+
+from imagesim_pipeline.cli import build_parser, main
+
+SUBCOMMANDS = ["ingest", "discover", "materialize", "samples", "grid", "demo"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: imagesim " + command in capsys.readouterr().out
+
+
+def test_parser_knows_every_subcommand():
+    parser = build_parser()
+    choices = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(choices) == set(SUBCOMMANDS)
+
+
+def test_grid_describes_a_cell(capsys):
+    assert main(["grid", "Z33-120020223133"]) == 0
+    out = capsys.readouterr().out
+    assert '"epsg": 32633' in out and '"size_m": 5000.0' in out
+
+
+def test_grid_rejects_a_bad_id(capsys):
+    assert main(["grid", "Z77-1200"]) == 2
+    assert "outside 1..60" in capsys.readouterr().err
+
+
+def test_discover_on_an_empty_bucket_says_what_to_do(tmp_path, capsys):
+    assert main(["discover", "--bucket", str(tmp_path), "--no-register"]) == 1
+    assert "imagesim ingest" in capsys.readouterr().err
+
+
+def test_ingest_reports_bad_files_and_goes_on(tmp_path, samples, capsys):
+    bad = tmp_path / "bad.tif"
+    bad.write_text("nope")
+    code = main(["ingest", str(bad), str(samples["sample_geotiff.tif"]), "--bucket", str(tmp_path / "b"),
+                 "--catalog-id", "S1", "--date", "2020-02-02"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "bad.tif: cannot be opened as a raster" in captured.err
+    assert "wrote 2 cell(s)" in captured.out
