@@ -16,7 +16,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(PIP_FLAGS) -q --upgrade pip setuptools wheel 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@# pip is pinned: pip >= 24.1 rejects the metadata of solaris 0.4.0, whose wheel holds a sample image.
+	$(BIN)/python -m pip install $(PIP_FLAGS) -q "pip==24.0" setuptools wheel 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@echo "Installing imagesim and its pinned dependencies into $(VENV) (torch is large: a few minutes the first time)"
 	$(BIN)/python -m pip install $(PIP_FLAGS) -q -e '.[dev]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	$(BIN)/python -c "import imagesim_pipeline, torch, torchvision, lightning, dagster; print('imagesim ready: torch', torch.__version__, 'torchvision', torchvision.__version__, 'dagster', dagster.__version__)"
@@ -33,7 +34,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_discovery.py
 
 ui: setup
-	$(BIN)/dagster dev -w workspace.yaml
+	mkdir -p .dagster && { test -f .dagster/dagster.yaml || cp dagster.yaml .dagster/; }
+	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:
 	rm -rf $(VENV) .dagster data/bucket

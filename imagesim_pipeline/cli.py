@@ -28,6 +28,12 @@ def _parse_date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date") from None
 
 
+def _parse_zone(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UTM zone number 1-60")
+    return int(text)
+
+
 def _parse_bounds(text: str) -> tuple[float, float, float, float]:
     try:
         west, south, east, north = (float(v) for v in text.split(","))
@@ -61,7 +67,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from imagesim_pipeline.storage import open_bucket
 
     bucket = open_bucket(args.bucket)
-    prefix = f"ard/{int(args.zone)}/" if args.zone else "ard/"
+    prefix = f"ard/{args.zone:02d}/" if args.zone else "ard/"
     started = time.perf_counter()
     found = discover_bucket(bucket, prefix)
     elapsed = time.perf_counter() - started
@@ -176,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Scan ard/ for cells and acquisitions; malformed entries are reported, "
                                    "and the found cells are added to the 'ard_cells' Dagster partitions.")
     p.add_argument("--bucket", help=bucket_help)
-    p.add_argument("--zone", help="only this UTM zone")
+    p.add_argument("--zone", type=_parse_zone, help="only this UTM zone (1-60)")
     p.add_argument("--no-register", dest="register", action="store_false",
                    help="only list; do not add partitions to the Dagster instance")
     p.add_argument("--json", action="store_true", help="print the delivery as JSON")

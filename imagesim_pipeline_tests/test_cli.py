@@ -39,6 +39,14 @@ def test_discover_on_an_empty_bucket_says_what_to_do(tmp_path, capsys):
     assert "imagesim ingest" in capsys.readouterr().err
 
 
+def test_discover_one_zone_uses_the_padded_folder(bucket_copy, capsys):
+    assert main(["discover", "--bucket", str(bucket_copy), "--zone", "16", "--no-register"]) == 0
+    out = capsys.readouterr().out
+    assert "Z16-" in out and "Z31-" not in out
+    with pytest.raises(SystemExit):
+        main(["discover", "--zone", "61"])
+
+
 def test_ingest_reports_bad_files_and_goes_on(tmp_path, samples, capsys):
     bad = tmp_path / "bad.tif"
     bad.write_text("nope")

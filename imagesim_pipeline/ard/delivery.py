@@ -108,15 +108,16 @@ def summarise_acquisition(bucket: Bucket, acq: Acquisition) -> AcquisitionSummar
     if "data-mask" in acq.assets:
         try:
             footprint = _footprint_from_mask(bucket, acq.assets["data-mask"], cell.geometry)
-        except (StorageError, RasterioError, ValueError, OSError) as exc:
+        except (StorageError, RasterioError, ValueError, OSError, RuntimeError) as exc:  # pyogrio: RuntimeError
             raise DeliveryError(f"{bucket.url(acq.assets['data-mask'])}: unreadable data mask ({exc})") from None
     valid_fraction = None
     if "stac" in acq.assets:
         try:
             item = json.loads(bucket.read_text(acq.assets["stac"]))
-            valid_fraction = item.get("properties", {}).get("valid_fraction")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DeliveryError(f"{bucket.url(acq.assets['stac'])}: STAC item is not valid JSON ({exc})") from None
+            value = item.get("properties", {}).get("valid_fraction")
+            valid_fraction = None if value is None else float(value)
+        except (StorageError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise DeliveryError(f"{bucket.url(acq.assets['stac'])}: unreadable STAC item ({exc})") from None
     if valid_fraction is None:
         valid_fraction = footprint.area / cell.geometry.area
     return AcquisitionSummary(acq.catalog_id, acq.date.isoformat(), width, height, res, acq.bytes,

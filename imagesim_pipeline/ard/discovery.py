@@ -121,6 +121,8 @@ def parse_cell_folder(zone: str, quadkey: str) -> ArdCell:
     if not zone.isdigit():
         raise GridError(f"zone folder {zone!r} is not a number")
     cell = ArdCell.parse(f"{int(zone)}/{quadkey}")
+    if zone != f"{cell.zone:02d}":
+        raise GridError(f"zone folder {zone!r} should be written {cell.zone:02d} (zero-padded)")
     if cell.zoom != TILE_ZOOM:
         raise GridError(f"quadkey {quadkey!r} has {cell.zoom} digits, a delivery cell has {TILE_ZOOM}")
     return cell

@@ -316,4 +316,4 @@ def _cells_in_frame(geom: BaseGeometry, zone: int, zoom: int, size: float) -> li
     hits = shapely.intersects(geom, boxes)
     # A cell that only touches the geometry along an edge does not cover any of it.
     hits[hits] = ~shapely.touches(geom, boxes[hits])
-    return [ArdCell.from_tile(zone, int(x), int(y), zoom) for x, y in zip(xs[hits], ys[hits])]
+    return [ArdCell.from_tile(zone, int(x), int(y), zoom) for x, y in zip(xs[hits], ys[hits], strict=True)]

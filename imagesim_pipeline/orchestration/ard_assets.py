@@ -31,7 +31,7 @@ def _acquisition_table(summary) -> str:
 @asset(
     partitions_def=ard_cells,
     group_name="ard",
-    kinds={"geotiff", "s3"},
+    kinds={"geotiff"},
     check_specs=[AssetCheckSpec("delivery_readable", asset="ard_tile",
                                 description="Every acquisition's visual COG opens, is 3-band uint8 in the "
                                             "cell's CRS and lies inside the cell")],

@@ -1,7 +1,7 @@
 """The delivery sensor: register newly delivered cells as partitions and request their runs."""
 
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from dagster import (
     DefaultSensorStatus,
@@ -17,6 +17,8 @@ from imagesim_pipeline.orchestration.jobs import cell_job
 from imagesim_pipeline.orchestration.partitions import ard_cells
 from imagesim_pipeline.orchestration.resources import BucketResource
 
+LOOKBACK = timedelta(hours=1)
+
 
 @sensor(job=cell_job, minimum_interval_seconds=120, default_status=DefaultSensorStatus.RUNNING,
         description="Scans ard/ in the bucket; adds new level-12 cells as partitions and runs the cell job "
@@ -27,15 +29,16 @@ def ard_delivery_sensor(context: SensorEvaluationContext, bucket: BucketResource
         context.log.warning(f"malformed delivery entry: {problem}")
     existing = set(context.instance.get_dynamic_partitions(ard_cells.name))
     since = datetime.fromisoformat(context.cursor) if context.cursor else None
+    # Look back a while: an S3 multipart upload's LastModified is when it *started*, so a large
+    # COG that finished after the last tick may carry an older time. Run keys drop repeats.
+    recent = since - LOOKBACK if since else None
     new_cells, changed_cells, newest = [], [], since
     for cell_id, delivery in sorted(found.cells.items()):
         modified = max(a.modified for a in delivery.acquisitions if a.modified)
         newest = modified if newest is None or modified > newest else newest
         if cell_id not in existing:
             new_cells.append(cell_id)
-        elif since is not None and modified >= since:
-            # '>=': a file landing in the same instant as the last tick is not missed; the run
-            # key (content fingerprint) keeps an unchanged cell from running twice.
+        elif recent is not None and modified >= recent:
             changed_cells.append(cell_id)
     if not new_cells and not changed_cells:
         return SkipReason(f"no new or changed deliveries among {len(found.cells)} cells")

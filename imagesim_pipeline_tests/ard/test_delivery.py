@@ -42,6 +42,20 @@ def test_truncated_visual_is_reported(bucket_copy, keep):
     assert "truncated" in summary.problems[0]
 
 
+def test_corrupt_data_mask_or_stac_item_is_reported(bucket_copy):
+    bucket, delivery = deepforest_delivery(bucket_copy)
+    acq = delivery.acquisitions[0]
+    mask = bucket_copy / acq.assets["data-mask"]
+    mask.write_bytes(mask.read_bytes()[:2000])
+    summary = summarise_delivery(bucket, delivery)
+    assert summary.acquisitions == [] and "unreadable data mask" in summary.problems[0]
+    (bucket_copy / acq.assets["data-mask"]).unlink()
+    (bucket_copy / acq.assets["stac"]).write_text('["not", "an", "item"]')
+    bucket, delivery = deepforest_delivery(bucket_copy)
+    summary = summarise_delivery(bucket, delivery)
+    assert summary.acquisitions == [] and "unreadable STAC item" in summary.problems[0]
+
+
 @pytest.mark.parametrize("crs, count, message", [("EPSG:32632", 3, "CRS is EPSG:32632"),
                                                  ("EPSG:32631", 1, "3-band uint8")])
 def test_wrong_crs_or_bands_is_reported(bucket_copy, crs, count, message):

@@ -47,12 +47,14 @@ def test_malformed_entries_are_reported_and_the_scan_goes_on():
         "ard/33/120020223133/2020-01-01/B-data-mask.gpkg",  # no visual for B
         "ard/33/120020223133/2020-01-01/sub/A-visual.tif",  # too deep
         "ard/33/120020223133/readme.txt",                   # stray file
+        "ard/5/300000000001/2020-01-01/A-visual.tif",       # zone folder not zero-padded
         "ard/33/120020223133/2020-01-01/C-visual.tif",      # the one good entry
     ))
     assert found.cell_ids == ["Z33-120020223133"]
     assert [a.catalog_id for a in found.cells["Z33-120020223133"].acquisitions] == ["C"]
     reasons = {p.key: p.reason for p in found.problems}
-    assert len(reasons) == 9
+    assert len(reasons) == 10
+    assert "should be written 05" in reasons["ard/5/300000000001/2020-01-01/A-visual.tif"]
     assert "outside 1..60" in reasons["ard/99/120020223133/2020-01-01/A-visual.tif"]
     assert "11 digits" in reasons["ard/33/12002022313/2020-01-01/A-visual.tif"]
     assert "not a calendar date" in reasons["ard/33/120020223133/2020-13-01/A-visual.tif"]
