@@ -168,7 +168,7 @@ def _inspect(src: rasterio.DatasetReader, path: str, bands: list[int]) -> tuple[
         stretch = _Stretch(low.astype(np.float32), high.astype(np.float32), identity=False)
     # Footprint: trace the decimated mask, in source pixel space scaled back to the source CRS.
     scale = rasterio.Affine.scale(src.width / w, src.height / h)
-    transform = src.transform * scale
+    transform = src.transform @ scale
     polygons = [shape(g) for g, v in rasterio.features.shapes(mask.astype(np.uint8), mask=mask, transform=transform)
                 if v == 1]
     footprint = unary_union(polygons).buffer(0)
@@ -236,7 +236,7 @@ def _write_cell(src: rasterio.DatasetReader, path: str, cell: ArdCell, bands: li
     cog = workdir / f"{cell.id}-visual.tif"
     rasterio.shutil.copy(tmp, cog, **VISUAL_PROFILE)
     tmp.unlink()
-    coarse_transform = transform * rasterio.Affine.scale(factor, factor)
+    coarse_transform = transform @ rasterio.Affine.scale(factor, factor)
     polygons = [shape(g) for g, v in rasterio.features.shapes(coarse.astype(np.uint8), mask=coarse,
                                                               transform=coarse_transform) if v == 1]
     footprint = unary_union(polygons).intersection(cell.geometry)
