@@ -114,3 +114,22 @@ def dagster_home(tmp_path, monkeypatch) -> Path:
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def fake_overpass(samples):
+    """Overpass-compatible servers on 127.0.0.1 answering from the real extracts: name -> URL."""
+    script = Path(__file__).parent / "osm" / "fake_overpass.py"
+    procs, urls = [], {}
+    try:
+        for name in ("Helsinki.osm.pbf", "test.osm.pbf"):
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, str(script), str(samples[name]), str(port)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            procs.append(proc)
+            wait_for_port(port, proc)
+            urls[name] = f"http://127.0.0.1:{port}"
+        yield urls
+    finally:
+        for proc in procs:
+            stop_process_group(proc)
