@@ -150,14 +150,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     found = discover_bucket(bucket)
     added = register_cells(found.cell_ids)
     _print(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
-    _print("== 4/4 running the main job (cell_job) for every cell through Dagster ==")
+    _print("== 4/4 running the main job (cell_job: ard_tile, osm_data) for every cell through Dagster ==")
     failures = run_cells(found.cell_ids, progress=_print)
     home = dagster_home()
     _print("")
     _print("Done." if not failures else f"Finished with {len(failures)} failed cell(s): {', '.join(failures)}")
     _print(f"  bucket (ARD deliveries):  {bucket.uri}/ard/")
+    _print(f"  OSM per cell:             {bucket.uri}/ard/<zone>/<quadkey>/osm_data.json "
+           "(from IMAGESIM_OSM_PBF, default the Helsinki extract)")
     _print(f"  Dagster instance (runs):  {home}")
-    _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets > ard_tile)")
+    _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets > ard_tile, osm_data)")
     return 1 if failures else 0
 
 

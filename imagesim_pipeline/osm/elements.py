@@ -124,6 +124,22 @@ def empty_osm_data(cell: ArdCell, bbox: CellBox, provenance: dict[str, Any]) -> 
             "provenance": provenance, "nodes": [], "ways": [], "relations": []}
 
 
+def incomplete_geometry(data: dict[str, Any]) -> list[str]:
+    """Problems: ways (and relation member ways) whose geometry lacks node positions."""
+    ways = [w["id"] for w in data["ways"] if None in w.get("geometry", [])]
+    members = {(r["id"], m["ref"]) for r in data["relations"] for m in r.get("members", [])
+               if m["type"] == "way" and (None in m.get("geometry", [None]))}
+    problems = []
+    if ways:
+        problems.append(f"{len(ways)} way(s) reference nodes missing from the extract (null vertices in "
+                        f"their geometry), e.g. way {', '.join(map(str, ways[:5]))}")
+    if members:
+        relations = sorted({r for r, _ in members})
+        problems.append(f"{len(relations)} relation(s) have member ways missing or incomplete in the extract, "
+                        f"e.g. relation {', '.join(map(str, relations[:5]))}")
+    return problems
+
+
 def sort_elements(data: dict[str, Any]) -> dict[str, Any]:
     for kind in ("nodes", "ways", "relations"):
         data[kind].sort(key=lambda e: e["id"])

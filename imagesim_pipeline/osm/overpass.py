@@ -21,7 +21,14 @@ from typing import Any, Callable
 import requests
 
 from imagesim_pipeline.ard.grid import ArdCell
-from imagesim_pipeline.osm.elements import DEFAULT_MARGIN_DEG, CellBox, OsmError, empty_osm_data, sort_elements
+from imagesim_pipeline.osm.elements import (
+    DEFAULT_MARGIN_DEG,
+    CellBox,
+    OsmError,
+    empty_osm_data,
+    incomplete_geometry,
+    sort_elements,
+)
 
 DEFAULT_ENDPOINT = "https://overpass-api.de/api/interpreter"
 RETRY_STATUS = {429, 502, 503, 504}
@@ -138,4 +145,5 @@ class OverpassClient:
                 continue  # way vertices; their positions are in the ways' geometry
             if kind:
                 data[kind].append(element)
+        data["provenance"]["problems"] = incomplete_geometry(data)
         return sort_elements(data)

@@ -5,7 +5,7 @@ Passes (libosmium does the decoding; relations are a small share of any extract)
 1. relations only: their tags and members, and the ids of member nodes and ways;
 2. nodes and ways, with node locations from an osmium location index (``flex_mem`` by default;
    ``sparse_file_array,<file>`` or ``dense_file_array,<file>`` keeps them on disk for
-   country-size extracts): tagged nodes and ways go to every cell box they meet; geometries
+   country-size extracts; ``dense_*`` suits only extracts with compact node ids): tagged nodes and ways go to every cell box they meet; geometries
    of relation-member ways (and locations of member nodes) are kept for step 3;
 3. relations, decided from their members, with member geometry.
 
@@ -16,6 +16,7 @@ number of cells or the size of the output.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
-from shapely import STRtree
 from shapely.geometry import box
 
 from imagesim_pipeline.ard.grid import ArdCell
@@ -36,6 +36,7 @@ from imagesim_pipeline.osm.elements import (
     OsmError,
     bounds_of,
     empty_osm_data,
+    incomplete_geometry,
     latlon,
     node_element,
     sort_elements,
@@ -46,32 +47,59 @@ SPOOL_LIMIT = 50_000  # buffered elements before they are appended to the per-ce
 
 
 class _Spool:
-    """Per-cell element buffers that spill to JSON-lines files."""
+    """Per-cell element buffers that spill to JSON-lines files once they hold too much."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.buffers: dict[tuple[str, str], list[str]] = defaultdict(list)
+        self.buffers: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         self.buffered = 0
 
     def add(self, cell_id: str, kind: str, element: dict[str, Any]) -> None:
-        self.buffers[(cell_id, kind)].append(json.dumps(element, separators=(",", ":")))
+        self.buffers[(cell_id, kind)].append(element)
         self.buffered += 1
         if self.buffered >= SPOOL_LIMIT:
             self.flush()
 
     def flush(self) -> None:
-        for (cell_id, kind), lines in self.buffers.items():
+        for (cell_id, kind), elements in self.buffers.items():
             with open(self.folder / f"{cell_id}.{kind}.jsonl", "a", encoding="utf-8") as fh:
-                fh.write("\n".join(lines) + "\n")
+                fh.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in elements)
         self.buffers.clear()
         self.buffered = 0
 
     def read(self, cell_id: str, kind: str) -> list[dict[str, Any]]:
+        """Everything spilled for the cell, then what is still buffered."""
         path = self.folder / f"{cell_id}.{kind}.jsonl"
-        if not path.exists():
-            return []
-        with open(path, encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+        spilled = []
+        if path.exists():
+            with open(path, encoding="utf-8") as fh:
+                spilled = [json.loads(line) for line in fh if line.strip()]
+        return spilled + self.buffers.pop((cell_id, kind), [])
+
+
+class _BoxIndex:
+    """Cell boxes hashed into a lon/lat lattice as coarse as the largest box: fast bbox lookups."""
+
+    def __init__(self, boxes: list[CellBox]):
+        self.boxes = boxes
+        self.step = max(max(b.east - b.west, b.north - b.south) for b in boxes)
+        self.bins: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, b in enumerate(boxes):
+            for key in self._keys(b.west, b.south, b.east, b.north):
+                self.bins[key].append(i)
+
+    def _keys(self, west: float, south: float, east: float, north: float):
+        step = self.step
+        for x in range(math.floor(west / step), math.floor(east / step) + 1):
+            for y in range(math.floor(south / step), math.floor(north / step) + 1):
+                yield (x, y)
+
+    def candidates(self, west: float, south: float, east: float, north: float) -> set[int]:
+        found: set[int] = set()
+        for key in self._keys(west, south, east, north):
+            found.update(self.bins.get(key, ()))
+        return {i for i in found if self.boxes[i].west <= east and self.boxes[i].east >= west
+                and self.boxes[i].south <= north and self.boxes[i].north >= south}
 
 
 def _check_file(path: Path) -> None:
@@ -106,7 +134,7 @@ def extract_cells(pbf: str | os.PathLike[str], cells: Iterable[ArdCell], *, marg
     boxes = [CellBox.of(c, margin) for c in cells]
     if not boxes:
         return
-    tree = STRtree([b.geometry() for b in boxes])
+    tree = _BoxIndex(boxes)
     union = (min(b.west for b in boxes), min(b.south for b in boxes), max(b.east for b in boxes),
              max(b.north for b in boxes))
     started = time.perf_counter()
@@ -121,7 +149,6 @@ def extract_cells(pbf: str | os.PathLike[str], cells: Iterable[ArdCell], *, marg
         node_locations: dict[int, tuple[float, float]] = {}
         way_geometry: dict[int, tuple[array, array]] = {}  # relation-member ways: refs, flat coords
         way_cells: dict[int, list[int]] = {}
-        incomplete: list[int] = []
         counts = {"nodes": 0, "ways": 0}
         index = node_index
         if node_index.endswith("_file_array"):
@@ -138,7 +165,7 @@ def extract_cells(pbf: str | os.PathLike[str], cells: Iterable[ArdCell], *, marg
                     if obj.id in member_nodes:
                         node_locations[obj.id] = (lon, lat)
                     if len(obj.tags) and union[0] <= lon <= union[2] and union[1] <= lat <= union[3]:
-                        for i in tree.query(box(lon, lat, lon, lat)):
+                        for i in tree.candidates(lon, lat, lon, lat):
                             if boxes[i].contains(lon, lat):
                                 spool.add(boxes[i].cell.id, "nodes",
                                           node_element(obj.id, lon, lat, {t.k: t.v for t in obj.tags}))
@@ -146,8 +173,6 @@ def extract_cells(pbf: str | os.PathLike[str], cells: Iterable[ArdCell], *, marg
                     counts["ways"] += 1
                     refs = [n.ref for n in obj.nodes]
                     coords = [(n.lon, n.lat) if n.location.valid() else None for n in obj.nodes]
-                    if None in coords:
-                        incomplete.append(obj.id)
                     if obj.id in member_ways:
                         flat = array("d", [v for c in coords for v in (c if c else (np.nan, np.nan))])
                         way_geometry[obj.id] = (array("q", refs), flat)
@@ -169,27 +194,22 @@ def extract_cells(pbf: str | os.PathLike[str], cells: Iterable[ArdCell], *, marg
                     hits.update(way_cells.get(ref, ()))
                 elif mtype == "n" and ref in node_locations:
                     lon, lat = node_locations[ref]
-                    hits.update(i for i in tree.query(box(lon, lat, lon, lat)) if boxes[i].contains(lon, lat))
+                    hits.update(i for i in tree.candidates(lon, lat, lon, lat) if boxes[i].contains(lon, lat))
             if hits:
                 element = _relation_element(rel_id, tags, members, node_locations, way_geometry)
                 for i in sorted(hits):
                     spool.add(boxes[i].cell.id, "relations", element)
-        spool.flush()
-        problems = []
-        if incomplete:
-            problems.append(f"{len(incomplete)} way(s) reference nodes missing from the extract (their "
-                            f"geometry has null vertices), e.g. way {', '.join(map(str, incomplete[:5]))}")
-        provenance = {"source": "pbf", "extract": path.name, "snapshot": snapshot,
-                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "margin_deg": margin, "problems": problems}
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for b in boxes:
-            data = empty_osm_data(b.cell, b, provenance)
+            data = empty_osm_data(b.cell, b, {"source": "pbf", "extract": path.name, "snapshot": snapshot,
+                                              "created": created, "margin_deg": margin})
             for kind in ("nodes", "ways", "relations"):
                 data[kind] = spool.read(b.cell.id, kind)
+            data["provenance"]["problems"] = incomplete_geometry(data)
             yield b.cell, sort_elements(data)
 
 
-def _way_cells(coords, boxes: list[CellBox], tree: STRtree, union) -> list[int]:
+def _way_cells(coords, boxes: list[CellBox], tree: _BoxIndex, union) -> list[int]:
     points = [c for c in coords if c is not None]
     if not points:
         return []
@@ -198,7 +218,7 @@ def _way_cells(coords, boxes: list[CellBox], tree: STRtree, union) -> list[int]:
     west, east, south, north = min(lons), max(lons), min(lats), max(lats)
     if east < union[0] or west > union[2] or north < union[1] or south > union[3]:
         return []
-    return [int(i) for i in tree.query(box(west, south, east, north)) if boxes[i].way_selected(coords)]
+    return sorted(i for i in tree.candidates(west, south, east, north) if boxes[i].way_selected(coords))
 
 
 def _read_relations(path: Path):

@@ -191,3 +191,36 @@ def test_query_can_pin_a_date():
 
     query = build_query(CellBox.of(ArdCell.parse("Z35-013133103003")), 60, 1024, "2021-11-02T00:00:00Z")
     assert '[date:"2021-11-02T00:00:00Z"]' in query and "out geom;" in query
+
+
+def test_spilling_to_disk_gives_the_same_documents(samples, finland, monkeypatch):
+    """Memory stays bounded: with a tiny buffer everything goes through the disk spool."""
+    import imagesim_pipeline.osm.pbf as pbf
+
+    monkeypatch.setattr(pbf, "SPOOL_LIMIT", 25)
+    spilled = extract_cells_of(samples, "test.osm.pbf", TEST_BOX)
+    for cell, data in finland.items():
+        for kind in ("nodes", "ways", "relations"):
+            assert spilled[cell][kind] == data[kind]
+
+
+@pytest.mark.parametrize("index", ["sparse_file_array"])
+def test_on_disk_node_index_gives_the_same_documents(samples, finland, index):
+    cells = list(finland)
+    on_disk = dict(extract_cells(samples["test.osm.pbf"], cells, node_index=index))
+    assert all(on_disk[c]["ways"] == finland[c]["ways"] for c in cells)
+
+
+def test_fetch_osm_by_quadkey_summarises_stored_documents(helsinki, tmp_path):
+    from imagesim_pipeline.osm import fetch_osm_by_quadkey, write_osm_data
+    from imagesim_pipeline.storage import open_bucket
+
+    bucket = open_bucket(tmp_path)
+    ((cell, data),) = helsinki.items()
+    write_osm_data(bucket, cell, data)
+    summary = fetch_osm_by_quadkey(35, str(tmp_path))
+    assert list(summary) == [cell.id]
+    assert summary[cell.id]["ways"]["count"] == len(data["ways"])
+    top = dict(summary[cell.id]["ways"]["top_tags"])
+    assert top["highway=footway"] > 100
+    assert fetch_osm_by_quadkey(35, str(tmp_path), quadkey="000000000000") == {}
