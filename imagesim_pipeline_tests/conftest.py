@@ -70,8 +70,9 @@ def s3_server():
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):
     """AWS settings pointing at the local server, and a fresh bucket; yields the bucket URI."""
-    import boto3
     import uuid
+
+    import boto3
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -11,7 +11,7 @@ Pixels are aligned to the cell: a cell is ``N x N`` pixels with ``N`` a multiple
 that ARD-grid cells down to zoom 19 are whole pixel windows; ``N`` is the smallest such
 number at least as fine as the source (or ``resolution`` when given). Pixel value 0 is
 reserved for no data: valid pixels are 1..255. uint16 (and other) imagery is stretched with
-per-band 2-98 % percentiles; single-band (pan) imagery is expanded to three bands.
+per-band 2-98 % percentiles onto 16..255; single-band (pan) imagery is expanded to three bands.
 
 The whole source is read once, decimated, before anything is written, so a corrupt or
 truncated file fails early with its name and nothing lands in the bucket.
@@ -47,6 +47,7 @@ from imagesim_pipeline.storage import Bucket
 
 PIXEL_MULTIPLE = 128  # 2 ** (19 - 12): cells down to zoom 19 are whole pixel windows
 NODATA = 0
+STRETCH_FLOOR = 16
 CHUNK_ROWS = 2048
 FOOTPRINT_MAX_PX = 1024  # the footprint polygon is traced on a mask at most this many px wide
 VISUAL_PROFILE = {
@@ -137,7 +138,9 @@ class _Stretch:
             out = data.astype(np.uint8, copy=True)
         else:
             scaled = (data.astype(np.float32) - self.low[:, None, None]) / (self.high - self.low)[:, None, None]
-            out = (np.clip(scaled, 0, 1) * 254 + 1).astype(np.uint8)
+            # Stretched values start at STRETCH_FLOOR, not 1: clipped shadows stay clearly apart from
+            # no data (0) even after JPEG, so chip classifiers that only see pixels are not fooled.
+            out = (np.clip(scaled, 0, 1) * (255 - STRETCH_FLOOR) + STRETCH_FLOOR).astype(np.uint8)
         out = np.maximum(out, 1)  # 0 is no data
         out[:, ~valid] = NODATA
         return out

@@ -2,7 +2,7 @@
 
 from dagster import AssetSelection, define_asset_job
 
-CELL_ASSETS = AssetSelection.assets("ard_tile", "osm_data")
+CELL_ASSETS = AssetSelection.assets("ard_tile", "osm_data", "chips", "nodata_index")
 
 cell_job = define_asset_job(
     "cell_job",

@@ -22,7 +22,14 @@ from imagesim_pipeline.ard.grid import ArdCell, GridError
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
 from imagesim_pipeline.orchestration.partitions import ard_cells
 from imagesim_pipeline.orchestration.resources import BucketResource
-from imagesim_pipeline.osm import DEFAULT_MARGIN_DEG, OsmError, OverpassClient, osm_key, top_keys, write_osm_data
+from imagesim_pipeline.osm import (
+    DEFAULT_MARGIN_DEG,
+    OsmError,
+    OverpassClient,
+    osm_key,
+    top_keys,
+    write_osm_data,
+)
 from imagesim_pipeline.osm.cache import osm_for_cell
 from imagesim_pipeline.osm.overpass import DEFAULT_ENDPOINT
 from imagesim_pipeline.settings import data_dir

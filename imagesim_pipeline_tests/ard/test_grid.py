@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from maxar_ard_grid import Cell as OracleCell
 from maxar_ard_grid import covers as oracle_covers
+from pyproj import Transformer
 from shapely.geometry import Point, box
 from shapely.ops import transform as shapely_transform
-from pyproj import Transformer
 
 from imagesim_pipeline.ard.grid import ArdCell, GridError, cell_size, cells_covering
 

@@ -1,0 +1,177 @@
+"""Cut an ARD visual COG exactly on the ARD grid into JPEG chips, classifying no-data as it goes.
+
+A cell at the chip zoom is a pixel window of the COG (ingested and Maxar ARD tiles are aligned
+to the grid). The tile is read one *row of chips* at a time — a strip as tall as a chip —
+so each compressed block is decoded once and memory holds one strip, never the whole tile.
+Each chip's valid-pixel fraction comes from the raster's mask (and its cloud fraction from the
+cloud-mask polygons when given), so nothing is read back later. Strips can be spread over
+processes.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import rasterio
+import simplejpeg
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from imagesim_pipeline.ard.grid import ArdCell
+from imagesim_pipeline.chips.naming import MAX_ZOOM, MIN_ZOOM, ChipName
+
+NO_DATA, PARTIAL, ALL_DATA = "no data", "partial data", "all data"
+
+
+class ChipError(ValueError):
+    """A tile cannot be chipped; the message names the file and the reason."""
+
+
+@dataclass
+class Chip:
+    name: str
+    jpeg: bytes | None  # None for a no-data chip that is not written
+    valid_fraction: float
+    cloud_fraction: float | None
+
+    @property
+    def nodata_class(self) -> str:
+        return classify(self.valid_fraction)
+
+
+def classify(valid_fraction: float) -> str:
+    if valid_fraction <= 0:
+        return NO_DATA
+    if valid_fraction >= 1:
+        return ALL_DATA
+    return PARTIAL
+
+
+@dataclass(frozen=True)
+class ChipJob:
+    """Everything a worker needs to chip some strips of one acquisition."""
+
+    path: str  # a GDAL path
+    tile: ArdCell
+    catalog_id: str
+    zoom: int = 17
+    quality: int = 90
+    size: int | None = None
+    write_empty: bool = False
+    cloud_wkb: tuple[bytes, ...] = ()
+    gdal_options: tuple[tuple[str, Any], ...] = ()
+
+
+def check_zoom(zoom: int) -> None:
+    if not MIN_ZOOM <= zoom <= MAX_ZOOM:
+        raise ChipError(f"chip zoom {zoom} is outside the supported {MIN_ZOOM}..{MAX_ZOOM} "
+                        "(17 = 156.25 m chips)")
+
+
+def _open_checked(job: ChipJob):
+    try:
+        src = rasterio.open(job.path)
+    except RasterioError as exc:
+        raise ChipError(f"{job.path}: cannot be opened ({exc})") from None
+    if src.count != 3 or src.dtypes[0] != "uint8":
+        src.close()
+        raise ChipError(f"{job.path}: has {src.count} band(s) of {src.dtypes[0]}; chipping needs a 3-band uint8 "
+                        "visual image. Convert it with `imagesim ingest`.")
+    return src
+
+
+def chip_grid(src, job: ChipJob) -> tuple[int, int]:
+    """(chips per side, pixels per chip) of the tile at the chip zoom; the grid must be aligned."""
+    n = 2 ** (job.zoom - job.tile.zoom)
+    xmin, _, _, ymax = job.tile.bounds
+    res = src.res[0]
+    px = job.tile.size / n / res
+    col0 = (xmin - src.transform.c) / res
+    row0 = (src.transform.f - ymax) / res
+    if abs(px - round(px)) > 1e-6 or abs(col0 - round(col0)) > 1e-3 or abs(row0 - round(row0)) > 1e-3:
+        raise ChipError(f"{job.path}: its pixel grid is not aligned to the ARD grid at zoom {job.zoom} "
+                        f"({px:.3f} px per chip); re-ingest it with `imagesim ingest`")
+    if round(px) < 1:
+        raise ChipError(f"{job.path}: a zoom-{job.zoom} chip is smaller than one pixel")
+    return n, int(round(px))
+
+
+def _strip_chips(src, job: ChipJob, row: int, n: int, px: int, clouds) -> Iterator[Chip]:
+    xmin, _, _, ymax = job.tile.bounds
+    res = src.res[0]
+    col_base = int(round((xmin - src.transform.c) / res))
+    row_base = int(round((src.transform.f - ymax) / res))
+    window = Window(col_base, row_base + row * px, n * px, px)
+    try:
+        data = src.read(window=window, boundless=True, fill_value=0)
+        mask = src.dataset_mask(window=window, boundless=True) > 0
+    except RasterioError as exc:
+        raise ChipError(f"{job.path}: reading chip row {row} failed ({exc}); the file is corrupt or truncated") from None
+    cloud = None
+    if clouds is not None:
+        from rasterio.features import rasterize
+
+        cloud = rasterize(clouds, out_shape=mask.shape, transform=src.window_transform(window),
+                          fill=0, default_value=1, dtype="uint8").astype(bool)
+    tile_x, tile_y = job.tile.tile
+    scale = 2 ** (job.zoom - job.tile.zoom)
+    for col in range(n):
+        cmask = mask[:, col * px:(col + 1) * px]
+        valid = float(cmask.mean())
+        cell = ArdCell.from_tile(job.tile.zone, tile_x * scale + col, tile_y * scale + row, job.zoom)
+        name = ChipName(cell, job.catalog_id).name
+        cloud_fraction = None
+        if cloud is not None:
+            c = cloud[:, col * px:(col + 1) * px]
+            cloud_fraction = float((c & cmask).sum() / max(1, cmask.sum()))
+        if valid == 0 and not job.write_empty:
+            yield Chip(name, None, 0.0, cloud_fraction)
+            continue
+        pixels = np.ascontiguousarray(np.moveaxis(data[:, :, col * px:(col + 1) * px], 0, -1))
+        if job.size and job.size != px:
+            from PIL import Image
+
+            pixels = np.asarray(Image.fromarray(pixels).resize((job.size, job.size), Image.Resampling.BILINEAR))
+        jpeg = simplejpeg.encode_jpeg(pixels, quality=job.quality, colorspace="RGB", colorsubsampling="420")
+        yield Chip(name, jpeg, valid, cloud_fraction)
+
+
+def chip_rows(job: ChipJob, rows: list[int] | None = None) -> list[Chip]:
+    """Chip the given rows of chips (default: all) of one acquisition."""
+    check_zoom(job.zoom)
+    from shapely import from_wkb
+
+    clouds = [from_wkb(w) for w in job.cloud_wkb] if job.cloud_wkb else None
+    with rasterio.Env(**dict(job.gdal_options)), _open_checked(job) as src:
+        n, px = chip_grid(src, job)
+        out: list[Chip] = []
+        for row in rows if rows is not None else range(n):
+            out.extend(_strip_chips(src, job, row, n, px, clouds))
+        return out
+
+
+def chip_acquisition(job: ChipJob, processes: int = 1, progress: Callable[[int, int], None] | None = None
+                     ) -> Iterator[Chip]:
+    """Every chip of one acquisition, row by row, over ``processes`` worker processes."""
+    check_zoom(job.zoom)
+    with rasterio.Env(**dict(job.gdal_options)), _open_checked(job) as src:
+        n, _ = chip_grid(src, job)
+    if processes <= 1:
+        for row in range(n):
+            yield from chip_rows(job, [row])
+            if progress:
+                progress(row + 1, n)
+        return
+    # Interleave rows so every worker gets a share of data-rich and empty rows.
+    batches = [list(range(i, n, processes * 4)) for i in range(processes * 4)]
+    with ProcessPoolExecutor(max_workers=processes) as pool:
+        done = 0
+        for chips in pool.map(chip_rows, [job] * len(batches), batches):
+            done += math.ceil(len(chips) / n)
+            if progress:
+                progress(min(done, n), n)
+            yield from chips
