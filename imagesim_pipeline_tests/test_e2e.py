@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,13 @@ def test_local_bucket_end_to_end_with_a_broken_cell(bucket_copy, dagster_home):
     assert 0 < deepforest["footprint_km2"].value < 0.1  # a 250 m x 250 m orthophoto
     assert deepforest["bytes"].value > 100_000
     assert deepforest["footprint_wgs84"].value["type"] in ("Polygon", "MultiPolygon")
+
+    # The rest of the cell job ran too: OSM documents, chips and the bucket's nodata index.
+    bucket = bucket_copy
+    assert (bucket / "ard" / "31" / "102220011031" / "osm_data.json").is_file()
+    index = json.loads((bucket / "nodata-index.json").read_text())
+    assert any(name.startswith("Z31-") for name in index)
+    assert not any(name.startswith(broken_cell) for name in index)
 
     # Re-running a cell is idempotent: same data version, one more materialization.
     again = run_cli("materialize", next(iter(done)), env=env)

@@ -100,15 +100,29 @@ def chip_grid(src, job: ChipJob) -> tuple[int, int]:
     return n, int(round(px))
 
 
+def _mask_is_nodata(src) -> bool:
+    """Whether the dataset's mask is its nodata value (not an internal mask band or alpha)."""
+    from rasterio.enums import MaskFlags
+
+    return src.nodata is not None and all(MaskFlags.nodata in flags for flags in src.mask_flag_enums)
+
+
 def _strip_chips(src, job: ChipJob, row: int, n: int, px: int, clouds) -> Iterator[Chip]:
     xmin, _, _, ymax = job.tile.bounds
     res = src.res[0]
     col_base = int(round((xmin - src.transform.c) / res))
     row_base = int(round((src.transform.f - ymax) / res))
     window = Window(col_base, row_base + row * px, n * px, px)
+    # Boundless reads go through a VRT and are slow: use them only for tiles smaller than their cell.
+    inside = col_base >= 0 and row_base >= 0 and col_base + n * px <= src.width and row_base + n * px <= src.height
     try:
-        data = src.read(window=window, boundless=True, fill_value=0)
-        mask = src.dataset_mask(window=window, boundless=True) > 0
+        # (fill_value makes rasterio take a far slower path: only pass it for boundless reads)
+        data = src.read(window=window) if inside else src.read(window=window, boundless=True, fill_value=0)
+        if _mask_is_nodata(src):
+            # The nodata mask follows from the pixels just read: no second decode of the strip.
+            mask = (data != src.nodata).any(axis=0)
+        else:
+            mask = src.dataset_mask(window=window, boundless=not inside) > 0
     except RasterioError as exc:
         raise ChipError(f"{job.path}: reading chip row {row} failed ({exc}); the file is corrupt or truncated") from None
     cloud = None
@@ -140,18 +154,21 @@ def _strip_chips(src, job: ChipJob, row: int, n: int, px: int, clouds) -> Iterat
         yield Chip(name, jpeg, valid, cloud_fraction)
 
 
-def chip_rows(job: ChipJob, rows: list[int] | None = None) -> list[Chip]:
-    """Chip the given rows of chips (default: all) of one acquisition."""
+def iter_chip_rows(job: ChipJob, rows: list[int] | None = None) -> Iterator[list[Chip]]:
+    """The chips of each given row of chips (default: all rows), the tile opened once."""
     check_zoom(job.zoom)
     from shapely import from_wkb
 
     clouds = [from_wkb(w) for w in job.cloud_wkb] if job.cloud_wkb else None
     with rasterio.Env(**dict(job.gdal_options)), _open_checked(job) as src:
         n, px = chip_grid(src, job)
-        out: list[Chip] = []
         for row in rows if rows is not None else range(n):
-            out.extend(_strip_chips(src, job, row, n, px, clouds))
-        return out
+            yield list(_strip_chips(src, job, row, n, px, clouds))
+
+
+def chip_rows(job: ChipJob, rows: list[int] | None = None) -> list[Chip]:
+    """Chip the given rows of chips (default: all) of one acquisition (a worker's task)."""
+    return [chip for row in iter_chip_rows(job, rows) for chip in row]
 
 
 def chip_acquisition(job: ChipJob, processes: int = 1, progress: Callable[[int, int], None] | None = None
@@ -161,13 +178,14 @@ def chip_acquisition(job: ChipJob, processes: int = 1, progress: Callable[[int, 
     with rasterio.Env(**dict(job.gdal_options)), _open_checked(job) as src:
         n, _ = chip_grid(src, job)
     if processes <= 1:
-        for row in range(n):
-            yield from chip_rows(job, [row])
+        for row, chips in enumerate(iter_chip_rows(job), 1):
+            yield from chips
             if progress:
-                progress(row + 1, n)
+                progress(row, n)
         return
-    # Interleave rows so every worker gets a share of data-rich and empty rows.
-    batches = [list(range(i, n, processes * 4)) for i in range(processes * 4)]
+    # Contiguous runs of rows, so rows sharing a compressed block are read by the same worker.
+    parts = min(n, processes * 4)
+    batches = [list(range(i * n // parts, (i + 1) * n // parts)) for i in range(parts)]
     with ProcessPoolExecutor(max_workers=processes) as pool:
         done = 0
         for chips in pool.map(chip_rows, [job] * len(batches), batches):
