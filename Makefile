@@ -33,6 +33,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_discovery.py
 	$(BIN)/python benchmarks/bench_osm_pbf.py
+	$(BIN)/python benchmarks/bench_chips.py
 
 ui: setup
 	mkdir -p .dagster && { test -f .dagster/dagster.yaml || cp dagster.yaml .dagster/; }

@@ -25,6 +25,9 @@ from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.chips.naming import MAX_ZOOM, MIN_ZOOM, ChipName
 
 NO_DATA, PARTIAL, ALL_DATA = "no data", "partial data", "all data"
+# GDAL's block cache per process (rasterio takes an int as bytes). A row of chips of a 16k ARD
+# tile is 25 MB decoded; blocks are never needed again once their row is done.
+CACHE_BYTES = 128 * 2**20
 
 
 class ChipError(ValueError):
@@ -160,7 +163,7 @@ def iter_chip_rows(job: ChipJob, rows: list[int] | None = None) -> Iterator[list
     from shapely import from_wkb
 
     clouds = [from_wkb(w) for w in job.cloud_wkb] if job.cloud_wkb else None
-    with rasterio.Env(**dict(job.gdal_options)), _open_checked(job) as src:
+    with rasterio.Env(GDAL_CACHEMAX=CACHE_BYTES, **dict(job.gdal_options)), _open_checked(job) as src:
         n, px = chip_grid(src, job)
         for row in rows if rows is not None else range(n):
             yield list(_strip_chips(src, job, row, n, px, clouds))
