@@ -49,14 +49,27 @@ def write_cell_index(bucket: Bucket, manifest: dict[str, Any]) -> tuple[str, pa.
     return key, table
 
 
-def rebuild_index_json(bucket: Bucket) -> int:
-    """Rewrite ``nodata-index.json`` from every per-cell table; returns the chip count."""
-    index: dict[str, str] = {}
-    for obj in sorted(bucket.list(INDEX_PREFIX), key=lambda o: o.key):
-        if obj.key.endswith(".parquet"):
-            table = pq.read_table(io.BytesIO(bucket.read_bytes(obj.key)), columns=["chip", "class"])
+def _tables(bucket: Bucket) -> dict[str, object]:
+    return {o.key: o.modified for o in bucket.list(INDEX_PREFIX) if o.key.endswith(".parquet")}
+
+
+def rebuild_index_json(bucket: Bucket, attempts: int = 5) -> int:
+    """Rewrite ``nodata-index.json`` from every per-cell table; returns the chip count.
+
+    Runs of other cells may add tables meanwhile; after writing, the tables are listed again and
+    the index rebuilt until it covers what it saw, so the last writer always leaves it complete.
+    """
+    seen = _tables(bucket)
+    for _ in range(attempts):
+        index: dict[str, str] = {}
+        for key in sorted(seen):
+            table = pq.read_table(io.BytesIO(bucket.read_bytes(key)), columns=["chip", "class"])
             index.update(zip(table.column("chip").to_pylist(), table.column("class").to_pylist(), strict=True))
-    bucket.write_text(INDEX_JSON, json.dumps(index, sort_keys=True, indent=0))
+        bucket.write_text(INDEX_JSON, json.dumps(index, sort_keys=True, indent=0))
+        now = _tables(bucket)
+        if now == seen:
+            break
+        seen = now
     return len(index)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.osm.elements import OsmError
 from imagesim_pipeline.osm.pbf import cells_in_extract, extract_cells
-from imagesim_pipeline.storage import Bucket
+from imagesim_pipeline.storage import Bucket, StorageError
 
 CACHE_PREFIX = "osm/pbf-cache"
 
@@ -31,7 +31,10 @@ def resolve_pbf(bucket: Bucket, pbf: str) -> Iterator[tuple[Path, str]]:
         stat = path.stat()
         yield path, f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
         return
-    objects = [o for o in bucket.list(pbf) if o.key == pbf.lstrip("/")]
+    try:
+        objects = [o for o in bucket.list(pbf) if o.key == pbf.lstrip("/")]
+    except StorageError:
+        objects = []
     if not objects:
         raise OsmError(f"OSM extract {pbf!r} is neither a local file nor a key in {bucket.uri}. Set the osm "
                        "resource's pbf to an existing .osm.pbf (e.g. from download.geofabrik.de).")

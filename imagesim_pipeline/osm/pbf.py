@@ -110,11 +110,26 @@ def _check_file(path: Path) -> None:
         raise OsmError(f"{path}: the OSM extract is empty")
 
 
-def pbf_snapshot(path: Path) -> str | None:
-    """The extract's replication timestamp from its header, if it has one."""
+def _header(path: Path):
     import osmium
 
-    header = osmium.io.Reader(str(path), osmium.osm.osm_entity_bits.NOTHING).header()
+    try:
+        return osmium.io.Reader(str(path), osmium.osm.osm_entity_bits.NOTHING).header()
+    except RuntimeError as exc:  # libosmium reports corrupt input as RuntimeError
+        raise OsmError(f"{path}: not a readable OSM extract ({exc})") from None
+
+
+def _header_box(path: Path):
+    """The extract's bounding box from its header, or None."""
+    box_ = _header(path).box()
+    if not box_.valid():
+        return None
+    return box(box_.bottom_left.lon, box_.bottom_left.lat, box_.top_right.lon, box_.top_right.lat)
+
+
+def pbf_snapshot(path: Path) -> str | None:
+    """The extract's replication timestamp from its header, if it has one."""
+    header = _header(path)
     for key in ("osmosis_replication_timestamp", "timestamp"):
         value = header.get(key)
         if value:
@@ -138,8 +153,9 @@ def extract_cells(pbf: str | os.PathLike[str], cells: Iterable[ArdCell], *, marg
     union = (min(b.west for b in boxes), min(b.south for b in boxes), max(b.east for b in boxes),
              max(b.north for b in boxes))
     started = time.perf_counter()
+    snapshot = pbf_snapshot(path)
+    extract_box = _header_box(path)
     try:
-        snapshot = pbf_snapshot(path)
         relations, member_nodes, member_ways = _read_relations(path)
     except RuntimeError as exc:  # libosmium reports corrupt input as RuntimeError
         raise OsmError(f"{path}: not a readable OSM extract ({exc})") from None
@@ -206,6 +222,10 @@ def extract_cells(pbf: str | os.PathLike[str], cells: Iterable[ArdCell], *, marg
             for kind in ("nodes", "ways", "relations"):
                 data[kind] = spool.read(b.cell.id, kind)
             data["provenance"]["problems"] = incomplete_geometry(data)
+            if extract_box is not None and not b.geometry().within(extract_box):
+                data["provenance"]["problems"].append(
+                    f"{b.cell.id} is not wholly inside the bounding box of {path.name}: OSM beyond the extract "
+                    "is missing here; use an extract that covers the cell")
             yield b.cell, sort_elements(data)
 
 
@@ -265,14 +285,10 @@ def _relation_element(rel_id: int, tags: dict[str, str], members, node_locations
 
 def cells_in_extract(pbf: str | os.PathLike[str], cells: Iterable[ArdCell]) -> list[ArdCell]:
     """The cells whose box meets the extract's header bounding box (all cells if it has none)."""
-    import osmium
-
     path = Path(pbf)
     _check_file(path)
-    header_box = osmium.io.Reader(str(path), osmium.osm.osm_entity_bits.NOTHING).header().box()
+    extract = _header_box(path)
     cells = list(cells)
-    if not header_box.valid():
+    if extract is None:
         return cells
-    bl, tr = header_box.bottom_left, header_box.top_right
-    extract = box(bl.lon, bl.lat, tr.lon, tr.lat)
     return [c for c in cells if CellBox.of(c).geometry().intersects(extract)]

@@ -46,6 +46,8 @@ def test_chip_names_round_trip_and_point_at_their_tile(ingested_bucket):
     cog = get_cog_path_from_chip(name.name, ingested_bucket / "ard")
     assert cog.name == "DEEPFOREST01-visual.tif" and cog.parent.parent.name == "102220011031"
     assert get_cog_path_from_chip(name.name, ingested_bucket / "ard" / "31") == cog
+    odd = ChipName.parse("Z31-10222001103123213_CAT_01.v2.jpg")
+    assert odd.catalog_id == "CAT_01.v2" and odd.name == "Z31-10222001103123213_CAT_01.v2.jpg"
     for bad in ["Z31-1022_X.png", "Z31-102220011031_X.jpg", "Z99-10222001103123213_X.jpg", "nope.jpg"]:
         with pytest.raises(ChipNameError):
             ChipName.parse(bad)

@@ -35,6 +35,11 @@ def test_first_run_extracts_all_companions_then_serves_from_cache(bucket, sample
     assert hit is False
 
 
+def test_relative_path_outside_the_bucket_is_a_clear_error(bucket):
+    with pytest.raises(OsmError, match="neither a local file nor a key"):
+        osm_for_cell(bucket, "../elsewhere.osm.pbf", ArdCell.parse("Z35-013133103003"), [], margin=0.0005)
+
+
 def test_missing_extract_names_both_places(bucket):
     with pytest.raises(OsmError, match="'osm/none.osm.pbf' is neither a local file nor a key in"):
         osm_for_cell(bucket, "osm/none.osm.pbf", ArdCell.parse("Z35-013133103003"), [], margin=0.0005)

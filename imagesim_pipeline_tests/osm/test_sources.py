@@ -224,3 +224,18 @@ def test_fetch_osm_by_quadkey_summarises_stored_documents(helsinki, tmp_path):
     top = dict(summary[cell.id]["ways"]["top_tags"])
     assert top["highway=footway"] > 100
     assert fetch_osm_by_quadkey(35, str(tmp_path), quadkey="000000000000") == {}
+
+
+def test_cell_beyond_the_extract_is_flagged(samples):
+    ((_, data),) = list(extract_cells(samples["Helsinki.osm.pbf"], [ArdCell.parse("Z17-120222301130")]))
+    assert data["ways"] == [] and "not wholly inside the bounding box of Helsinki.osm.pbf" in data["provenance"]["problems"][0]
+
+
+def test_junk_extract_is_named_everywhere(tmp_path):
+    junk = tmp_path / "junk.osm.pbf"
+    junk.write_bytes(b"\x00\x01 definitely not a pbf" * 100)
+    cell = ArdCell.parse("Z35-013133103003")
+    with pytest.raises(OsmError, match="junk.osm.pbf: not a readable OSM extract"):
+        cells_in_extract(junk, [cell])
+    with pytest.raises(OsmError, match="junk.osm.pbf: not a readable OSM extract"):
+        list(extract_cells(junk, [cell]))
