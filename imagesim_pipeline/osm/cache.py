@@ -43,6 +43,15 @@ def resolve_pbf(bucket: Bucket, pbf: str) -> Iterator[tuple[Path, str]]:
         yield local, f"{obj.key}:{obj.size}:{obj.modified.isoformat()}"
 
 
+def choose_extract(bucket: Bucket, pbfs: list[str], cell: ArdCell) -> str:
+    """The first extract whose header bounding box meets the cell (else the first one)."""
+    for pbf in pbfs:
+        with resolve_pbf(bucket, pbf) as (path, _):
+            if cells_in_extract(path, [cell]):
+                return pbf
+    return pbfs[0]
+
+
 def cache_prefix(fingerprint: str, margin: float) -> str:
     digest = hashlib.sha256(f"{fingerprint}|{margin}".encode()).hexdigest()[:16]
     return f"{CACHE_PREFIX}/{digest}/"

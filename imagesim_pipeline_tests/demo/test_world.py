@@ -1,0 +1,113 @@
+"""The demo world: rendered from the real extracts, deterministic, and true to the OSM classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from shapely.geometry import Point
+
+from imagesim_pipeline.ard.discovery import discover_bucket
+from imagesim_pipeline.demo.features import load_features
+from imagesim_pipeline.demo.render import (
+    FOREST,
+    ROOF0,
+    SHADOW,
+    WATER,
+    Look,
+    class_raster,
+    colourise,
+    to_utm,
+)
+from imagesim_pipeline.demo.world import ACQUISITIONS, build_world, default_regions
+from imagesim_pipeline.storage import open_bucket
+
+EPSG = 32635
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, samples):
+    root = tmp_path_factory.mktemp("world")
+    cells = build_world(open_bucket(root), default_regions(samples), progress=lambda m: None)
+    return root, cells
+
+
+@pytest.fixture(scope="module")
+def helsinki(samples):
+    return to_utm(load_features(samples["Helsinki.osm.pbf"]), EPSG)
+
+
+def small_box(features, kind: str, size: float = 300.0):
+    centre = max(features[kind], key=lambda g: g.area).representative_point()
+    return (centre.x - size / 2, centre.y - size / 2, centre.x + size / 2, centre.y + size / 2)
+
+
+def test_world_passes_discovery_with_two_acquisitions_per_cell(world):
+    root, cells = world
+    found = discover_bucket(open_bucket(root))
+    assert found.problems == [] and found.cell_ids == cells and len(cells) >= 3
+    for delivery in found.cells.values():
+        assert len(delivery.acquisitions) == 2
+        assert len(set(delivery.dates)) == 2 and len({a.catalog_id for a in delivery.acquisitions}) == 2
+        assert all(set(a.assets) == {"visual", "data-mask", "stac"} for a in delivery.acquisitions)
+
+
+def test_cells_have_a_no_data_region_beyond_the_extract(world):
+    root, _ = world
+    bucket = open_bucket(root)
+    acq = discover_bucket(bucket).cells["Z35-013133103003"].acquisitions[0]
+    with rasterio.open(bucket.gdal_path(acq.visual_key)) as src:
+        valid = src.dataset_mask(out_shape=(256, 256)) > 0
+    assert 0.02 < valid.mean() < 0.5  # the 1 x 1.7 km extract inside a 5 x 5 km cell
+
+
+def test_rendering_is_deterministic(helsinki):
+    bounds = small_box(helsinki, "building")
+    look = ACQUISITIONS[1][2]
+    a = colourise(class_raster(helsinki, bounds, 0.5, look, 11), look, 11)
+    b = colourise(class_raster(helsinki, bounds, 0.5, look, 11), look, 11)
+    c = colourise(class_raster(helsinki, bounds, 0.5, look, 12), look, 12)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("kind, cid", [("water", WATER), ("forest", FOREST)])
+def test_pixels_agree_with_osm_classes_at_sampled_points(helsinki, kind, cid):
+    bounds = small_box(helsinki, kind)
+    look = Look()
+    classes = class_raster(helsinki, bounds, 0.5, look, 3)
+    rgb = colourise(classes, look, 3).astype(int)
+    # Sample points inside the largest polygon of that class (away from its edges).
+    inner = max(helsinki[kind], key=lambda g: g.area).buffer(-2)
+    rng = np.random.default_rng(0)
+    hits = 0
+    xmin, ymin, xmax, ymax = bounds
+    transform = rasterio.transform.from_origin(xmin, ymax, 0.5, 0.5)
+    ixmin, iymin, ixmax, iymax = inner.bounds
+    for _ in range(3000):
+        x, y = rng.uniform(ixmin, ixmax), rng.uniform(iymin, iymax)
+        if not inner.contains(Point(x, y)):
+            continue
+        row, col = rasterio.transform.rowcol(transform, x, y)
+        if classes[row, col] >= SHADOW or classes[row, col] in (7, 8, 9, 10):  # drawn over: buildings, roads
+            continue
+        hits += 1
+        assert classes[row, col] == cid
+        r, g, b = rgb[:, row, col]
+        if kind == "water":
+            assert b > r and max(r, g, b) < 140
+        else:
+            assert g > r and g > b - 10
+    assert hits >= 15
+
+
+def test_second_acquisition_differs_the_way_real_ones_do(helsinki):
+    bounds = small_box(helsinki, "building", 600)
+    (_, _, summer), (_, _, autumn) = ACQUISITIONS
+    first = class_raster(helsinki, bounds, 0.5, summer, 5)
+    second = class_raster(helsinki, bounds, 0.5, autumn, 5)
+    roofs_first, roofs_second = (first >= ROOF0).sum(), (second >= ROOF0).sum()
+    assert roofs_second < roofs_first  # a few buildings vanished
+    shadow_first, shadow_second = (first == SHADOW).sum(), (second == SHADOW).sum()
+    assert shadow_second > shadow_first  # a lower sun casts longer shadows
+    a, b = colourise(first, summer, 5), colourise(second, autumn, 5)
+    assert abs(a.mean() - b.mean()) > 3  # haze and season tint
