@@ -47,7 +47,15 @@ def extract_bounds(pbf: Path) -> tuple[float, float, float, float]:
     header = osmium.io.Reader(str(pbf), osmium.osm.osm_entity_bits.NOTHING).header().box()
     if header.valid():
         return (header.bottom_left.lon, header.bottom_left.lat, header.top_right.lon, header.top_right.lat)
-    raise ValueError(f"{pbf}: the extract has no bounding box in its header")
+    # No bounding box in the header (e.g. a generated extract): the extent of its nodes.
+    lons, lats = [], []
+    for node in osmium.FileProcessor(str(pbf), osmium.osm.NODE):
+        if node.location.valid():
+            lons.append(node.location.lon)
+            lats.append(node.location.lat)
+    if not lons:
+        raise ValueError(f"{pbf}: the extract has no located nodes")
+    return (min(lons), min(lats), max(lons), max(lats))
 
 
 def render_region(region: Region, workdir: Path, seed: int, res: float = RESOLUTION

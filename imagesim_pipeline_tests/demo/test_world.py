@@ -111,3 +111,13 @@ def test_second_acquisition_differs_the_way_real_ones_do(helsinki):
     assert shadow_second > shadow_first  # a lower sun casts longer shadows
     a, b = colourise(first, summer, 5), colourise(second, autumn, 5)
     assert abs(a.mean() - b.mean()) > 3  # haze and season tint
+
+
+def test_scale_option_renders_a_procedural_area(tmp_path):
+    from imagesim_pipeline.demo.world import synthetic_region
+
+    region = synthetic_region(tmp_path, 1.5)
+    cells = build_world(open_bucket(tmp_path / "bucket"), [region], progress=lambda m: None)
+    found = discover_bucket(open_bucket(tmp_path / "bucket"))
+    assert cells and found.cell_ids == cells and found.problems == []
+    assert all(len(d.acquisitions) == 2 for d in found.cells.values())
