@@ -45,7 +45,7 @@ def _sheet_markdown(png: bytes) -> str:
 
 @asset(partitions_def=ard_cells, deps=[ard_tile], group_name="chips", kinds={"jpeg"},
        description="JPEG chips of every acquisition of the cell, cut exactly on the ARD grid at the chip zoom, "
-                   "at chips/<zone>/Z<zone>-<quadkey>_<catalog id>.jpg, with a per-cell manifest.")
+                   "at `chips/<zone>/Z<zone>-<quadkey>_<catalog id>.jpg`, with a per-cell manifest.")
 def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketResource) -> MaterializeResult:
     cell = ArdCell.parse(context.partition_key)
     store = bucket.get_bucket()
@@ -76,7 +76,7 @@ def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketRes
 
 @asset(partitions_def=ard_cells, deps=[chips], group_name="chips", kinds={"parquet", "json"},
        description="The cell's chips classified no / partial / all data (from the raster mask at chipping time) "
-                   "as nodata-index/<zone>/<cell>.parquet; nodata-index.json at the bucket root is rebuilt.")
+                   "as `nodata-index/<zone>/<cell>.parquet`; `nodata-index.json` at the bucket root is rebuilt.")
 def nodata_index(context: AssetExecutionContext, bucket: BucketResource) -> MaterializeResult:
     store = bucket.get_bucket()
     started = time.perf_counter()

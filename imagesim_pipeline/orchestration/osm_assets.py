@@ -76,7 +76,7 @@ def _top_keys_table(data: dict[str, Any]) -> str:
     check_specs=[AssetCheckSpec("osm_geometry_complete", asset="osm_data",
                                 description="Every way and relation member has all its node positions")],
     description="Raw OpenStreetMap elements around one ARD cell (Overpass 'out geom' JSON) at "
-                "ard/<zone>/<quadkey>/osm_data.json, from a .osm.pbf extract (one read serves many "
+                "`ard/<zone>/<quadkey>/osm_data.json`, from a .osm.pbf extract (one read serves many "
                 "cells) or the Overpass API.",
 )
 def osm_data(context: AssetExecutionContext, bucket: BucketResource, osm: OsmSourceResource) -> MaterializeResult:
