@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import multiprocessing as mp
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 import simplejpeg
+from _measure import measure
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
@@ -56,36 +55,32 @@ def make_tile(path: Path, size: int) -> None:
     tmp.unlink()
 
 
-def _make(path: str, size: int) -> tuple[int, int]:
+def _make(path: str, size: int) -> int:
     make_tile(Path(path), size)
-    return 0, 0
+    return 0
 
 
-def _imagesim(path: str, processes: int) -> tuple[int, int]:
+def _imagesim(path: str, processes: int) -> int:
     job = ChipJob(path, CELL, "BENCH", zoom=17, quality=QUALITY)
-    chips = written = 0
-    for chip in chip_acquisition(job, processes):
-        chips += 1
-        written += len(chip.jpeg or b"")
-    return chips, written
+    return sum(1 for _ in chip_acquisition(job, processes))
 
 
-def _floor(path: str) -> tuple[int, int]:
-    n, px, written = 32, None, 0
+def _floor(path: str) -> int:
+    n = 32
     with rasterio.open(path) as src:
         px = src.width // n
         for row in range(n):
             strip = src.read(window=Window(0, row * px, n * px, px))
             for col in range(n):
                 tile = np.ascontiguousarray(np.moveaxis(strip[:, :, col * px:(col + 1) * px], 0, -1))
-                written += len(simplejpeg.encode_jpeg(tile, quality=QUALITY, colorsubsampling="420"))
-    return n * n, written
+                simplejpeg.encode_jpeg(tile, quality=QUALITY, colorsubsampling="420")
+    return n * n
 
 
-def _naive(path: str, rows: int) -> tuple[int, int]:
+def _naive(path: str, rows: int) -> int:
     from PIL import Image
 
-    n, written = 32, 0
+    n = 32
     with rasterio.open(path) as src:
         px = src.width // n
         for row in range(rows):
@@ -93,11 +88,10 @@ def _naive(path: str, rows: int) -> tuple[int, int]:
                 data = src.read(window=Window(col * px, row * px, px, px))
                 buf = io.BytesIO()
                 Image.fromarray(np.moveaxis(data, 0, -1)).save(buf, "JPEG", quality=QUALITY)
-                written += buf.tell()
-    return rows * n, written
+    return rows * n
 
 
-def _classify(folder: str, full: bool) -> tuple[int, int]:
+def _classify(folder: str, full: bool) -> int:
     files = sorted(Path(folder).glob("*.jpg"))
     for f in files:
         data = f.read_bytes()
@@ -105,25 +99,7 @@ def _classify(folder: str, full: bool) -> tuple[int, int]:
             simplejpeg.decode_jpeg(data)
         else:
             classify_jpeg(data)
-    return len(files), 0
-
-
-def _child(fn, args, queue):
-    started = time.perf_counter()
-    count, written = fn(*args)
-    # The largest of this process and its worker processes.
-    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    queue.put((time.perf_counter() - started, count, peak / 1024))
-
-
-def measure(fn, *args) -> tuple[float, int, float]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(fn, args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return len(files)
 
 
 def main() -> None:

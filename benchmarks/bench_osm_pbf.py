@@ -13,12 +13,11 @@ Usage: python benchmarks/bench_osm_pbf.py [--km 20] [--naive-sample 6]
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
 import tempfile
 import time
 from pathlib import Path
 
+from _measure import measure
 from shapely.geometry import box
 
 from imagesim_pipeline.ard.grid import cells_covering
@@ -26,28 +25,16 @@ from imagesim_pipeline.demo.synthetic import generate_extract as generate
 from imagesim_pipeline.osm.pbf import extract_cells
 
 
-def _run(pbf: str, cell_ids: list[str], per_cell: bool, queue) -> None:
+def _run(pbf: str, cell_ids: list[str], per_cell: bool) -> int:
+    """Extract the cells (all in one pass, or one pass each); returns the elements written."""
     from imagesim_pipeline.ard.grid import ArdCell
 
     cells = [ArdCell.parse(c) for c in cell_ids]
-    started = time.perf_counter()
     elements = 0
-    groups = [[c] for c in cells] if per_cell else [cells]
-    for group in groups:
+    for group in [[c] for c in cells] if per_cell else [cells]:
         for _, data in extract_cells(pbf, group):
             elements += len(data["nodes"]) + len(data["ways"]) + len(data["relations"])
-    elapsed = time.perf_counter() - started
-    queue.put((elapsed, elements, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-
-
-def measure(pbf: str, cell_ids: list[str], per_cell: bool) -> tuple[float, int, float]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_run, args=(pbf, cell_ids, per_cell, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return elements
 
 
 def main() -> None:
@@ -63,9 +50,9 @@ def main() -> None:
         print(f"extract: {counts['nodes']:,} nodes, {counts['ways']:,} ways, {counts['relations']} relations, "
               f"{pbf.stat().st_size / 1e6:.1f} MB, {len(cells)} level-12 cells "
               f"(generated in {time.perf_counter() - started:.1f} s)")
-        t_one, elements, rss_one = measure(str(pbf), cells, per_cell=False)
+        t_one, elements, rss_one = measure(_run, str(pbf), cells, False)
         sample = cells[:: max(1, len(cells) // args.naive_sample)][: args.naive_sample]
-        t_naive, _, rss_naive = measure(str(pbf), sample, per_cell=True)
+        t_naive, _, rss_naive = measure(_run, str(pbf), sample, True)
         per_cell_naive = t_naive / len(sample)
         print(f"one pass, {len(cells)} cells:   {t_one:.1f} s = {len(cells) / t_one:.2f} cells/s, "
               f"{elements:,} elements out, peak RSS {rss_one:.0f} MB")

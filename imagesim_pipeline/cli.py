@@ -9,15 +9,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-DEMO_BAHAMAS_BOUNDS = (-78.84, 24.41, -78.57, 24.47)  # a strip across the scene's no-data collar
-# The real sample imagery (three zones, a no-data collar): ingested by the tests.
-DEMO_IMAGES = [
-    # (sample, catalog id, acquisition date, WGS84 bounds or None)
-    ("test_tiled.tif", "DEEPFOREST01", "2019-06-15", None),
-    ("sample_geotiff.tif", "SOLARIS01", "2018-03-20", None),
-    ("bahamas_rgb.tif", "BAHAMAS01", "2021-11-02", DEMO_BAHAMAS_BOUNDS),
-]
-
 
 def _print(msg: str) -> None:
     print(msg, flush=True)

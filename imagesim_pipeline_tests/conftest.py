@@ -87,12 +87,12 @@ def s3_env(s3_server, monkeypatch):
 def ingested_bucket(tmp_path_factory, samples) -> Path:
     """A local bucket holding the three real sample images ingested into the ARD layout."""
     from imagesim_pipeline.ard.ingest import ingest
-    from imagesim_pipeline.cli import DEMO_IMAGES
+    from imagesim_pipeline.samples import SAMPLE_INGESTS
     from imagesim_pipeline.storage import open_bucket
 
     root = tmp_path_factory.mktemp("bucket")
     bucket = open_bucket(root)
-    for name, catalog_id, day, bounds in DEMO_IMAGES:
+    for name, catalog_id, day, bounds in SAMPLE_INGESTS:
         ingest(samples[name], bucket, catalog_id, date.fromisoformat(day), bounds_wgs84=bounds)
     return root
 

