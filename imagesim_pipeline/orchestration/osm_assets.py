@@ -26,7 +26,6 @@ from imagesim_pipeline.osm import (
     DEFAULT_MARGIN_DEG,
     OsmError,
     OverpassClient,
-    osm_key,
     top_keys,
     write_osm_data,
 )
@@ -130,4 +129,4 @@ def osm_data(context: AssetExecutionContext, bucket: BucketResource, osm: OsmSou
     return MaterializeResult(metadata=metadata, check_results=[check])
 
 
-__all__ = ["OsmSourceResource", "osm_data", "osm_key"]
+__all__ = ["OsmSourceResource", "osm_data"]
