@@ -1,0 +1,234 @@
+"""The training dataset: labelled chips of every cell, selected and split by spatial blocks.
+
+One pass over the per-cell label tables (one cell in memory at a time) writes, under
+``datasets/<version>/``:
+
+* ``chips.parquet``   every selected chip: labels with coverage, nodata class, zone, block, split
+* ``train.csv``, ``val.csv``, ``test.csv``   the sparse encodings (``chip,labels``)
+* ``vocabulary.json`` label ids, names and rules
+* ``manifest.json``   config, counts, vocabulary, input and output content hashes; written last,
+  it marks the version complete. ``datasets/latest.json`` then points at the version.
+
+The default version is a hash of the vocabulary, the config and the input tables, so building
+again from the same inputs rewrites the same version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from imagesim_pipeline.chips.nodata_index import INDEX_PREFIX
+from imagesim_pipeline.dataset.splits import SPLITS, block_of, check_fractions, split_of, unit_hash
+from imagesim_pipeline.labels.cell_labels import (
+    CHIP_SCHEMA,
+    LabelError,
+    fingerprint_of,
+    load_cell_labels,
+    with_vocabulary,
+)
+from imagesim_pipeline.labels.encoding import sparse_csv_rows
+from imagesim_pipeline.labels.vocabulary import Vocabulary
+from imagesim_pipeline.storage import Bucket, StorageError
+
+DATASETS_PREFIX = "datasets/"
+LATEST_KEY = "datasets/latest.json"
+DATASET_SCHEMA = CHIP_SCHEMA.append(pa.field("zone", pa.int8())).append(pa.field("block", pa.string())) \
+    .append(pa.field("split", pa.string()))
+
+
+class DatasetError(RuntimeError):
+    """The dataset could not be built or read; the message says what to do."""
+
+
+@dataclass
+class DatasetConfig:
+    version: str = ""  # empty: derived from the inputs
+    block_zoom: int = 15  # blocks of 625 m: the unit of splitting
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    seed: int = 0
+    keep_classes: list[str] = field(default_factory=lambda: ["all data"])
+    unlabelled_share: float = 0.1  # share of label-free chips kept (chosen by place, not by acquisition)
+    max_cloud_fraction: float = 1.0
+
+    @property
+    def fractions(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def validate(self) -> None:
+        check_fractions(self.fractions)
+        if not 13 <= self.block_zoom <= 19:
+            raise ValueError(f"block_zoom must be 13..19 (coarser than a level-12 cell is pointless); got {self.block_zoom}")
+        if not 0 <= self.unlabelled_share <= 1:
+            raise ValueError(f"unlabelled_share must be within 0..1; got {self.unlabelled_share}")
+        if self.version and not all(c.isalnum() or c in "-_." for c in self.version):
+            raise ValueError(f"version {self.version!r} may only hold letters, digits, - _ .")
+
+    def selection(self) -> dict[str, Any]:
+        """The config minus the version name: what decides the content."""
+        return {k: v for k, v in asdict(self).items() if k != "version"}
+
+
+@dataclass
+class DatasetResult:
+    version: str
+    manifest: dict[str, Any]
+    seconds: float
+
+    @property
+    def prefix(self) -> str:
+        return f"{DATASETS_PREFIX}{self.version}/"
+
+
+def dataset_key(version: str, name: str) -> str:
+    return f"{DATASETS_PREFIX}{version}/{name}"
+
+
+def labelled_cells(bucket: Bucket) -> list[str]:
+    """Cells that have a nodata index table (and so should have labels)."""
+    return sorted(o.key.rsplit("/", 1)[1][: -len(".parquet")] for o in bucket.list(INDEX_PREFIX)
+                  if o.key.endswith(".parquet"))
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _select(table: pa.Table, config: DatasetConfig) -> tuple[pa.Table, Counter]:
+    """Keep the chips the config asks for; count why the others went."""
+    dropped: Counter = Counter()
+    keep_class = pc.is_in(table.column("class"), value_set=pa.array(config.keep_classes))
+    dropped["nodata_class"] = int(table.num_rows - pc.sum(keep_class).as_py())
+    cloud = pc.fill_null(table.column("cloud_fraction"), 0.0)
+    clear = pc.less_equal(cloud, config.max_cloud_fraction)
+    dropped["cloudy"] = int(pc.sum(pc.and_(keep_class, pc.invert(clear))).as_py())
+    labelled = pc.greater(pc.list_value_length(table.column("label_ids")), 0)
+    footprints = table.column("footprint").to_pylist()
+    lucky = pa.array([unit_hash(f, 1_000_003) < config.unlabelled_share for f in footprints], pa.bool_())
+    keep = pc.and_(pc.and_(keep_class, clear), pc.or_(labelled, lucky))
+    dropped["label_free"] = int(pc.sum(pc.and_(pc.and_(keep_class, clear), pc.invert(pc.or_(labelled, lucky)))).as_py())
+    return table.filter(keep), dropped
+
+
+def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
+                  progress: Callable[[str], None] = lambda _: None) -> DatasetResult:
+    """Build (or rebuild) a dataset version from the bucket's label tables."""
+    config.validate()
+    started = time.perf_counter()
+    cells = labelled_cells(bucket)
+    if not cells:
+        raise DatasetError(f"no nodata index tables under {bucket.url(INDEX_PREFIX)}: run cell_job for some cells first")
+    counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
+    chips_per_split: Counter = Counter()
+    label_free: Counter = Counter()
+    blocks: dict[str, set[str]] = {s: set() for s in SPLITS}
+    dropped: Counter = Counter()
+    inputs, skipped = [], []
+    names = vocabulary.names
+    with tempfile.TemporaryDirectory(prefix="imagesim-dataset-") as tmp:
+        out = Path(tmp)
+        schema = with_vocabulary(DATASET_SCHEMA, vocabulary)
+        writer = pq.ParquetWriter(out / "chips.parquet", schema, compression="zstd")
+        csvs = {s: open(out / f"{s}.csv", "w", encoding="utf-8") for s in SPLITS}
+        try:
+            for fh in csvs.values():
+                fh.write(next(iter(sparse_csv_rows([], []))))
+            for i, cell in enumerate(cells, 1):
+                try:
+                    table, digest = load_cell_labels(bucket, cell)
+                except LabelError as exc:
+                    skipped.append({"cell": cell, "reason": str(exc)})
+                    continue
+                if fingerprint_of(table) != vocabulary.fingerprint:
+                    skipped.append({"cell": cell, "reason": f"labelled with vocabulary {fingerprint_of(table)}, not "
+                                    f"{vocabulary.fingerprint}: materialize chip_labels for {cell} again"})
+                    continue
+                inputs.append({"cell": cell, "chips": table.num_rows, "sha256": digest})
+                selected, why = _select(table, config)
+                dropped.update(why)
+                footprint = selected.column("footprint").to_pylist()
+                block = [block_of(f, config.block_zoom) for f in footprint]
+                split = [split_of(b, config.fractions, config.seed) for b in block]
+                batch = selected.append_column("zone", pa.array([int(f[1:3]) for f in footprint], pa.int8())) \
+                    .append_column("block", pa.array(block, pa.string())) \
+                    .append_column("split", pa.array(split, pa.string()))
+                writer.write_table(batch.cast(schema))
+                for chip, ids, s, b in zip(selected.column("chip").to_pylist(),
+                                           selected.column("label_ids").to_pylist(), split, block, strict=True):
+                    csvs[s].write(f"{chip},{' '.join(map(str, ids))}\n")
+                    counts[s].update(names[j] for j in ids)
+                    chips_per_split[s] += 1
+                    label_free[s] += not ids
+                    blocks[s].add(b)
+                progress(f"[{i}/{len(cells)}] {cell}: {selected.num_rows} of {table.num_rows} chips selected")
+        finally:
+            writer.close()
+            for fh in csvs.values():
+                fh.close()
+        version = config.version or _auto_version(vocabulary, config, inputs)
+        (out / "vocabulary.json").write_text(vocabulary.to_json())
+        files = {}
+        for path in sorted(out.iterdir()):
+            files[path.name] = {"sha256": _sha256_file(path), "bytes": path.stat().st_size}
+            bucket.upload_file(path, dataset_key(version, path.name))
+    manifest = {
+        "version": version,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": asdict(config) | {"version": version},
+        "vocabulary": json.loads(vocabulary.to_json()),
+        "counts": {"chips": sum(chips_per_split.values()), "by_split": {s: chips_per_split[s] for s in SPLITS},
+                   "blocks_by_split": {s: len(blocks[s]) for s in SPLITS},
+                   "label_free_by_split": {s: label_free[s] for s in SPLITS},
+                   "dropped": dict(dropped)},
+        "label_counts": {s: {n: counts[s][n] for n in names} for s in SPLITS},
+        "inputs": inputs,
+        "skipped_cells": skipped,
+        "files": files,
+    }
+    bucket.write_text(dataset_key(version, "manifest.json"), json.dumps(manifest, indent=2))
+    bucket.write_text(LATEST_KEY, json.dumps({"version": version}))
+    return DatasetResult(version, manifest, time.perf_counter() - started)
+
+
+def _auto_version(vocabulary: Vocabulary, config: DatasetConfig, inputs: list[dict[str, Any]]) -> str:
+    key = json.dumps({"vocabulary": vocabulary.fingerprint, "config": config.selection(),
+                      "inputs": [(i["cell"], i["sha256"]) for i in inputs]}, sort_keys=True)
+    return "ds-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def latest_version(bucket: Bucket) -> str:
+    try:
+        return json.loads(bucket.read_text(LATEST_KEY))["version"]
+    except StorageError:
+        raise DatasetError(f"no dataset in {bucket.url(DATASETS_PREFIX)}: materialize training_dataset first") from None
+
+
+def read_manifest(bucket: Bucket, version: str | None = None) -> dict[str, Any]:
+    version = version or latest_version(bucket)
+    key = dataset_key(version, "manifest.json")
+    try:
+        return json.loads(bucket.read_text(key))
+    except StorageError:
+        raise DatasetError(f"{bucket.url(key)} does not exist: dataset version {version!r} is missing or "
+                           "incomplete; materialize training_dataset again") from None
+
+
+__all__ = ["DATASET_SCHEMA", "DatasetConfig", "DatasetError", "DatasetResult", "build_dataset", "dataset_key",
+           "labelled_cells", "latest_version", "read_manifest"]
