@@ -142,9 +142,41 @@ def _build_world(args: argparse.Namespace, bucket) -> list[str]:
         return build_world(bucket, regions, seed=args.seed, progress=_print)
 
 
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.dataset.build import DatasetError
+    from imagesim_pipeline.storage import StorageError, open_bucket
+
+    bucket = open_bucket(args.bucket)
+    try:
+        if args.action == "build":
+            from imagesim_pipeline.orchestration.instance import run_job
+
+            return 0 if run_job("dataset_job", progress=_print) else 1
+        if args.action == "stats":
+            from imagesim_pipeline.dataset.stats import dataset_stats, format_stats, stats_plots
+
+            stats = dataset_stats(bucket, args.version)
+            _print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+            if args.plots:
+                out = Path(args.plots)
+                out.mkdir(parents=True, exist_ok=True)
+                for name, png in stats_plots(stats).items():
+                    (out / f"{name}.png").write_bytes(png)
+                    print(f"wrote {out / name}.png", file=sys.stderr)
+            return 0
+        from imagesim_pipeline.dataset.read import export_dense
+
+        rows = export_dense(bucket, args.version, args.split, args.output)
+        print(f"wrote {rows} chips of {args.split} to {args.output}", file=sys.stderr)
+        return 0
+    except (DatasetError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from imagesim_pipeline.ard.discovery import discover_bucket
-    from imagesim_pipeline.orchestration.instance import register_cells, run_cells
+    from imagesim_pipeline.orchestration.instance import register_cells, run_cells, run_job
     from imagesim_pipeline.settings import dagster_home
     from imagesim_pipeline.storage import open_bucket
 
@@ -153,24 +185,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cells = _build_world(args, bucket)
         _print(f"demo world: {len(cells)} cell(s) in {bucket.uri}/ard/")
         return 0
-    _print("== 1/3 rendering the demo world from real OpenStreetMap (Helsinki, Kotka) into the ARD layout ==")
+    _print("== 1/4 rendering the demo world from real OpenStreetMap (Helsinki, Kotka) into the ARD layout ==")
     _build_world(args, bucket)
-    _print("== 2/3 discovering cells and registering them as Dagster partitions ==")
+    _print("== 2/4 discovering cells and registering them as Dagster partitions ==")
     found = discover_bucket(bucket)
     added = register_cells(found.cell_ids)
     _print(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
-    _print("== 3/3 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index) for every cell ==")
+    _print("== 3/4 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
+           "for every cell ==")
     failures = run_cells(found.cell_ids, progress=_print)
+    _print("== 4/4 building the training dataset (dataset_job: training_dataset and its checks) ==")
+    dataset_ok = run_job("dataset_job", progress=_print)
+    if dataset_ok:
+        from imagesim_pipeline.dataset.stats import dataset_stats, format_stats
+
+        _print(format_stats(dataset_stats(bucket)))
     home = dagster_home()
     _print("")
     _print("Done." if not failures else f"Finished with {len(failures)} failed cell(s): {', '.join(failures)}")
     _print(f"  bucket (ARD deliveries):  {bucket.uri}/ard/")
     _print(f"  OSM per cell:             {bucket.uri}/ard/<zone>/<quadkey>/osm_data.json")
     _print(f"  chips and nodata index:   {bucket.uri}/chips/<zone>/, {bucket.uri}/nodata-index.json")
+    _print(f"  labels per cell:          {bucket.uri}/labels/<zone>/<cell>.parquet and .csv")
+    _print(f"  training dataset:         {bucket.uri}/datasets/<version>/ (latest: {bucket.uri}/datasets/latest.json); "
+           "`imagesim dataset stats`")
     _print(f"  Dagster instance (runs):  {home}")
     _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets: ard_tile, osm_data, "
-           "chips with a contact sheet, nodata_index)")
-    return 1 if failures else 0
+           "chips with a contact sheet, nodata_index, chip_labels, training_dataset with plots)")
+    return 1 if failures or not dataset_ok else 0
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -222,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grid", help="describe an ARD grid cell (bounds, EPSG, parent)")
     p.add_argument("cell", help="Z<zone>-<quadkey> or <zone>/<quadkey>")
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("dataset", help="build the training dataset, show its statistics, export dense labels",
+                       description="`build`: run dataset_job (training_dataset and its checks) through Dagster. "
+                                   "`stats [VERSION]`: label frequencies per split, co-occurrence, chips per zone, "
+                                   "computed out of core. `export VERSION --split S -o FILE`: dense 0/1 labels CSV.")
+    p.add_argument("action", choices=["build", "stats", "export"])
+    p.add_argument("version", nargs="?", help="dataset version (default: the latest)")
+    p.add_argument("--bucket", help=bucket_help)
+    p.add_argument("--json", action="store_true", help="stats as JSON")
+    p.add_argument("--plots", metavar="DIR", help="stats: also write PNG plots to DIR")
+    p.add_argument("--split", choices=["train", "val", "test"], default="train", help="export: which split")
+    p.add_argument("-o", "--output", default="-", help="export: CSV file (default: standard output)")
+    p.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("demo", help="render the demo world from real OSM and run everything on it",
                        description="`imagesim demo`: render the demo world into the bucket, register its cells and "

@@ -4,15 +4,16 @@ from dagster import Definitions, multiprocess_executor
 
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
 from imagesim_pipeline.orchestration.chip_assets import chips, nodata_index
-from imagesim_pipeline.orchestration.jobs import cell_job
+from imagesim_pipeline.orchestration.jobs import cell_job, dataset_job
+from imagesim_pipeline.orchestration.label_assets import LabelsResource, chip_labels, training_dataset
 from imagesim_pipeline.orchestration.osm_assets import OsmSourceResource, osm_data
 from imagesim_pipeline.orchestration.resources import default_bucket_resource
 from imagesim_pipeline.orchestration.sensors import ard_delivery_sensor
 
 defs = Definitions(
-    assets=[ard_tile, osm_data, chips, nodata_index],
-    jobs=[cell_job],
+    assets=[ard_tile, osm_data, chips, nodata_index, chip_labels, training_dataset],
+    jobs=[cell_job, dataset_job],
     sensors=[ard_delivery_sensor],
-    resources={"bucket": default_bucket_resource(), "osm": OsmSourceResource()},
+    resources={"bucket": default_bucket_resource(), "osm": OsmSourceResource(), "labels": LabelsResource()},
     executor=multiprocess_executor.configured({"max_concurrent": 2}),
 )

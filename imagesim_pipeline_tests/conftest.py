@@ -97,6 +97,17 @@ def ingested_bucket(tmp_path_factory, samples) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, samples) -> tuple[Path, list[str]]:
+    """The demo world (rendered from the real extracts) in a bucket: (root, cell ids)."""
+    from imagesim_pipeline.demo.world import build_world, default_regions
+    from imagesim_pipeline.storage import open_bucket
+
+    root = tmp_path_factory.mktemp("world")
+    cells = build_world(open_bucket(root), default_regions(samples), progress=lambda m: None)
+    return root, cells
+
+
 @pytest.fixture
 def bucket_copy(ingested_bucket, tmp_path) -> Path:
     """A private copy of the ingested bucket that a test may damage."""
@@ -134,3 +145,47 @@ def fake_overpass(samples):
     finally:
         for proc in procs:
             stop_process_group(proc)
+
+
+KOTKA_CELLS = ["Z35-013133111113", "Z35-013133111131"]
+
+
+def write_chip_index(bucket, cell_id: str, catalog_ids=("KOTKAA", "KOTKAB"), partial_every: int = 7) -> int:
+    """A nodata index table for every z17 footprint of the cell, as chipping would write it."""
+    from imagesim_pipeline.ard.grid import ArdCell
+    from imagesim_pipeline.chips.nodata_index import write_cell_index
+
+    rows = []
+    for i, footprint in enumerate(ArdCell.parse(cell_id).children(17)):
+        for catalog_id, day in zip(catalog_ids, ("2023-06-15", "2023-10-03"), strict=False):
+            partial = i % partial_every == 0
+            rows.append({"chip": f"{footprint.id}_{catalog_id}.jpg", "cell": cell_id, "catalog_id": catalog_id,
+                         "date": day, "zoom": 17, "class": "partial data" if partial else "all data",
+                         "valid_fraction": 0.5 if partial else 1.0, "cloud_fraction": None, "bytes": 1000,
+                         "written": True})
+    write_cell_index(bucket, {"cell": cell_id, "chips": rows})
+    return len(rows)
+
+
+@pytest.fixture(scope="session")
+def kotka_template(tmp_path_factory, samples) -> Path:
+    """A bucket with the real OSM of two Kotka cells and a nodata index for all their chips."""
+    from imagesim_pipeline.ard.grid import ArdCell
+    from imagesim_pipeline.osm.pbf import extract_cells
+    from imagesim_pipeline.osm.store import write_osm_data
+    from imagesim_pipeline.storage import open_bucket
+
+    root = tmp_path_factory.mktemp("kotka")
+    bucket = open_bucket(root)
+    for cell, data in extract_cells(samples["test.osm.pbf"], [ArdCell.parse(c) for c in KOTKA_CELLS]):
+        write_osm_data(bucket, cell, data)
+        write_chip_index(bucket, cell.id)
+    return root
+
+
+@pytest.fixture
+def kotka_bucket(kotka_template, tmp_path) -> Path:
+    """A private copy of the Kotka bucket."""
+    target = tmp_path / "kotka"
+    shutil.copytree(kotka_template, target)
+    return target

@@ -53,3 +53,24 @@ def run_cells(cell_ids: list[str] | None = None, job_name: str = "cell_job",
                 if event.is_step_failure:
                     progress(f"      {event.step_failure_data.error.message.strip().splitlines()[0]}")
     return failures
+
+
+def run_job(job_name: str, progress: Callable[[str], None] = print, run_config: dict | None = None) -> bool:
+    """Run an unpartitioned job once (e.g. ``dataset_job``); returns whether it succeeded."""
+    from imagesim_pipeline.definitions import defs
+
+    instance = _instance()
+    started = time.perf_counter()
+    config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}, **(run_config or {})}
+    result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, raise_on_error=False,
+                                                                run_config=config)
+    progress(f"  {job_name}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f} s "
+             f"(run {result.run_id[:8]})")
+    for event in result.all_events:
+        if event.is_step_failure:
+            progress(f"      {event.step_failure_data.error.message.strip().splitlines()[0]}")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed:
+                progress(f"      check {evaluation.check_name} did not pass ({evaluation.severity.value})")
+    return result.success

@@ -19,17 +19,10 @@ from imagesim_pipeline.demo.render import (
     colourise,
     to_utm,
 )
-from imagesim_pipeline.demo.world import ACQUISITIONS, build_world, default_regions
+from imagesim_pipeline.demo.world import ACQUISITIONS, build_world
 from imagesim_pipeline.storage import open_bucket
 
 EPSG = 32635
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory, samples):
-    root = tmp_path_factory.mktemp("world")
-    cells = build_world(open_bucket(root), default_regions(samples), progress=lambda m: None)
-    return root, cells
 
 
 @pytest.fixture(scope="module")
