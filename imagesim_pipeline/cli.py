@@ -153,7 +153,11 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
             return 0 if run_job("dataset_job", progress=_print) else 1
         if args.action == "stats":
-            from imagesim_pipeline.dataset.stats import dataset_stats, format_stats, stats_plots
+            from imagesim_pipeline.dataset.stats import (
+                dataset_stats,
+                format_stats,
+                stats_plots,
+            )
 
             stats = dataset_stats(bucket, args.version)
             _print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
@@ -176,7 +180,11 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from imagesim_pipeline.ard.discovery import discover_bucket
-    from imagesim_pipeline.orchestration.instance import register_cells, run_cells, run_job
+    from imagesim_pipeline.orchestration.instance import (
+        register_cells,
+        run_cells,
+        run_job,
+    )
     from imagesim_pipeline.settings import dagster_home
     from imagesim_pipeline.storage import open_bucket
 

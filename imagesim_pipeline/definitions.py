@@ -5,7 +5,11 @@ from dagster import Definitions, multiprocess_executor
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
 from imagesim_pipeline.orchestration.chip_assets import chips, nodata_index
 from imagesim_pipeline.orchestration.jobs import cell_job, dataset_job
-from imagesim_pipeline.orchestration.label_assets import LabelsResource, chip_labels, training_dataset
+from imagesim_pipeline.orchestration.label_assets import (
+    LabelsResource,
+    chip_labels,
+    training_dataset,
+)
 from imagesim_pipeline.orchestration.osm_assets import OsmSourceResource, osm_data
 from imagesim_pipeline.orchestration.resources import default_bucket_resource
 from imagesim_pipeline.orchestration.sensors import ard_delivery_sensor

@@ -6,7 +6,7 @@ import pytest
 
 from imagesim_pipeline.cli import build_parser, main
 
-SUBCOMMANDS = ["ingest", "discover", "materialize", "chip", "samples", "grid", "demo"]
+SUBCOMMANDS = ["ingest", "discover", "materialize", "chip", "samples", "grid", "dataset", "demo"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -84,3 +84,18 @@ def test_s3_bucket_end_to_end(samples, s3_env, dagster_home):
         assert cell.startswith("Z16-")
         assert meta["location"].value.startswith(s3_env)
         assert meta["acquisition_table"].value.count("SOLARIS01") == 1
+    # labels were written to S3 by cell_job; the dataset is built and read back from S3 too
+    instance = DagsterInstance.get()
+    labelled = instance.fetch_materializations(AssetKey("chip_labels"), limit=10).records
+    assert {r.partition_key for r in labelled} == set(done)
+    assert all(r.asset_materialization.metadata["table"].value.startswith(s3_env) for r in labelled)
+    build = run_cli("dataset", "build", env=env)
+    assert build.returncode == 0, build.stdout + build.stderr
+    stats = run_cli("dataset", "stats", "--json", env=env)
+    assert stats.returncode == 0, stats.stderr
+    summary = json.loads(stats.stdout)
+    (dataset,) = instance.fetch_materializations(AssetKey("training_dataset"), limit=10).records
+    meta = dataset.asset_materialization.metadata
+    assert summary["version"] == meta["version"].value
+    assert sum(summary["chips_by_split"].values()) == meta["chips"].value
+    assert meta["manifest"].value.startswith(s3_env + "/datasets/")

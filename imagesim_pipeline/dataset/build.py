@@ -30,7 +30,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imagesim_pipeline.chips.nodata_index import INDEX_PREFIX
-from imagesim_pipeline.dataset.splits import SPLITS, block_of, check_fractions, split_of, unit_hash
+from imagesim_pipeline.dataset.splits import (
+    SPLITS,
+    block_of,
+    check_fractions,
+    split_of,
+    unit_hash,
+)
 from imagesim_pipeline.labels.cell_labels import (
     CHIP_SCHEMA,
     LabelError,

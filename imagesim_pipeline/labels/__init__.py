@@ -3,8 +3,8 @@
 from imagesim_pipeline.labels.cell_labels import (
     CellLabels,
     LabelError,
-    csv_key,
     coverage_key,
+    csv_key,
     label_cell,
     labels_key,
     read_cell_labels,
@@ -12,7 +12,11 @@ from imagesim_pipeline.labels.cell_labels import (
 from imagesim_pipeline.labels.encoding import dense, read_sparse_csv, write_sparse_csv
 from imagesim_pipeline.labels.labeller import FootprintLabels, label_footprints
 from imagesim_pipeline.labels.osm_geometry import OsmFeatures, osm_features
-from imagesim_pipeline.labels.vocabulary import Vocabulary, VocabularyError, load_vocabulary
+from imagesim_pipeline.labels.vocabulary import (
+    Vocabulary,
+    VocabularyError,
+    load_vocabulary,
+)
 
 __all__ = ["CellLabels", "FootprintLabels", "LabelError", "OsmFeatures", "Vocabulary", "VocabularyError", "coverage_key",
            "csv_key", "dense", "label_cell", "label_footprints", "labels_key", "load_vocabulary", "osm_features",

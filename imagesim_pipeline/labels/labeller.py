@@ -16,7 +16,13 @@ import numpy as np
 import shapely
 
 from imagesim_pipeline.ard.grid import ArdCell
-from imagesim_pipeline.labels.osm_geometry import LINE, POINT, POLYGON, KIND_NAMES, OsmFeatures
+from imagesim_pipeline.labels.osm_geometry import (
+    KIND_NAMES,
+    LINE,
+    POINT,
+    POLYGON,
+    OsmFeatures,
+)
 from imagesim_pipeline.labels.vocabulary import Vocabulary
 
 

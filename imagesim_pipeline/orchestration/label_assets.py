@@ -1,7 +1,6 @@
 """The ``chip_labels`` asset per ARD cell and the unpartitioned ``training_dataset``."""
 
 import base64
-import time
 
 from dagster import (
     AssetCheckResult,
@@ -17,12 +16,28 @@ from dagster import (
 )
 from pydantic import Field
 
-from imagesim_pipeline.dataset.build import DatasetConfig, DatasetError, build_dataset, dataset_key
+from imagesim_pipeline.ard.grid import ArdCell
+from imagesim_pipeline.dataset.build import (
+    DatasetConfig,
+    DatasetError,
+    build_dataset,
+    dataset_key,
+)
 from imagesim_pipeline.dataset.checks import label_support, leakage_report
 from imagesim_pipeline.dataset.stats import dataset_stats, stats_plots
-from imagesim_pipeline.ard.grid import ArdCell
-from imagesim_pipeline.labels import LabelError, Vocabulary, VocabularyError, label_cell, labels_key, load_vocabulary
-from imagesim_pipeline.labels.cell_labels import fingerprint_of, read_cell_labels, read_chip_index
+from imagesim_pipeline.labels import (
+    LabelError,
+    Vocabulary,
+    VocabularyError,
+    label_cell,
+    labels_key,
+    load_vocabulary,
+)
+from imagesim_pipeline.labels.cell_labels import (
+    fingerprint_of,
+    read_cell_labels,
+    read_chip_index,
+)
 from imagesim_pipeline.orchestration.chip_assets import nodata_index
 from imagesim_pipeline.orchestration.osm_assets import osm_data
 from imagesim_pipeline.orchestration.partitions import ard_cells

@@ -6,7 +6,13 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from imagesim_pipeline.labels.osm_geometry import LINE, POINT, POLYGON, is_area, osm_features
+from imagesim_pipeline.labels.osm_geometry import (
+    LINE,
+    POINT,
+    POLYGON,
+    is_area,
+    osm_features,
+)
 
 EPSG = 32635
 TO_LONLAT = Transformer.from_crs(EPSG, 4326, always_xy=True)

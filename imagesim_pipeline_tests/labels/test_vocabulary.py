@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from imagesim_pipeline.labels.vocabulary import TagRule, Vocabulary, VocabularyError, load_vocabulary
+from imagesim_pipeline.labels.vocabulary import (
+    TagRule,
+    Vocabulary,
+    VocabularyError,
+    load_vocabulary,
+)
 
 
 def test_default_has_the_reference_thirteen_labels():

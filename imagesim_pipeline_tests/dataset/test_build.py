@@ -1,0 +1,148 @@
+"""Building a dataset version: selection, leakage-proof splits, hashes, idempotency, statistics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from imagesim_pipeline.dataset.build import (
+    DatasetConfig,
+    DatasetError,
+    build_dataset,
+    dataset_key,
+    latest_version,
+)
+from imagesim_pipeline.dataset.checks import label_support, leakage_report
+from imagesim_pipeline.dataset.read import iter_dense
+from imagesim_pipeline.dataset.splits import block_of, footprint_of
+from imagesim_pipeline.dataset.stats import dataset_stats, format_stats
+from imagesim_pipeline.labels import label_cell, load_vocabulary, read_sparse_csv
+from imagesim_pipeline.labels.vocabulary import Vocabulary
+from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline_tests.conftest import KOTKA_CELLS
+
+
+@pytest.fixture
+def labelled(kotka_bucket):
+    bucket = open_bucket(kotka_bucket)
+    vocab = load_vocabulary()
+    for cell in KOTKA_CELLS:
+        label_cell(bucket, cell, vocab)
+    return bucket, vocab
+
+
+def test_dataset_holds_whole_blocks_of_all_data_chips(labelled):
+    bucket, vocab = labelled
+    result = build_dataset(bucket, vocab, DatasetConfig(block_zoom=15, unlabelled_share=0.25))
+    manifest = result.manifest
+    rows = pq.read_table(kotka_path(bucket, result.version)).to_pylist()
+    assert len(rows) == manifest["counts"]["chips"] > 100
+    assert {r["class"] for r in rows} == {"all data"}
+    # every block and every place in exactly one split; the block is recomputed from the chip name
+    split_of_block: dict[str, set] = {}
+    for r in rows:
+        assert r["block"] == block_of(footprint_of(r["chip"]), 15)
+        split_of_block.setdefault(r["block"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of_block.values())
+    assert leakage_report(bucket).ok
+    # label-free chips: about the asked share of the label-free places, kept by place (both acquisitions)
+    free = [r for r in rows if not r["label_ids"]]
+    dropped = manifest["counts"]["dropped"]["label_free"]
+    assert 0.15 < len(free) / (len(free) + dropped) < 0.35
+    assert len({footprint_of(r["chip"]) for r in free}) * 2 == len(free)
+    # the CSVs are the same encodings, split by split, and the manifest counts them
+    for split in ("train", "val", "test"):
+        sparse = read_sparse_csv(bucket.read_text(dataset_key(result.version, f"{split}.csv")), len(vocab))
+        mine = {r["chip"]: r["label_ids"] for r in rows if r["split"] == split}
+        assert sparse == mine
+        assert manifest["counts"]["by_split"][split] == len(mine)
+        for name in vocab.names:
+            i = vocab.index(name)
+            assert manifest["label_counts"][split][name] == sum(i in ids for ids in mine.values())
+    # content hashes in the manifest are those of the stored files
+    for name, info in manifest["files"].items():
+        assert hashlib.sha256(bucket.read_bytes(dataset_key(result.version, name))).hexdigest() == info["sha256"]
+    assert latest_version(bucket) == result.version
+
+
+def kotka_path(bucket, version):
+    return bucket.root / dataset_key(version, "chips.parquet")
+
+
+def test_rebuilding_from_the_same_inputs_gives_the_same_version_and_bytes(labelled):
+    bucket, vocab = labelled
+    first = build_dataset(bucket, vocab, DatasetConfig())
+    second = build_dataset(bucket, vocab, DatasetConfig())
+    assert first.version == second.version and first.version.startswith("ds-")
+    assert first.manifest["files"] == second.manifest["files"]
+    other = build_dataset(bucket, vocab, DatasetConfig(seed=3))
+    assert other.version != first.version
+    named = build_dataset(bucket, vocab, DatasetConfig(version="v1"))
+    assert named.version == "v1" and named.manifest["files"]["chips.parquet"] == first.manifest["files"]["chips.parquet"]
+
+
+def test_the_leakage_check_catches_a_chip_moved_to_another_split(labelled):
+    bucket, vocab = labelled
+    result = build_dataset(bucket, vocab, DatasetConfig())
+    path = kotka_path(bucket, result.version)
+    table = pq.read_table(path)
+    splits = table.column("split").to_pylist()
+    victim = next(i for i, s in enumerate(splits) if s == "train")
+    splits[victim] = "test"
+    table = table.set_column(table.schema.get_field_index("split"), "split", [splits])
+    pq.write_table(table, path)
+    report = leakage_report(bucket)
+    assert not report.ok
+    assert report.leaking_footprints == [footprint_of(table.column("chip")[victim].as_py())]
+    assert report.leaking_blocks == [table.column("block")[victim].as_py()]
+
+
+def test_cells_with_missing_or_foreign_labels_are_skipped_with_the_reason(labelled):
+    bucket, vocab = labelled
+    config = json.loads(vocab.to_json())
+    config["labels"][0]["min_area_share"] = 0.5
+    label_cell(bucket, KOTKA_CELLS[1], Vocabulary.from_config(config))
+    result = build_dataset(bucket, vocab, DatasetConfig())
+    (skipped,) = result.manifest["skipped_cells"]
+    assert skipped["cell"] == KOTKA_CELLS[1] and "materialize chip_labels for Z35-013133111131 again" in skipped["reason"]
+    assert [i["cell"] for i in result.manifest["inputs"]] == [KOTKA_CELLS[0]]
+    bucket.delete(f"labels/35/{KOTKA_CELLS[0]}.parquet")
+    result = build_dataset(bucket, vocab, DatasetConfig())
+    assert result.manifest["counts"]["chips"] == 0 and len(result.manifest["skipped_cells"]) == 2
+
+
+def test_an_empty_bucket_says_what_to_do(tmp_path):
+    with pytest.raises(DatasetError, match="run cell_job for some cells first"):
+        build_dataset(open_bucket(tmp_path), load_vocabulary(), DatasetConfig())
+    with pytest.raises(DatasetError, match="materialize training_dataset first"):
+        latest_version(open_bucket(tmp_path))
+
+
+def test_out_of_core_statistics_do_not_depend_on_the_batch_size(labelled):
+    bucket, vocab = labelled
+    result = build_dataset(bucket, vocab, DatasetConfig())
+    small = dataset_stats(bucket, batch_rows=37)
+    whole = dataset_stats(bucket, batch_rows=1_000_000)
+    assert small == whole
+    assert small["label_counts"] == result.manifest["label_counts"]
+    co = small["cooccurrence"]
+    totals = {n: sum(small["label_counts"][s][n] for s in ("train", "val", "test")) for n in vocab.names}
+    assert [co[i][i] for i in range(len(vocab))] == [totals[n] for n in vocab.names]
+    assert sum(small["labels_per_chip"]) == result.manifest["counts"]["chips"]
+    assert small["chips_by_zone"] == {"35": result.manifest["counts"]["by_split"]}
+    assert sum(small["area_share_histogram"]["counts"]["building"]) == totals["building"]
+    assert "building" in format_stats(small)
+    dense_rows = sum(len(chips) for chips, _ in iter_dense(bucket, None, "train", batch_rows=50))
+    assert dense_rows == result.manifest["counts"]["by_split"]["train"]
+
+
+def test_label_support_names_the_weak_labels_with_numbers(labelled):
+    bucket, vocab = labelled
+    manifest = build_dataset(bucket, vocab, DatasetConfig()).manifest
+    weak = label_support(manifest, min_examples=10)
+    assert "water" in weak and weak["water"] == {"train": manifest["label_counts"]["train"]["water"],
+                                                  "val": manifest["label_counts"]["val"]["water"]}
+    assert label_support(manifest, min_examples=0) == {}
