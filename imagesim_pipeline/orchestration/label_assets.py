@@ -1,6 +1,7 @@
 """The ``chip_labels`` asset per ARD cell and the unpartitioned ``training_dataset``."""
 
 import base64
+import os
 
 from dagster import (
     AssetCheckResult,
@@ -49,7 +50,9 @@ from imagesim_pipeline.storage import StorageError
 class LabelsResource(ConfigurableResource):
     """The label vocabulary shared by ``chip_labels`` and ``training_dataset``."""
 
-    vocabulary: str = Field(default="", description="YAML/JSON vocabulary file (default: the built-in 13 labels)")
+    vocabulary: str = Field(default_factory=lambda: os.environ.get("IMAGESIM_VOCABULARY", ""),
+                            description="YAML/JSON vocabulary file (default: IMAGESIM_VOCABULARY, else the "
+                                        "built-in 13 labels)")
 
     def load(self) -> Vocabulary:
         try:
