@@ -1,8 +1,8 @@
 """Benchmark: labelling 1 000 000 chip footprints against 1 000 000 generated OSM features.
 
 The labelling stage runs per level-12 cell (5 km, 1024 chips at zoom 17). So the default run is
-1000 contiguous level-12 cells of UTM zone 35 (a 32 x 32 block around Z35-013133111113, SE
-Finland) x 1024 footprints = 1 024 000 chips, with 1000 generated OSM features per cell =
+1000 contiguous level-12 cells of UTM zone 35 (the first 1000 of a 32 x 32 block around
+Z35-013133111113, SE Finland) x 1024 footprints = 1 024 000 chips, with 1000 generated OSM features per cell =
 1 000 000 features. Each cell gets an ``osm_data.json`` (Overpass ``out geom`` elements in WGS84,
 made deterministically from a seed): ~55 % building polygons (8-30 m, a few self-intersecting
 "bow-ties" that must be repaired), ~25 % road lines, ~8 % landuse/natural/leisure polygons
@@ -21,17 +21,20 @@ Each variant runs in its own spawned process (``_measure.measure``), measured in
 * imagesim, 1 process, over a few sample cells (all 1024 chips each);
 * naive: for sampled chips of the same cells, a Python loop over every feature of the cell
   (``box.intersects(geom)``, then the clipped area / length / count per label, polygons of one
-  label unioned per chip so overlaps do not count twice). Its rate counts the chip loop only
-  (reading and parsing the cell are left out, which favours the naive loop). Its labels are
-  also compared with imagesim's, as a check of the result.
+  label unioned per chip so overlaps do not count twice). Compared twice with the 1-process
+  run's steady state (its per-cell step times, without start-up): the labelling step alone
+  (naive chip loop vs ``children`` + ``label_footprints``), and whole cells (the same read and
+  parse plus the naive loop extrapolated to 1024 chips). Its labels are also compared with
+  imagesim's, as a check of the result.
 
 How to read it: chips/s are chips labelled per second of wall time (the pool's, start-up
 included); "peak RSS" is the largest single process (parent or a worker; ``ru_maxrss``), and
 "sum bound" adds the parent's peak to P x the largest worker peak. The "per cell" line splits
-the summed worker time into its steps.
+the summed worker time into its steps. The "machine" line says how much CPU other processes
+took during the main run (on a shared machine, read the rates with it).
 
 Usage: python benchmarks/bench_labels.py [--cells 1000] [--features-per-cell 1000] [--processes 2]
-       [--naive-cells 3] [--naive-chips 64] [--quick]
+       [--naive-cells 3] [--naive-chips 128] [--quick]
 """
 
 from __future__ import annotations
@@ -45,12 +48,13 @@ import resource
 import sys
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from _measure import measure
 
-from imagesim_pipeline.ard.grid import ArdCell
+from imagesim_pipeline.ard.grid import ArdCell, in_zone_grid
 
 CENTRE = ArdCell.parse("Z35-013133111113")
 CHIP_ZOOM = 17
@@ -87,16 +91,21 @@ def _polyline(rng: np.random.Generator, start: np.ndarray, n: int, length: float
 
 def _blob(rng: np.random.Generator, centre: np.ndarray, radius: float, n: int) -> np.ndarray:
     """A star-shaped (so simple) closed ring of ``n`` vertices."""
-    angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+    angles = (np.arange(n) + rng.uniform(0, 0.8, n)) * (2 * np.pi / n) + rng.uniform(0, 2 * np.pi)
     radii = radius * rng.uniform(0.65, 1.0, n)
     ring = centre + np.column_stack([np.cos(angles), np.sin(angles)]) * radii[:, None]
     return np.vstack([ring, ring[:1]])
 
 
-def make_osm_data(cell_id: str, index: int, n_features: int) -> dict:
-    """An ``osm_data.json``-like document of ``n_features`` tagged elements for the cell."""
+@lru_cache(maxsize=8)
+def _to_wgs84(epsg: int):
     from pyproj import Transformer
 
+    return Transformer.from_crs(epsg, 4326, always_xy=True)
+
+
+def make_osm_data(cell_id: str, index: int, n_features: int) -> dict:
+    """An ``osm_data.json``-like document of ``n_features`` tagged elements for the cell."""
     from imagesim_pipeline.osm.elements import CellBox, empty_osm_data, node_element
 
     cell = ArdCell.parse(cell_id)
@@ -104,8 +113,10 @@ def make_osm_data(cell_id: str, index: int, n_features: int) -> dict:
     xmin, ymin, xmax, ymax = cell.bounds
     lo, hi = np.array([xmin - MARGIN_M, ymin - MARGIN_M]), np.array([xmax + MARGIN_M, ymax + MARGIN_M])
 
+    positions = iter(rng.uniform(lo, hi, size=(n_features, 2)))  # one per feature
+
     def anywhere() -> np.ndarray:
-        return rng.uniform(lo, hi)
+        return next(positions)
 
     n_nodes = round(0.10 * n_features)
     n_buildings = round(0.55 * n_features)
@@ -149,7 +160,7 @@ def make_osm_data(cell_id: str, index: int, n_features: int) -> dict:
     # One projection call for all vertices, then split back.
     sizes = np.array([len(c) for _, c, _ in shapes])
     utm = np.vstack([c for _, c, _ in shapes])
-    lon, lat = Transformer.from_crs(cell.epsg, 4326, always_xy=True).transform(utm[:, 0], utm[:, 1])
+    lon, lat = _to_wgs84(cell.epsg).transform(utm[:, 0], utm[:, 1])
     lonlat = np.round(np.column_stack([lon, lat]), 7).tolist()
     starts = np.concatenate([[0], np.cumsum(sizes)])
 
@@ -270,6 +281,8 @@ def _label_cells(paths: list[str], processes: int, report: str) -> int:
         pool.join()  # workers waited for: their peak RSS counts in RUSAGE_CHILDREN
     totals["present"] = totals["present"].tolist() if totals["present"] is not None else []
     totals["parent_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    totals["cpu_s"] = sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage,
+                                                               (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
     Path(report).write_text(json.dumps(totals))
     return totals["chips"]
 
@@ -285,7 +298,7 @@ def _naive(paths: list[str], chips_per_cell: int, report: str) -> int:
 
     vocabulary = load_vocabulary()
     n_labels = len(vocabulary)
-    loop_s = 0.0
+    loop_s = setup_s = 0.0
     chips = agree = 0
     max_area_diff = max_length_diff = 0.0
     disagreements: list[str] = []
@@ -295,10 +308,12 @@ def _naive(paths: list[str], chips_per_cell: int, report: str) -> int:
         features = osm_features(data, cell.epsg)
         footprints = cell.children(CHIP_ZOOM)
         sample = list(range(0, len(footprints), max(1, len(footprints) // chips_per_cell)))[:chips_per_cell]
-        started = time.perf_counter()
+        started = time.perf_counter()  # per-cell set-up: which features carry which labels
         matches = match_labels(features, vocabulary)
         labelled = [(features.geometries[i], int(features.kinds[i]), m)
                     for i, m in enumerate(matches) if m and features.geometries[i] is not None]
+        setup_s += time.perf_counter() - started
+        started = time.perf_counter()  # the per-chip loop
         present = np.zeros((len(sample), n_labels), dtype=bool)
         area = np.zeros((len(sample), n_labels))
         length = np.zeros((len(sample), n_labels))
@@ -338,17 +353,31 @@ def _naive(paths: list[str], chips_per_cell: int, report: str) -> int:
                 f"length {result.length_m[row, j]:.1f}/{length[row, j]:.1f}" for j in diff))
         max_area_diff = max(max_area_diff, float(np.abs(result.area_share - area).max()))
         max_length_diff = max(max_length_diff, float(np.abs(result.length_m - length).max()))
-    Path(report).write_text(json.dumps({"chips": chips, "loop_s": loop_s, "agree": agree,
+    Path(report).write_text(json.dumps({"chips": chips, "loop_s": loop_s, "setup_s": setup_s, "agree": agree,
                                         "max_area_diff": max_area_diff, "max_length_diff": max_length_diff,
                                         "disagreements": disagreements}))
     return chips
 
 
 # --- the report ---------------------------------------------------------------------------------
+def _busy_cpu_s() -> float | None:
+    """CPU seconds the whole machine has been busy (Linux ``/proc/stat``), or None."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
 def _run(paths: list[str], processes: int, tmp: str, name: str) -> tuple[float, float, dict]:
     report = str(Path(tmp) / f"{name}.json")
+    busy, started = _busy_cpu_s(), time.perf_counter()
     seconds, _, peak = measure(_label_cells, paths, processes, report)
-    return seconds, peak, json.loads(Path(report).read_text())
+    result = json.loads(Path(report).read_text())
+    after, result["window_s"] = _busy_cpu_s(), time.perf_counter() - started  # process start-up included
+    # CPU time the machine spent on anything but this run (other users' work shows here).
+    result["other_cpu_s"] = None if busy is None or after is None else max(0.0, after - busy - result["cpu_s"])
+    return seconds, peak, result
 
 
 def main() -> None:
@@ -357,7 +386,7 @@ def main() -> None:
     parser.add_argument("--features-per-cell", type=int, default=1000, help="generated OSM features per cell")
     parser.add_argument("--processes", type=int, default=2, help="worker processes of the main variant")
     parser.add_argument("--naive-cells", type=int, default=3, help="sample cells for the 1-process and naive runs")
-    parser.add_argument("--naive-chips", type=int, default=64, help="chips per sample cell labelled the naive way")
+    parser.add_argument("--naive-chips", type=int, default=128, help="chips per sample cell labelled the naive way")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: 40 cells")
     args = parser.parse_args()
     if args.quick:
@@ -366,8 +395,6 @@ def main() -> None:
     small = block_cells(max(1, args.cells // 10))
     sample = cells[:: max(1, len(cells) // args.naive_cells)][: args.naive_cells]
     assert set(small) <= set(cells), "the 1/10 block must lie inside the full block"
-    from imagesim_pipeline.ard.grid import in_zone_grid
-
     bad = [c for c in cells if not in_zone_grid(ArdCell.parse(c))]
     if bad:
         raise SystemExit(f"cells outside zone {CENTRE.zone}'s grid: {bad[:5]}")
@@ -393,7 +420,12 @@ def main() -> None:
         _, _, naive_rss = measure(_naive, [path[c] for c in sample], args.naive_chips, naive_report)
         naive = json.loads(Path(naive_report).read_text())
         naive_rate = naive["chips"] / naive["loop_s"]
-        one_rate = one["chips"] / one_t
+        # Steady state of the 1-process run (its wall also holds imports and first-call set-up):
+        # read+parse = read + json.loads + osm_features; label = children(17) + label_footprints.
+        one_parse_s, one_label_s = sum(one["seconds"][:2]), sum(one["seconds"][2:])
+        one_rate = one["chips"] / (one_parse_s + one_label_s)
+        # The naive way for whole cells: the same read+parse, its per-cell set-up, 1024 chips of its loop.
+        naive_cell_s = (one_parse_s + naive["setup_s"]) / len(sample) + 4 ** (CHIP_ZOOM - 12) / naive_rate
 
         def row(name: str, result: dict, seconds: float, rss: float, processes: int) -> str:
             bound = result["parent_rss_mb"] + (processes * result["worker_rss_mb"] if processes > 1 else 0)
@@ -406,7 +438,7 @@ def main() -> None:
         print(row(f"imagesim, {args.processes} processes", main, main_t, main_rss, args.processes))
         print(row(f"imagesim, {args.processes} processes, 1/10 cells", small_r, small_t, small_rss, args.processes))
         print(row("imagesim, 1 process, sample cells", one, one_t, one_rss, 1))
-        print(f"{'naive loop, 1 process, sample':<34}{len(sample):>6}{naive['chips']:>12,}{'':>12}"
+        print(f"{'naive chip loop, 1 process, sample':<34}{len(sample):>6}{naive['chips']:>12,}{'':>12}"
               f"{naive['loop_s']:>9.1f}{naive_rate:>10,.1f}{naive_rss:>10.0f}")
         print()
         per_cell = [s / main["cells"] * 1000 for s in main["seconds"]]
@@ -421,13 +453,24 @@ def main() -> None:
               f"{main['problems']} problem messages")
         print(f"memory: peak RSS at {small_r['chips']:,} chips {small_rss:.0f} MB, at {main['chips']:,} chips "
               f"{main_rss:.0f} MB (x{main_rss / small_rss:.2f} for x{main['chips'] / small_r['chips']:.0f} chips)")
-        print(f"naive vs imagesim, 1 process: {naive_rate:.1f} vs {one_rate:,.0f} chips/s = imagesim "
-              f"{one_rate / naive_rate:.0f}x faster (naive rate excludes reading and parsing; "
-              f"{args.naive_chips} chips x {len(sample)} cells)")
+        one_cell = [s / one["cells"] * 1000 for s in one["seconds"]]
+        print(f"per cell (1 process, steady state): read+json.loads {one_cell[0]:.0f} ms, osm_features "
+              f"{one_cell[1]:.0f} ms, children(17) {one_cell[2]:.0f} ms, label_footprints {one_cell[3]:.0f} ms = "
+              f"{sum(one_cell):.0f} ms = {one_rate:,.0f} chips/s; {args.processes} processes give "
+              f"{main['chips'] / main_t / one_rate:.2f}x that")
+        print(f"naive vs imagesim, 1 process, {len(sample)} sample cells: labelling step alone {naive_rate:,.0f} vs "
+              f"{one['chips'] / one_label_s:,.0f} chips/s = imagesim {one['chips'] / one_label_s / naive_rate:.1f}x "
+              f"faster; whole cells (read+parse+label; naive = its loop on {args.naive_chips} chips/cell "
+              f"extrapolated to 1024) {4 ** (CHIP_ZOOM - 12) / naive_cell_s:,.0f} vs {one_rate:,.0f} chips/s = "
+              f"{one_rate * naive_cell_s / 4 ** (CHIP_ZOOM - 12):.1f}x")
         print(f"agreement on the {naive['chips']} naive chips: same labels on {naive['agree']}; max |area share diff| "
               f"{naive['max_area_diff']:.2e}, max |length diff| {naive['max_length_diff']:.2e} m")
         for line in naive["disagreements"][:6]:
             print(f"  differs (imagesim/naive): {line}")
+        other, available = main["other_cpu_s"], main["window_s"] * (os.cpu_count() or 1)
+        print(f"machine: {os.cpu_count()} CPUs; during the {args.processes}-process run it used "
+              f"{main['cpu_s']:.0f} CPU s of {available:.0f} available, other processes "
+              + ("(unknown)" if other is None else f"{other:.0f} CPU s ({other / available:.0%})"))
         verdict = "within" if main_t <= AIM_S else "over"
         print(f"aim: {main['chips']:,} chips in {main_t:.0f} s on {args.processes} processes: {verdict} "
               f"the {AIM_S:.0f} s aim")
