@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_discovery.py
 	$(BIN)/python benchmarks/bench_osm_pbf.py
 	$(BIN)/python benchmarks/bench_chips.py
+	$(BIN)/python benchmarks/bench_labels.py
 
 ui: setup
 	mkdir -p .dagster && { test -f .dagster/dagster.yaml || cp dagster.yaml .dagster/; }

@@ -93,12 +93,13 @@ def label_footprints(features: OsmFeatures, vocabulary: Vocabulary,
         tree = shapely.STRtree(geoms)
         box_i, geom_i = tree.query(boxes, predicate="intersects")
         label_i, kind_i = geom_label[geom_i], geom_kind[geom_i]
+        bounds = shapely.bounds(boxes)
         for kind, target in ((POLYGON, area), (LINE, length)):
             sel = kind_i == kind
             if not sel.any():
                 continue
             b, g = box_i[sel], geom_i[sel]
-            clipped = shapely.intersection(geoms[g], boxes[b])
+            clipped = _clip(geoms, g, b, bounds)
             measure = shapely.area(clipped) / box_area[b] if kind == POLYGON else shapely.length(clipped)
             np.add.at(target, (b, label_i[sel]), measure)
         sel = kind_i == POINT
@@ -107,6 +108,21 @@ def label_footprints(features: OsmFeatures, vocabulary: Vocabulary,
     present = _presence(vocabulary, area, length, count)
     return FootprintLabels([f.id for f in footprints], vocabulary.names, area.astype(np.float32),
                            length.astype(np.float32), count, present)
+
+
+def _clip(geoms: np.ndarray, geom_i: np.ndarray, box_i: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """``geoms[geom_i]`` clipped to the boxes ``box_i``: one rectangle clip per box over its features.
+
+    GEOS's rectangle clipping is about twice as fast as a general intersection; the
+    features are valid (repaired upstream), which is what it requires.
+    """
+    out = np.empty(len(geom_i), dtype=object)
+    order = np.argsort(box_i, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(box_i[order]) != 0])
+    for start, stop in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        rows = order[start:stop]
+        out[rows] = shapely.clip_by_rect(geoms[geom_i[rows]], *bounds[box_i[rows[0]]])
+    return out
 
 
 def _label_geometries(features: OsmFeatures, vocabulary: Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
