@@ -176,6 +176,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     except (DatasetError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `imagesim dataset export | head`
+        sys.stderr.close()
+        return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -189,6 +189,10 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
             for fh in csvs.values():
                 fh.close()
         version = config.version or _auto_version(vocabulary, config, inputs)
+        # Rebuilding a version: drop its completion marker first, so readers never pair an old
+        # manifest with half-replaced files.
+        if bucket.exists(dataset_key(version, "manifest.json")):
+            bucket.delete(dataset_key(version, "manifest.json"))
         (out / "vocabulary.json").write_text(vocabulary.to_json())
         files = {}
         for path in sorted(out.iterdir()):

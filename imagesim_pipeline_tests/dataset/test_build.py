@@ -146,3 +146,24 @@ def test_label_support_names_the_weak_labels_with_numbers(labelled):
     assert "water" in weak and weak["water"] == {"train": manifest["label_counts"]["train"]["water"],
                                                   "val": manifest["label_counts"]["val"]["water"]}
     assert label_support(manifest, min_examples=0) == {}
+
+
+def test_a_rebuild_that_fails_half_way_leaves_no_manifest_over_mixed_files(labelled):
+    from imagesim_pipeline.dataset.build import read_manifest
+    from imagesim_pipeline.storage import StorageError
+    from imagesim_pipeline.storage.bucket import LocalBucket
+
+    bucket, vocab = labelled
+    build_dataset(bucket, vocab, DatasetConfig(version="v1"))
+    assert read_manifest(bucket, "v1")["config"]["seed"] == 0
+
+    class FailingBucket(LocalBucket):
+        def upload_file(self, local_path, key):
+            if key.endswith("train.csv"):
+                raise StorageError(f"{key}: connection reset")
+            super().upload_file(local_path, key)
+
+    with pytest.raises(StorageError, match="connection reset"):
+        build_dataset(FailingBucket(bucket.root), vocab, DatasetConfig(version="v1", seed=5))
+    with pytest.raises(DatasetError, match="'v1' is missing or incomplete; materialize training_dataset again"):
+        read_manifest(bucket, "v1")
