@@ -4,7 +4,7 @@ from dagster import Definitions, multiprocess_executor
 
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
 from imagesim_pipeline.orchestration.chip_assets import chips, nodata_index
-from imagesim_pipeline.orchestration.jobs import cell_job, dataset_job
+from imagesim_pipeline.orchestration.jobs import cell_job, dataset_job, dataset_schedule
 from imagesim_pipeline.orchestration.label_assets import (
     LabelsResource,
     chip_labels,
@@ -18,6 +18,7 @@ defs = Definitions(
     assets=[ard_tile, osm_data, chips, nodata_index, chip_labels, training_dataset],
     jobs=[cell_job, dataset_job],
     sensors=[ard_delivery_sensor],
+    schedules=[dataset_schedule],
     resources={"bucket": default_bucket_resource(), "osm": OsmSourceResource(), "labels": LabelsResource()},
     executor=multiprocess_executor.configured({"max_concurrent": 2}),
 )

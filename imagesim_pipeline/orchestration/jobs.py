@@ -1,6 +1,6 @@
 """Jobs. ``cell_job`` is the main job: every per-cell asset for one ARD cell partition."""
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
 CELL_ASSETS = AssetSelection.assets("ard_tile", "osm_data", "chips", "nodata_index", "chip_labels")
 
@@ -14,4 +14,13 @@ dataset_job = define_asset_job(
     "dataset_job",
     selection=AssetSelection.assets("training_dataset"),
     description="Build the training dataset from the labels of every cell, and check its splits.",
+)
+
+dataset_schedule = ScheduleDefinition(
+    name="dataset_nightly",
+    job=dataset_job,
+    cron_schedule="0 3 * * *",
+    default_status=DefaultScheduleStatus.STOPPED,  # turn on in the UI (Automation) once cells arrive regularly
+    description="Rebuild the training dataset every night from the labels of all cells; when no labels "
+                "changed it rewrites the same version (the version is a hash of the inputs).",
 )

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
+from dagster import AssetKey, DagsterInstance, SensorResult, SkipReason, build_sensor_context
 
 from imagesim_pipeline.orchestration.partitions import ard_cells
 from imagesim_pipeline.orchestration.resources import BucketResource
@@ -37,6 +37,9 @@ def test_definitions_hold_the_partitioned_asset_job_and_sensor():
     assert job.partitions_def == ard_cells
     assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} >= {"ard_tile"}
     assert defs.resolve_sensor_def("ard_delivery_sensor").job_name == "cell_job"
+    assert defs.resolve_job_def("cell_job").asset_layer.executable_asset_keys >= {AssetKey("chip_labels")}
+    assert defs.resolve_job_def("dataset_job").partitions_def is None
+    assert defs.resolve_schedule_def("dataset_nightly").job_name == "dataset_job"
 
 
 def test_sensor_registers_new_cells_and_reruns_only_changed_ones(dagster_home, bucket_copy):
