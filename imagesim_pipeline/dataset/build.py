@@ -80,6 +80,8 @@ class DatasetConfig:
             raise ValueError(f"block_zoom must be 13..19 (coarser than a level-12 cell is pointless); got {self.block_zoom}")
         if not 0 <= self.unlabelled_share <= 1:
             raise ValueError(f"unlabelled_share must be within 0..1; got {self.unlabelled_share}")
+        if not 0 <= self.max_cloud_fraction <= 1:
+            raise ValueError(f"max_cloud_fraction must be within 0..1; got {self.max_cloud_fraction}")
         if self.version and not all(c.isalnum() or c in "-_." for c in self.version):
             raise ValueError(f"version {self.version!r} may only hold letters, digits, - _ .")
 
@@ -93,6 +95,7 @@ class DatasetResult:
     version: str
     manifest: dict[str, Any]
     seconds: float
+    unchanged: bool = False  # the stored version already held exactly this content
 
     @property
     def prefix(self) -> str:
@@ -122,6 +125,8 @@ def _select(table: pa.Table, config: DatasetConfig) -> tuple[pa.Table, Counter]:
     dropped: Counter = Counter()
     keep_class = pc.is_in(table.column("class"), value_set=pa.array(config.keep_classes))
     dropped["nodata_class"] = int(table.num_rows - pc.sum(keep_class).as_py())
+    dropped["cloud_unknown_kept"] = int(pc.sum(pc.and_(keep_class, pc.is_null(table.column("cloud_fraction")))).as_py()
+                                        or 0)  # no cloud mask delivered: counted as clear
     cloud = pc.fill_null(table.column("cloud_fraction"), 0.0)
     clear = pc.less_equal(cloud, config.max_cloud_fraction)
     dropped["cloudy"] = int(pc.sum(pc.and_(keep_class, pc.invert(clear))).as_py())
@@ -188,10 +193,23 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
             writer.close()
             for fh in csvs.values():
                 fh.close()
+        if not inputs:
+            raise DatasetError("no usable chip_labels among the cells: " + "; ".join(
+                f"{s['cell']}: {s['reason']}" for s in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+                + f". The latest dataset stays {_latest_or_none(bucket)}.")
+        if not sum(chips_per_split.values()):
+            raise DatasetError(f"no chip passes the selection (dropped: {dict(dropped)}); widen keep_classes, "
+                               f"unlabelled_share or max_cloud_fraction. The latest dataset stays "
+                               f"{_latest_or_none(bucket)}.")
         version = config.version or _auto_version(vocabulary, config, inputs)
+        current = _stored_manifest(bucket, version)
+        if current and _same_content(current, vocabulary, config, inputs):
+            # Nothing changed: keep the stored version online rather than rewriting it.
+            bucket.write_text(LATEST_KEY, json.dumps({"version": version}))
+            return DatasetResult(version, current, time.perf_counter() - started, unchanged=True)
         # Rebuilding a version: drop its completion marker first, so readers never pair an old
         # manifest with half-replaced files.
-        if bucket.exists(dataset_key(version, "manifest.json")):
+        if current is not None or bucket.exists(dataset_key(version, "manifest.json")):
             bucket.delete(dataset_key(version, "manifest.json"))
         (out / "vocabulary.json").write_text(vocabulary.to_json())
         files = {}
@@ -215,6 +233,27 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
     bucket.write_text(dataset_key(version, "manifest.json"), json.dumps(manifest, indent=2))
     bucket.write_text(LATEST_KEY, json.dumps({"version": version}))
     return DatasetResult(version, manifest, time.perf_counter() - started)
+
+
+def _latest_or_none(bucket: Bucket) -> str:
+    try:
+        return repr(latest_version(bucket))
+    except DatasetError:
+        return "none"
+
+
+def _stored_manifest(bucket: Bucket, version: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(bucket.read_text(dataset_key(version, "manifest.json")))
+    except (StorageError, json.JSONDecodeError):
+        return None
+
+
+def _same_content(manifest: dict[str, Any], vocabulary: Vocabulary, config: DatasetConfig,
+                  inputs: list[dict[str, Any]]) -> bool:
+    stored_config = {k: v for k, v in manifest.get("config", {}).items() if k != "version"}
+    return (manifest.get("vocabulary", {}).get("fingerprint") == vocabulary.fingerprint
+            and stored_config == config.selection() and manifest.get("inputs") == inputs)
 
 
 def _auto_version(vocabulary: Vocabulary, config: DatasetConfig, inputs: list[dict[str, Any]]) -> str:

@@ -214,32 +214,44 @@ def _build(builder: _Builder, n: int, epsg: int) -> np.ndarray:
 
 
 def _multipolygon(relation: dict[str, Any]) -> tuple[Any, bool]:
-    """(WGS84 polygon of the relation or None, whether members were missing or rings open)."""
-    rings: dict[str, list[Any]] = {"outer": [], "inner": []}
+    """(WGS84 polygon of the relation or None, whether members were missing or rings open).
+
+    Member ways are merged into closed rings per role; rings nest by containment, so each
+    outer ring minus the inner rings directly inside it is part of the area (an island in a
+    lake in a forest is forest again). An inner ring whose outer is missing adds nothing.
+    """
+    lines: dict[str, list[Any]] = {"outer": [], "inner": []}
     missing = False
     for member in relation.get("members", []):
         if member.get("type") != "way":
             continue
-        runs = _coords(member.get("geometry") or [None])
-        if len(runs) != 1 or len(runs[0]) != len(member.get("geometry") or []):
+        geometry = member.get("geometry") or [None]
+        runs = _coords(geometry)
+        if len(runs) != 1 or len(runs[0]) != len(geometry):
             missing = True
         role = "inner" if member.get("role") == "inner" else "outer"
-        rings[role].extend(shapely.linestrings(run) for run in runs if len(run) >= 2)
-    polygons = {}
-    for role, lines in rings.items():
-        if not lines:
-            polygons[role] = None
+        lines[role].extend(shapely.linestrings(run) for run in runs if len(run) >= 2)
+    rings, is_outer = [], []
+    for role, parts in lines.items():
+        if not parts:
             continue
-        merged = shapely.line_merge(shapely.multilinestrings(lines))
-        faces = shapely.get_parts(shapely.polygonize(shapely.get_parts(merged)))
-        open_rings = [g for g in shapely.get_parts(merged) if not g.is_closed]
-        missing = missing or bool(open_rings)
-        polygons[role] = shapely.union_all(shapely.make_valid(faces)) if len(faces) else None
-    if polygons["outer"] is None:
+        merged = shapely.get_parts(shapely.line_merge(shapely.multilinestrings(parts)))
+        closed = [g for g in merged if g.is_closed and shapely.get_num_coordinates(g) >= 4]
+        missing = missing or len(closed) < len(merged)
+        rings.extend(shapely.make_valid(shapely.Polygon(g.coords)) for g in closed)
+        is_outer.extend([role == "outer"] * len(closed))
+    if not any(is_outer):
         return None, True
-    if polygons["inner"] is not None:
-        return shapely.difference(polygons["outer"], polygons["inner"]), missing
-    return polygons["outer"], missing
+    polygons = np.array(rings, dtype=object)
+    outer = np.array(is_outer)
+    container, contained = shapely.STRtree(polygons).query(polygons, predicate="contains_properly")
+    depth = np.bincount(contained, minlength=len(polygons))
+    pieces = []
+    for i in np.flatnonzero(outer):
+        holes = contained[(container == i) & ~outer[contained] & (depth[contained] == depth[i] + 1)]
+        pieces.append(shapely.difference(polygons[i], shapely.union_all(polygons[holes])) if len(holes)
+                      else polygons[i])
+    return shapely.union_all(pieces), missing
 
 
 def _repair(features: OsmFeatures) -> None:

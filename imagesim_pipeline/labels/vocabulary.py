@@ -168,7 +168,14 @@ def _parse_label(entry: Any, where: str) -> Label:
                  geometry=tuple(k for k in KINDS if k in kinds),
                  min_area_share=_number(entry, "min_area_share", where, 0.0, 1.0, 0.0),
                  min_length_m=_number(entry, "min_length_m", where, 0.0, None, 0.0),
-                 min_count=int(_number(entry, "min_count", where, 1, None, 1)))
+                 min_count=_count(entry, where))
+
+
+def _count(entry: Mapping[str, Any], where: str) -> int:
+    value = entry.get("min_count", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise VocabularyError(f"{where}: min_count must be a whole number >= 1; got {value!r}")
+    return value
 
 
 def load_vocabulary(path: str | Path | None = None) -> Vocabulary:

@@ -90,6 +90,9 @@ def chip_labels(context: AssetExecutionContext, bucket: BucketResource, labels: 
         result = label_cell(store, context.partition_key, vocabulary)
     except (LabelError, OsmError, StorageError) as exc:
         raise Failure(description=str(exc)) from None
+    except ValueError as exc:  # a malformed chip name or cell id in the nodata index
+        raise Failure(description=f"cannot label {context.partition_key}: {exc}; materialize chips and "
+                                  "nodata_index for it again") from None
     for problem in result.problems:
         context.log.warning(f"{result.cell}: {problem}")
     histogram = result.histogram()
@@ -142,6 +145,8 @@ class TrainingDatasetConfig(Config):
                        description="No block and no place (chip footprint) has chips in two splits"),
         AssetCheckSpec("label_support", asset="training_dataset",
                        description="Every label has enough positive chips in train and val"),
+        AssetCheckSpec("all_cells_included", asset="training_dataset",
+                       description="Every cell with a nodata index contributed labels under this vocabulary"),
     ],
     description="The training dataset over all cells: 'all data' chips (and a share of label-free ones) split "
                 "train/val/test by spatial blocks, versioned under `datasets/<version>/` (chips.parquet, "
@@ -154,11 +159,12 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
     settings = DatasetConfig(**config.model_dump(exclude={"min_examples"}))
     try:
         settings.validate()
+    except ValueError as exc:
+        raise Failure(description=f"invalid training_dataset config: {exc}") from None
+    try:
         result = build_dataset(store, vocabulary, settings, progress=context.log.info)
         stats = dataset_stats(store, result.version)
         leakage = leakage_report(store, result.version)
-    except ValueError as exc:
-        raise Failure(description=f"invalid training_dataset config: {exc}") from None
     except (DatasetError, StorageError) as exc:
         raise Failure(description=str(exc)) from None
     manifest = result.manifest
@@ -176,6 +182,7 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
         "label_counts": MetadataValue.md(_counts_table(("label", *splits), label_rows)),
         "chips_by_zone": MetadataValue.json(stats["chips_by_zone"]),
         "skipped_cells": len(manifest["skipped_cells"]),
+        "unchanged": result.unchanged,
         "manifest": store.url(dataset_key(result.version, "manifest.json")),
         "seconds": round(result.seconds, 2),
     }
@@ -191,6 +198,11 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
             "min_examples": config.min_examples,
             "weak_labels": MetadataValue.md(_counts_table(("label", "train", "val"), [
                 (name, c["train"], c["val"]) for name, c in weak.items()]) if weak else "none")}),
+        AssetCheckResult(check_name="all_cells_included", passed=not manifest["skipped_cells"],
+                         severity=AssetCheckSeverity.WARN, metadata={
+                             "cells": len(manifest["inputs"]),
+                             "skipped": MetadataValue.md("\n".join(f"- {s['cell']}: {s['reason']}"
+                                                                   for s in manifest["skipped_cells"][:50]) or "none")}),
     ]
     return MaterializeResult(metadata=metadata, check_results=checks)
 

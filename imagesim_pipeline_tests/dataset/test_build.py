@@ -75,9 +75,14 @@ def kotka_path(bucket, version):
 def test_rebuilding_from_the_same_inputs_gives_the_same_version_and_bytes(labelled):
     bucket, vocab = labelled
     first = build_dataset(bucket, vocab, DatasetConfig())
+    stamp = (kotka_path(bucket, first.version)).stat().st_mtime_ns
     second = build_dataset(bucket, vocab, DatasetConfig())
     assert first.version == second.version and first.version.startswith("ds-")
-    assert first.manifest["files"] == second.manifest["files"]
+    assert second.unchanged and not first.unchanged and second.manifest == first.manifest
+    assert kotka_path(bucket, first.version).stat().st_mtime_ns == stamp  # left online, not rewritten
+    bucket.delete(dataset_key(first.version, "manifest.json"))  # an interrupted build: written again
+    third = build_dataset(bucket, vocab, DatasetConfig())
+    assert not third.unchanged and third.manifest["files"] == first.manifest["files"]
     other = build_dataset(bucket, vocab, DatasetConfig(seed=3))
     assert other.version != first.version
     named = build_dataset(bucket, vocab, DatasetConfig(version="v1"))
@@ -109,9 +114,21 @@ def test_cells_with_missing_or_foreign_labels_are_skipped_with_the_reason(labell
     (skipped,) = result.manifest["skipped_cells"]
     assert skipped["cell"] == KOTKA_CELLS[1] and "materialize chip_labels for Z35-013133111131 again" in skipped["reason"]
     assert [i["cell"] for i in result.manifest["inputs"]] == [KOTKA_CELLS[0]]
+    # No usable cell at all: an error, and the latest dataset is left as it was.
     bucket.delete(f"labels/35/{KOTKA_CELLS[0]}.parquet")
-    result = build_dataset(bucket, vocab, DatasetConfig())
-    assert result.manifest["counts"]["chips"] == 0 and len(result.manifest["skipped_cells"]) == 2
+    with pytest.raises(DatasetError) as err:
+        build_dataset(bucket, vocab, DatasetConfig())
+    assert str(err.value).startswith("no usable chip_labels among the cells: Z35-013133111113:")
+    assert f"The latest dataset stays {result.version!r}" in str(err.value)
+    assert latest_version(bucket) == result.version
+
+
+def test_a_selection_without_chips_is_an_error_not_an_empty_version(labelled):
+    bucket, vocab = labelled
+    with pytest.raises(DatasetError, match="no chip passes the selection .* The latest dataset stays none"):
+        build_dataset(bucket, vocab, DatasetConfig(keep_classes=["no data"]))
+    with pytest.raises(ValueError, match="max_cloud_fraction must be within 0..1"):
+        build_dataset(bucket, vocab, DatasetConfig(max_cloud_fraction=-0.1))
 
 
 def test_an_empty_bucket_says_what_to_do(tmp_path):

@@ -116,3 +116,16 @@ def test_an_empty_document_has_no_features():
     features = osm_features({"quadkey": "x", "nodes": [], "ways": [], "relations": []}, EPSG)
     assert len(features) == 0 and features.kind_counts() == {"polygon": 0, "line": 0, "point": 0}
     assert shapely.is_empty(features.geometries).all()
+
+
+def test_islands_in_holes_belong_to_the_area_and_orphan_inner_rings_add_nothing():
+    rel = {"type": "relation", "id": 43, "tags": {"type": "multipolygon", "landuse": "forest"},
+           "members": [member(ring(0, 0, 100, 100), "outer"), member(ring(20, 20, 80, 80), "inner"),
+                       member(ring(40, 40, 60, 60), "outer")]}  # forest, a clearing, woods in the clearing
+    features = osm_features(doc(relations=[rel]), EPSG)
+    assert features.geometries[0].area == pytest.approx(100 * 100 - 60 * 60 + 20 * 20, rel=1e-6)
+    assert features.problems == []
+    orphan = {"type": "relation", "id": 44, "tags": {"type": "multipolygon", "landuse": "forest"},
+              "members": [{"type": "way", "ref": 9, "role": "outer"}, member(ring(20, 20, 80, 80), "inner")]}
+    features = osm_features(doc(relations=[orphan]), EPSG)
+    assert len(features) == 0 and "relation/44" in features.problems[0]  # the clearing is not forest

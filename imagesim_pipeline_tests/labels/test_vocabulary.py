@@ -48,6 +48,7 @@ def test_exclusions_drop_what_is_not_visible_from_above():
     ({"name": "x", "tags": ["building"], "min_area": 0.1}, "unknown field(s) min_area"),
     ({"name": "x", "tags": ["building"], "min_area_share": 1.5}, "min_area_share must be a number 0.0..1.0"),
     ({"name": "9lives", "tags": ["building"]}, "must start with a letter"),
+    ({"name": "x", "tags": ["amenity"], "geometry": ["point"], "min_count": 2.5}, "min_count must be a whole number"),
 ])
 def test_bad_labels_are_named_with_the_reason(label, message):
     with pytest.raises(VocabularyError) as err:
