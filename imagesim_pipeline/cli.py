@@ -35,6 +35,18 @@ def _parse_bounds(text: str) -> tuple[float, float, float, float]:
     return west, south, east, north
 
 
+def _parse_setting(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML ({exc})") from None
+
+
 # --- commands -------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
     from imagesim_pipeline.ard.ingest import IngestError, ingest
@@ -151,7 +163,11 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         if args.action == "build":
             from imagesim_pipeline.orchestration.instance import run_job
 
-            return 0 if run_job("dataset_job", progress=_print) else 1
+            config = dict(args.settings or [])
+            if args.version:
+                config["version"] = args.version
+            run_config = {"ops": {"training_dataset": {"config": config}}} if config else None
+            return 0 if run_job("dataset_job", progress=_print, run_config=run_config) else 1
         if args.action == "stats":
             from imagesim_pipeline.dataset.stats import (
                 dataset_stats,
@@ -281,8 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "`stats [VERSION]`: label frequencies per split, co-occurrence, chips per zone, "
                                    "computed out of core. `export VERSION --split S -o FILE`: dense 0/1 labels CSV.")
     p.add_argument("action", choices=["build", "stats", "export"])
-    p.add_argument("version", nargs="?", help="dataset version (default: the latest)")
+    p.add_argument("version", nargs="?", help="dataset version (stats/export default: the latest; build default: "
+                                              "a hash of the inputs)")
     p.add_argument("--bucket", help=bucket_help)
+    p.add_argument("-s", "--set", dest="settings", action="append", type=_parse_setting, metavar="KEY=VALUE",
+                   help="build: a training_dataset config value, e.g. -s block_zoom=14 -s unlabelled_share=0.3 "
+                        "-s keep_classes='[all data, partial data]' (repeatable)")
     p.add_argument("--json", action="store_true", help="stats as JSON")
     p.add_argument("--plots", metavar="DIR", help="stats: also write PNG plots to DIR")
     p.add_argument("--split", choices=["train", "val", "test"], default="train", help="export: which split")

@@ -149,6 +149,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
     counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
     chips_per_split: Counter = Counter()
     label_free: Counter = Counter()
+    no_cloud_mask = 0
     blocks: dict[str, set[str]] = {s: set() for s in SPLITS}
     dropped: Counter = Counter()
     inputs, skipped = [], []
@@ -173,6 +174,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
                     continue
                 inputs.append({"cell": cell, "chips": table.num_rows, "sha256": digest})
                 selected, why = _select(table, config)
+                no_cloud_mask += why.pop("cloud_unknown_kept")
                 dropped.update(why)
                 footprint = selected.column("footprint").to_pylist()
                 block = [block_of(f, config.block_zoom) for f in footprint]
@@ -224,7 +226,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
         "counts": {"chips": sum(chips_per_split.values()), "by_split": {s: chips_per_split[s] for s in SPLITS},
                    "blocks_by_split": {s: len(blocks[s]) for s in SPLITS},
                    "label_free_by_split": {s: label_free[s] for s in SPLITS},
-                   "dropped": dict(dropped)},
+                   "dropped": dict(dropped), "kept_without_cloud_mask": no_cloud_mask},
         "label_counts": {s: {n: counts[s][n] for n in names} for s in SPLITS},
         "inputs": inputs,
         "skipped_cells": skipped,
