@@ -44,7 +44,7 @@ from imagesim_pipeline.labels.cell_labels import (
     load_cell_labels,
     with_vocabulary,
 )
-from imagesim_pipeline.labels.encoding import sparse_csv_rows
+from imagesim_pipeline.labels.encoding import HEADER_LINE, csv_line
 from imagesim_pipeline.labels.vocabulary import Vocabulary
 from imagesim_pipeline.storage import Bucket, StorageError
 
@@ -97,16 +97,12 @@ class DatasetResult:
     seconds: float
     unchanged: bool = False  # the stored version already held exactly this content
 
-    @property
-    def prefix(self) -> str:
-        return f"{DATASETS_PREFIX}{self.version}/"
-
 
 def dataset_key(version: str, name: str) -> str:
     return f"{DATASETS_PREFIX}{version}/{name}"
 
 
-def labelled_cells(bucket: Bucket) -> list[str]:
+def indexed_cells(bucket: Bucket) -> list[str]:
     """Cells that have a nodata index table (and so should have labels)."""
     return sorted(o.key.rsplit("/", 1)[1][: -len(".parquet")] for o in bucket.list(INDEX_PREFIX)
                   if o.key.endswith(".parquet"))
@@ -127,15 +123,15 @@ def _select(table: pa.Table, config: DatasetConfig) -> tuple[pa.Table, Counter]:
     dropped["nodata_class"] = int(table.num_rows - pc.sum(keep_class).as_py())
     dropped["cloud_unknown_kept"] = int(pc.sum(pc.and_(keep_class, pc.is_null(table.column("cloud_fraction")))).as_py()
                                         or 0)  # no cloud mask delivered: counted as clear
-    cloud = pc.fill_null(table.column("cloud_fraction"), 0.0)
-    clear = pc.less_equal(cloud, config.max_cloud_fraction)
+    clear = pc.less_equal(pc.fill_null(table.column("cloud_fraction"), 0.0), config.max_cloud_fraction)
     dropped["cloudy"] = int(pc.sum(pc.and_(keep_class, pc.invert(clear))).as_py())
+    eligible = pc.and_(keep_class, clear)
     labelled = pc.greater(pc.list_value_length(table.column("label_ids")), 0)
-    footprints = table.column("footprint").to_pylist()
-    lucky = pa.array([unit_hash(f, 1_000_003) < config.unlabelled_share for f in footprints], pa.bool_())
-    keep = pc.and_(pc.and_(keep_class, clear), pc.or_(labelled, lucky))
-    dropped["label_free"] = int(pc.sum(pc.and_(pc.and_(keep_class, clear), pc.invert(pc.or_(labelled, lucky)))).as_py())
-    return table.filter(keep), dropped
+    lucky = pa.array([unit_hash(f, 1_000_003) < config.unlabelled_share
+                      for f in table.column("footprint").to_pylist()], pa.bool_())
+    wanted = pc.or_(labelled, lucky)
+    dropped["label_free"] = int(pc.sum(pc.and_(eligible, pc.invert(wanted))).as_py())
+    return table.filter(pc.and_(eligible, wanted)), dropped
 
 
 def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
@@ -143,7 +139,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
     """Build (or rebuild) a dataset version from the bucket's label tables."""
     config.validate()
     started = time.perf_counter()
-    cells = labelled_cells(bucket)
+    cells = indexed_cells(bucket)
     if not cells:
         raise DatasetError(f"no nodata index tables under {bucket.url(INDEX_PREFIX)}: run cell_job for some cells first")
     counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
@@ -161,7 +157,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
         csvs = {s: open(out / f"{s}.csv", "w", encoding="utf-8") for s in SPLITS}
         try:
             for fh in csvs.values():
-                fh.write(next(iter(sparse_csv_rows([], []))))
+                fh.write(HEADER_LINE)
             for i, cell in enumerate(cells, 1):
                 try:
                     table, digest = load_cell_labels(bucket, cell)
@@ -185,7 +181,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
                 writer.write_table(batch.cast(schema))
                 for chip, ids, s, b in zip(selected.column("chip").to_pylist(),
                                            selected.column("label_ids").to_pylist(), split, block, strict=True):
-                    csvs[s].write(f"{chip},{' '.join(map(str, ids))}\n")
+                    csvs[s].write(csv_line(chip, ids))
                     counts[s].update(names[j] for j in ids)
                     chips_per_split[s] += 1
                     label_free[s] += not ids
@@ -211,7 +207,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
             return DatasetResult(version, current, time.perf_counter() - started, unchanged=True)
         # Rebuilding a version: drop its completion marker first, so readers never pair an old
         # manifest with half-replaced files.
-        if current is not None or bucket.exists(dataset_key(version, "manifest.json")):
+        if bucket.exists(dataset_key(version, "manifest.json")):
             bucket.delete(dataset_key(version, "manifest.json"))
         (out / "vocabulary.json").write_text(vocabulary.to_json())
         files = {}
@@ -282,4 +278,4 @@ def read_manifest(bucket: Bucket, version: str | None = None) -> dict[str, Any]:
 
 
 __all__ = ["DATASET_SCHEMA", "DatasetConfig", "DatasetError", "DatasetResult", "build_dataset", "dataset_key",
-           "labelled_cells", "latest_version", "read_manifest"]
+           "indexed_cells", "latest_version", "read_manifest"]

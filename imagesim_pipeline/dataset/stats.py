@@ -11,6 +11,7 @@ import io
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -50,10 +51,11 @@ def dataset_stats(bucket: Bucket, version: str | None = None, batch_rows: int = 
                 freq[s] += matrix[rows].sum(axis=0)
             co += matrix.T @ matrix
             per_chip += np.bincount(matrix.sum(axis=1), minlength=n + 1)[: n + 1]
-            zone = batch.column("zone").to_numpy(zero_copy_only=False)
-            for z, s in zip(zone.tolist(), split.tolist(), strict=True):
-                counts = zones.setdefault(f"{z:02d}", dict.fromkeys(SPLITS, 0))
-                counts[s] += 1
+            per_zone = pa.table({"zone": batch.column("zone"), "split": batch.column("split")}) \
+                .group_by(["zone", "split"]).aggregate([([], "count_all")])
+            for z, s, chips_here in zip(*(per_zone.column(c).to_pylist() for c in ("zone", "split", "count_all")),
+                                        strict=True):
+                zones.setdefault(f"{z:02d}", dict.fromkeys(SPLITS, 0))[s] += chips_here
             ids = pc.list_flatten(batch.column("label_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
             area = pc.list_flatten(batch.column("area_share")).to_numpy(zero_copy_only=False)
             length = pc.list_flatten(batch.column("length_m")).to_numpy(zero_copy_only=False)

@@ -11,15 +11,17 @@ import numpy as np
 CSV_HEADER = ("chip", "labels")
 
 
-def sparse_csv_rows(chips: Iterable[str], label_ids: Iterable[Sequence[int]]) -> Iterable[str]:
-    """CSV lines (with the header first) of the reference's sparse encoding."""
-    yield ",".join(CSV_HEADER) + "\n"
-    for chip, ids in zip(chips, label_ids, strict=True):
-        yield f"{chip},{' '.join(str(i) for i in ids)}\n"
+HEADER_LINE = ",".join(CSV_HEADER) + "\n"
+
+
+def csv_line(chip: str, label_ids: Sequence[int]) -> str:
+    """One line of the reference's sparse encoding: ``chip,<ids separated by spaces>``."""
+    return f"{chip},{' '.join(map(str, label_ids))}\n"
 
 
 def write_sparse_csv(chips: Iterable[str], label_ids: Iterable[Sequence[int]]) -> str:
-    return "".join(sparse_csv_rows(chips, label_ids))
+    """The whole sparse CSV, header first."""
+    return HEADER_LINE + "".join(csv_line(c, ids) for c, ids in zip(chips, label_ids, strict=True))
 
 
 def read_sparse_csv(text: str, n_labels: int | None = None) -> dict[str, list[int]]:
@@ -65,4 +67,4 @@ def dense_from_arrow(list_array, n_labels: int) -> np.ndarray:
     return matrix
 
 
-__all__ = ["CSV_HEADER", "dense", "dense_from_arrow", "read_sparse_csv", "sparse_csv_rows", "write_sparse_csv"]
+__all__ = ["CSV_HEADER", "HEADER_LINE", "csv_line", "dense", "dense_from_arrow", "read_sparse_csv", "write_sparse_csv"]

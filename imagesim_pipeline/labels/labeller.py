@@ -40,9 +40,6 @@ class FootprintLabels:
     def label_ids(self, i: int) -> list[int]:
         return np.flatnonzero(self.present[i]).tolist()
 
-    def histogram(self) -> dict[str, int]:
-        return {name: int(n) for name, n in zip(self.labels, self.present.sum(axis=0), strict=True)}
-
 
 def match_labels(features: OsmFeatures, vocabulary: Vocabulary) -> list[list[int]]:
     """For each feature, the ids of the labels whose tag rules and geometry kinds it meets."""

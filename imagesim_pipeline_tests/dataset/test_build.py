@@ -184,3 +184,17 @@ def test_a_rebuild_that_fails_half_way_leaves_no_manifest_over_mixed_files(label
         build_dataset(FailingBucket(bucket.root), vocab, DatasetConfig(version="v1", seed=5))
     with pytest.raises(DatasetError, match="'v1' is missing or incomplete; materialize training_dataset again"):
         read_manifest(bucket, "v1")
+
+
+def test_adding_a_cell_leaves_the_splits_of_the_others_alone(kotka_bucket):
+    bucket = open_bucket(kotka_bucket)
+    vocab = load_vocabulary()
+    label_cell(bucket, KOTKA_CELLS[0], vocab)  # the second cell is not labelled yet: skipped
+    before = build_dataset(bucket, vocab, DatasetConfig(unlabelled_share=1.0))
+    first = {r["chip"]: r["split"] for r in pq.read_table(kotka_path(bucket, before.version)).to_pylist()}
+    label_cell(bucket, KOTKA_CELLS[1], vocab)
+    after = build_dataset(bucket, vocab, DatasetConfig(unlabelled_share=1.0))
+    both = {r["chip"]: r["split"] for r in pq.read_table(kotka_path(bucket, after.version)).to_pylist()}
+    assert after.version != before.version and len(both) > len(first) > 100
+    assert {c: both[c] for c in first} == first
+    assert set(first.values()) == {"train", "val", "test"}

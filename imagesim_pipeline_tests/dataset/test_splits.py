@@ -26,16 +26,15 @@ def test_block_is_the_ancestor_cell():
         block_of("Z35-0131", 15)
 
 
-def test_split_shares_follow_the_fractions_and_do_not_depend_on_other_blocks():
-    blocks = [c.id for c in ArdCell.parse("Z35-0131331").children(13)] * 1
+def test_split_shares_follow_the_fractions_and_the_seed_reshuffles():
+    blocks = [c.id for c in ArdCell.parse("Z35-0131331").children(13)]
     blocks += [c.id for c in ArdCell.parse("Z35-01313311").children(14)]
     counts = Counter(split_of(b, FRACTIONS) for b in blocks)
     n = len(blocks)
     assert n > 4000
     for name, share in FRACTIONS.items():
         assert abs(counts[name] / n - share) < 0.02
-    # a block's split is a function of the block alone (and the seed)
-    assert [split_of(b, FRACTIONS) for b in blocks[:50]] == [split_of(b, FRACTIONS) for b in reversed(blocks[:50])][::-1]
+    # the seed reshuffles blocks (stability as cells are added is checked in test_build)
     assert Counter(split_of(b, FRACTIONS, seed=1) == split_of(b, FRACTIONS) for b in blocks)[False] > n * 0.2
 
 
