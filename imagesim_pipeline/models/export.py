@@ -1,0 +1,109 @@
+"""ONNX export of the SMLC: one graph, two outputs (``logits`` and ``embedding``), dynamic batch.
+
+The graph takes normalised images (``input``: float32, N x 3 x size x size); the model's
+metadata (``imagesim`` JSON in the ONNX metadata) says how to make them: size, mean and std, and
+also the labels, their thresholds, the backbone and the dataset version. The export is checked
+against torch with onnxruntime on real inputs and the maximum absolute difference is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imagesim_pipeline.errors import ImagesimError
+
+INPUT, OUTPUTS = "input", ("logits", "embedding")
+METADATA_KEY = "imagesim"
+
+
+class ExportError(ImagesimError):
+    """The ONNX export failed or does not match the torch model."""
+
+
+class _Exportable(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = model.backbone, model.head
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.backbone(images))
+
+
+@dataclass
+class Parity:
+    max_abs_logits: float
+    max_abs_embedding: float
+    images: int
+
+    @property
+    def max_abs(self) -> float:
+        return max(self.max_abs_logits, self.max_abs_embedding)
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_size: int, metadata: dict[str, Any],
+                opset: int = 18) -> Path:
+    """Write ``model`` (an SMLC) as ONNX with outputs ``logits`` and ``embedding`` and ``metadata``."""
+    import onnx
+
+    path = Path(path)
+    module = _Exportable(model).eval()
+    example = torch.zeros(2, 3, input_size, input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, (example,), str(path), input_names=[INPUT], output_names=list(OUTPUTS),
+                              dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                              opset_version=opset, dynamo=True, external_data=False, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
+            raise ExportError(f"ONNX export to {path} failed: {type(exc).__name__}: {exc}") from exc
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    proto.producer_name = "imagesim"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+def session(path: str | Path, threads: int = 0, optimize: bool = True):
+    """An onnxruntime session on the best installed execution provider (CUDA when there)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``imagesim`` metadata of an exported model."""
+    meta = session(path).get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in meta:
+        raise ExportError(f"{path} has no imagesim metadata: not a model exported by imagesim")
+    return json.loads(meta[METADATA_KEY])
+
+
+@torch.inference_mode()
+def check_parity(model: nn.Module, path: str | Path, images: torch.Tensor) -> Parity:
+    """Max absolute differences between torch and onnxruntime on ``images`` (N, 3, S, S)."""
+    module = _Exportable(model).eval()
+    logits, embedding = module(images)
+    got = session(path).run(list(OUTPUTS), {INPUT: images.numpy().astype(np.float32)})
+    return Parity(float(np.abs(got[0] - logits.numpy()).max()), float(np.abs(got[1] - embedding.numpy()).max()),
+                  len(images))
+
+
+__all__ = ["ExportError", "INPUT", "METADATA_KEY", "OUTPUTS", "Parity", "check_parity", "export_onnx",
+           "read_metadata", "session"]

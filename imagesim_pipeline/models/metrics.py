@@ -1,0 +1,112 @@
+"""Multi-label quality figures with torchmetrics, and per-label F2-optimal thresholds.
+
+How labels without positives are counted: a label with no positive chip in a split has no
+defined F2 or average precision there. It is left out of the macro F2 and the mAP of that split
+(and shown as ``null`` per label), so it neither crashes nor drags the averages to 0 or 1; the
+micro F2 and the element-wise accuracy count every label, as usual. ``labels_scored`` says how
+many labels the macro figures average over.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import torch
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.functional.classification import multilabel_fbeta_score
+from torchmetrics.classification import (
+    MultilabelAccuracy,
+    MultilabelAveragePrecision,
+    MultilabelFBetaScore,
+    MultilabelStatScores,
+)
+
+THRESHOLD_GRID = torch.linspace(0.05, 0.95, 19)
+
+
+class MultilabelScores(MetricCollection):
+    """Accuracy, F2 (micro and per label), AP per label and support, at one threshold or per label.
+
+    A torchmetrics collection (so it accumulates over batches and synchronises across DDP
+    processes); :meth:`summary` turns its values into the figures reported.
+    """
+
+    def __init__(self, num_labels: int, threshold: float = 0.5) -> None:
+        common: dict[str, Any] = {"num_labels": num_labels, "threshold": threshold}
+        metrics: dict[str, Metric] = {
+            "accuracy": MultilabelAccuracy(average="micro", **common),
+            "f2_micro": MultilabelFBetaScore(beta=2.0, average="micro", zero_division=0, **common),
+            "f2_label": MultilabelFBetaScore(beta=2.0, average="none", zero_division=0, **common),
+            "stats": MultilabelStatScores(average="none", **common),
+            "ap_label": MultilabelAveragePrecision(num_labels=num_labels, average="none"),
+        }
+        super().__init__(metrics, compute_groups=False)
+
+    @staticmethod
+    def summary(values: dict[str, torch.Tensor], labels: Sequence[str]) -> dict[str, Any]:
+        """Scalars (accuracy, f2_micro, f2_macro, map) plus per-label f2, ap and support."""
+        support = values["stats"][:, 4].long()  # tp + fn: positives of each label
+        scored = support > 0
+        f2 = values["f2_label"].float()
+        ap = torch.nan_to_num(values["ap_label"].float(), nan=0.0)
+        return {
+            "accuracy": float(values["accuracy"]),
+            "f2_micro": float(values["f2_micro"]),
+            "f2_macro": float(f2[scored].mean()) if scored.any() else float("nan"),
+            "map": float(ap[scored].mean()) if scored.any() else float("nan"),
+            "labels_scored": int(scored.sum()),
+            "per_label": {name: {"f2": float(f2[i]) if scored[i] else None,
+                                 "ap": float(ap[i]) if scored[i] else None,
+                                 "support": int(support[i])} for i, name in enumerate(labels)},
+        }
+
+
+def _scores(probs: torch.Tensor, targets: torch.Tensor, labels: Sequence[str], threshold: float
+            ) -> dict[str, torch.Tensor]:
+    metrics = MultilabelScores(len(labels), threshold)
+    with warnings.catch_warnings():  # "no positive samples" for a label: handled in summary()
+        warnings.simplefilter("ignore", UserWarning)
+        metrics.update(probs, targets.long())
+        return metrics.compute()
+
+
+def score(probs: torch.Tensor, targets: torch.Tensor, labels: Sequence[str],
+          thresholds: Sequence[float] | float = 0.5) -> dict[str, Any]:
+    """Figures for probabilities ``probs`` (N, L) against 0/1 ``targets`` at one or per-label thresholds.
+
+    Per-label thresholds are applied by shifting each label's probabilities so its threshold
+    lands on 0.5; ranking metrics (AP) use the unshifted probabilities.
+    """
+    probs, targets = probs.float(), targets.float()
+    if isinstance(thresholds, (int, float)):
+        return MultilabelScores.summary(_scores(probs, targets, labels, float(thresholds)), labels)
+    cut = torch.as_tensor(list(thresholds), dtype=probs.dtype)
+    values = _scores((probs - cut + 0.5).clamp(0, 1), targets, labels, 0.5)
+    values["ap_label"] = _scores(probs, targets, labels, 0.5)["ap_label"]
+    return MultilabelScores.summary(values, labels)
+
+
+def f2_optimal_thresholds(probs: torch.Tensor, targets: torch.Tensor, default: float = 0.5,
+                          grid: torch.Tensor = THRESHOLD_GRID) -> list[float]:
+    """Per label, the threshold on ``grid`` with the best F2 on these chips (usually val).
+
+    A label without positives here keeps ``default``; ties go to the threshold nearest 0.5.
+    """
+    n = probs.shape[1]
+    f2 = torch.stack([multilabel_fbeta_score(probs.float(), targets.long(), beta=2.0, num_labels=n,
+                                             threshold=float(t), average="none", zero_division=0)
+                      for t in grid])  # (thresholds, labels)
+    positives = targets.sum(0)
+    chosen = []
+    for j in range(n):
+        if positives[j] == 0:
+            chosen.append(default)
+            continue
+        candidates = torch.nonzero(f2[:, j] >= f2[:, j].max() - 1e-9).flatten()
+        pick = candidates[torch.argmin((grid[candidates] - 0.5).abs())]
+        chosen.append(round(float(grid[pick]), 4))
+    return chosen
+
+
+__all__ = ["MultilabelScores", "THRESHOLD_GRID", "f2_optimal_thresholds", "score"]

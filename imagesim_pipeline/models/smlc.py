@@ -1,0 +1,162 @@
+"""SkywayMultiLabelClassifier (SMLC): a frozen ImageNet backbone with an MLP head, as a LightningModule.
+
+The head is in → in/2 → in/4 → labels; each hidden layer is Linear, ReLU, BatchNorm1d and
+Dropout. The last hidden layer (in/4 wide) is the chip *embedding* used for similarity search;
+``forward`` returns ``(logits, embedding)``. Trained with ``BCEWithLogitsLoss``, Adam and a cosine
+schedule that decays (``eta_min`` below the learning rate).
+
+Batches are ``(x, y)``: when ``x`` is 2-D it holds backbone features (the frozen-feature fast
+path, see :mod:`imagesim_pipeline.models.features`) and only the head runs; when 4-D it holds
+normalised images and the backbone runs too (needed to fine-tune its last stage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from imagesim_pipeline.models.backbones import build_backbone, freeze, spec_of
+from imagesim_pipeline.models.metrics import MultilabelScores
+
+STAGES = ("train", "val", "test")
+
+
+class MlpHead(nn.Module):
+    """in → in/2 → in/4 → n_labels; returns (logits, last hidden layer)."""
+
+    def __init__(self, in_features: int, n_labels: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        widths = [in_features, in_features // 2, in_features // 4]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths, widths[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU(), nn.BatchNorm1d(b), nn.Dropout(dropout)]
+        self.hidden = nn.Sequential(*layers)
+        self.classifier = nn.Linear(widths[-1], n_labels)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.hidden(features)
+        return self.classifier(embedding), embedding
+
+
+class SkywayMultiLabelClassifier(L.LightningModule):
+    """The SMLC.
+
+    Args:
+        labels: label names, in the dataset vocabulary's order (linked from the data module).
+        backbone: ``efficientnet_lite0`` (offline ImageNet weights) or ``resnet50`` (the reference's).
+        weights: backbone weights: a file, a URL, ``random``, or empty for the backbone's default.
+        unfreeze_last_stage: also train the backbone's last stage (needs image batches).
+        lr: Adam learning rate.
+        eta_min: the cosine schedule's floor (below ``lr``: the rate decays over ``max_epochs``).
+        weight_decay: Adam weight decay.
+        dropout: dropout of the head's hidden layers.
+        threshold: the decision threshold of the logged metrics.
+    """
+
+    def __init__(self, labels: list[str], backbone: str = "efficientnet_lite0", weights: str = "",
+                 unfreeze_last_stage: bool = False, lr: float = 1e-3, eta_min: float = 1e-5,
+                 weight_decay: float = 0.0, dropout: float = 0.2, threshold: float = 0.5) -> None:
+        super().__init__()
+        if not labels:
+            raise ValueError("the model needs at least one label")
+        if eta_min >= lr:
+            raise ValueError(f"eta_min ({eta_min}) must be below lr ({lr}): a cosine schedule from lr to a larger "
+                             "eta_min raises the learning rate instead of decaying it")
+        self.save_hyperparameters()
+        self.labels = list(labels)
+        spec = spec_of(backbone)
+        self.backbone = build_backbone(backbone, weights or None)
+        freeze(self.backbone, backbone, unfreeze_last_stage)
+        self.head = MlpHead(spec.features, len(self.labels), dropout)
+        self.loss = nn.BCEWithLogitsLoss()
+        self.scores = nn.ModuleDict({f"{s}_scores": MultilabelScores(len(self.labels), threshold) for s in STAGES})
+
+    # -- model ---------------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        return spec_of(self.hparams.backbone).features
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.feature_dim // 4
+
+    def train(self, mode: bool = True) -> "SkywayMultiLabelClassifier":
+        """Frozen backbone layers stay in eval mode (BatchNorm statistics are ImageNet's)."""
+        super().train(mode)
+        if mode and not self.hparams.unfreeze_last_stage:
+            self.backbone.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, embedding) of normalised images (B, 3, H, W) or of backbone features (B, D)."""
+        if x.ndim == 4:
+            if self.hparams.unfreeze_last_stage:
+                x = self.features(x)
+            else:
+                with torch.no_grad():
+                    x = self.features(x)
+        elif x.ndim != 2 or x.shape[1] != self.feature_dim:
+            raise ValueError(f"expected images (B, 3, H, W) or features (B, {self.feature_dim}); got {tuple(x.shape)}")
+        return self.head(x)
+
+    # -- training ------------------------------------------------------------------------
+    def _step(self, batch: Any, stage: str) -> torch.Tensor | None:
+        x, y = batch[0], batch[1]
+        if len(batch) > 3:  # image batches count the chips left out as unreadable
+            self.log(f"{stage}/corrupt_chips", float(batch[3]), on_step=False, on_epoch=True, reduce_fx="sum",
+                     batch_size=1)
+        if len(y) == 0:
+            return None
+        logits, _ = self(x)
+        loss = self.loss(logits, y.float())
+        self.scores[f"{stage}_scores"].update(torch.sigmoid(logits.detach()), y.long())
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y),
+                 sync_dist=True)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+
+    def _epoch_end(self, stage: str) -> None:
+        if not self.scores[f"{stage}_scores"]["accuracy"].update_called:  # e.g. an epoch with no batches
+            return
+        summary = MultilabelScores.summary(self.scores[f"{stage}_scores"].compute(), self.labels)
+        self.scores[f"{stage}_scores"].reset()
+        figures = {f"{stage}/{k}": summary[k] for k in ("accuracy", "f2_micro", "f2_macro", "map")}
+        for name, per in summary["per_label"].items():
+            if per["f2"] is not None:
+                figures[f"{stage}/f2/{name}"] = per["f2"]
+        self.log_dict(figures, prog_bar=False)
+        self.log(f"{stage}/f2", summary["f2_micro"], prog_bar=stage != "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        epochs = max(1, int(self.trainer.max_epochs or 1)) if self._trainer is not None else 1
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=self.hparams.eta_min)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+
+__all__ = ["MlpHead", "SkywayMultiLabelClassifier"]

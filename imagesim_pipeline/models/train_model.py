@@ -1,0 +1,116 @@
+"""Train the SMLC from the command line (the reference's entry point), with Lightning's CLI.
+
+    python -m imagesim_pipeline.models.train_model                 # every default: the latest dataset
+    python -m imagesim_pipeline.models.train_model --help          # every model, data and Trainer argument
+    python -m imagesim_pipeline.models.train_model --gpus=-1       # all GPUs, DDP (the reference's flag)
+    python -m imagesim_pipeline.models.train_model --model.backbone resnet50 --model.weights resnet50.pth \\
+        --data.cache_features false --model.unfreeze_last_stage true --trainer.max_epochs 10
+
+It fits the model (a killed run resumes from its last checkpoint: run the same command again),
+chooses per-label thresholds on val, scores test with the baselines, publishes checkpoint,
+metrics and model card under ``models/<name>/<version>/`` in the bucket, then exports
+``model.onnx``, checks it against torch and, when every check passes, points
+``models/<name>/latest.json`` at it. Logs go to TensorBoard under the run folder
+(``--trainer.logger lightning.pytorch.loggers.WandbLogger`` for Weights & Biases).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from imagesim_pipeline.models.data import SmlcDataModule
+from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
+
+
+def map_gpus_flag(argv: list[str]) -> list[str]:
+    """``--gpus=N`` (the reference's flag, gone from today's Lightning) as accelerator/devices/strategy."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--gpus" or arg.startswith("--gpus="):
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if "=" in arg else 2
+            try:
+                gpus = int(value)
+            except ValueError:
+                raise SystemExit(f"error: --gpus takes a number of GPUs (-1: all); got {value!r}") from None
+            if gpus == 0:
+                out += ["--trainer.accelerator=cpu"]
+                continue
+            out += ["--trainer.accelerator=gpu", f"--trainer.devices={gpus}"]
+            if gpus == -1 or gpus > 1:
+                out += ["--trainer.strategy=ddp"]
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+class SmlcCLI(LightningCLI):
+    """LightningCLI with the data module's labels linked into the model and extra publishing options."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.backbone", "data.backbone")
+        parser.link_arguments("model.weights", "data.weights")
+        parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
+        parser.add_argument("--name", default="smlc", help="model name: models/<name>/ in the bucket")
+        parser.add_argument("--version", default="", help="model version (default: a hash of data and settings)")
+        parser.add_argument("--runs", default="", help="folder of training runs (default: IMAGESIM_RUNS or data/runs)")
+        parser.add_argument("--export", type=bool, default=True, help="export ONNX and promote when checks pass")
+        parser.add_argument("--min_test_f2", type=float, default=0.5, help="promotion floor: test micro F2 at thresholds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from imagesim_pipeline.errors import ImagesimError
+    from imagesim_pipeline.models.training import (
+        Benchmark,
+        checkpointing,
+        export_and_promote,
+        model_version,
+        tensorboard,
+        train_and_publish,
+    )
+    from imagesim_pipeline.settings import runs_dir
+    from imagesim_pipeline.storage import open_bucket
+
+    # The mapped flags go back into sys.argv: DDP relaunches this command from it on every rank.
+    sys.argv = [sys.argv[0], *map_gpus_flag(list(sys.argv[1:] if argv is None else argv))]
+    try:
+        cli = SmlcCLI(SkywayMultiLabelClassifier, SmlcDataModule, run=False, seed_everything_default=0,
+                      trainer_defaults={"max_epochs": 40, "num_sanity_val_steps": 0, "log_every_n_steps": 10},
+                      save_config_kwargs={"overwrite": True})
+    except ImagesimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config, model, data, trainer = cli.config, cli.model, cli.datamodule, cli.trainer
+    data.progress = print
+    version = config.version or model_version(model, data, {"max_epochs": trainer.max_epochs,
+                                                            "seed": config.seed_everything})
+    run_dir = Path(config.runs or runs_dir()) / config.name / version
+    # Checkpoints and TensorBoard logs live in the run folder, so the same command resumes a killed run.
+    trainer.callbacks.append(checkpointing(run_dir))
+    if config.trainer.logger in (None, True):
+        trainer.loggers = [tensorboard(run_dir)]
+    bucket = open_bucket(data.hparams.bucket or None) if not data.hparams.chip_dir else open_bucket()
+    try:
+        outcome = train_and_publish(model, data, trainer, bucket, run_dir, config.name, version)
+        if outcome is None:  # a non-zero rank of a multi-process run
+            return 0
+        from imagesim_pipeline.models.report import quality_table
+
+        print(quality_table(outcome.metrics))
+        if config.export:
+            _, _, checks = export_and_promote(bucket, config.name, version, Benchmark(min_test_f2=config.min_test_f2))
+            print("checks: " + ", ".join(f"{k} {'passed' if ok else 'FAILED'}" for k, ok in checks.items()))
+            return 0 if all(checks.values()) else 1
+    except ImagesimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

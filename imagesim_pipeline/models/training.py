@@ -1,0 +1,266 @@
+"""Train, evaluate and publish the SMLC; export it to ONNX and promote it once its checks pass.
+
+The same two steps serve the command line (:mod:`imagesim_pipeline.models.train_model`) and the
+Dagster assets ``smlc_model`` and ``onnx_model``:
+
+1. :func:`train_and_publish` fits the model (resuming a killed run from its last checkpoint),
+   picks per-label F2-optimal thresholds on val, scores val and test (and the baselines, in the
+   same run), and writes the checkpoint, ``metrics.json`` and the model card under
+   ``models/<name>/<version>/``; ``trained.json`` then names the version.
+2. :func:`export_and_promote` exports ``model.onnx``, checks it against torch on real chips,
+   records the parity, and moves ``latest.json`` to the version when every check passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import numpy as np
+import torch
+
+from imagesim_pipeline.models.data import ChipImages, SmlcDataModule, collate_skipping
+from imagesim_pipeline.models.export import ExportError, Parity, check_parity, export_onnx
+from imagesim_pipeline.models.registry import (
+    CARD,
+    CHECKPOINT,
+    DEFAULT_NAME,
+    ONNX,
+    get_pointer,
+    model_key,
+    read_metrics,
+    set_pointer,
+    write_metrics,
+)
+from imagesim_pipeline.models.report import baselines, evaluate, model_card, report_plots
+from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
+from imagesim_pipeline.storage import Bucket
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Benchmark:
+    """The reference benchmark and the project's floors, checked before a model is promoted."""
+
+    max_val_loss: float = 0.3
+    min_val_accuracy: float = 0.85
+    min_test_f2: float = 0.5  # micro F2 at the stored thresholds
+    max_onnx_diff: float = 1e-3
+
+    def results(self, metrics: dict[str, Any]) -> dict[str, bool]:
+        out = {"reference_benchmark": metrics["val_loss"] < self.max_val_loss
+               and metrics["val"]["accuracy"] > self.min_val_accuracy,
+               "test_f2_floor": metrics["test_at_thresholds"]["f2_micro"] >= self.min_test_f2}
+        if "onnx" in metrics:
+            out["onnx_parity"] = metrics["onnx"]["max_abs_diff"] <= self.max_onnx_diff
+        return out
+
+
+@dataclass
+class TrainOutcome:
+    name: str
+    version: str
+    metrics: dict[str, Any]
+    resumed_from: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def model_version(model: SkywayMultiLabelClassifier, data: SmlcDataModule, trainer_settings: dict[str, Any]) -> str:
+    """A hash of what decides the trained model: data, hyperparameters, epochs, seed."""
+    from imagesim_pipeline.models.backbones import default_weights, weights_fingerprint
+
+    hp = dict(model.hparams)
+    hp["weights"] = weights_fingerprint(hp.get("weights") or default_weights(hp["backbone"]))
+    data_hp = {k: v for k, v in data.hparams.items() if k not in ("num_workers", "bucket", "weights", "backbone")}
+    spec = json.dumps({"dataset": data.dataset_version, "model": hp, "data": data_hp, "trainer": trainer_settings},
+                      sort_keys=True, default=str)
+    return "v-" + hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+def resumable_checkpoint(run_dir: Path) -> Path | None:
+    """The last checkpoint of an unfinished run in ``run_dir`` (a killed run), if any."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last if last.is_file() and not (run_dir / "finished").exists() else None
+
+
+@torch.inference_mode()
+def predict(model: SkywayMultiLabelClassifier, data: SmlcDataModule, split: str
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probabilities, logits, targets) of a split, in one process, with the model in eval mode."""
+    model.eval()
+    logits, targets = [], []
+    for batch in data.predict_loader(split):
+        if len(batch[1]):
+            logits.append(model(batch[0].to(model.device))[0].float().cpu())
+            targets.append(batch[1].float())
+    n = len(model.labels)
+    lg = torch.cat(logits) if logits else torch.zeros(0, n)
+    y = torch.cat(targets) if targets else torch.zeros(0, n)
+    return torch.sigmoid(lg), lg, y
+
+
+def evaluate_model(model: SkywayMultiLabelClassifier, data: SmlcDataModule
+                   ) -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor]]:
+    """Thresholds, val and test figures, val loss, the baselines (on cached features); test predictions."""
+    val_p, val_logits, val_y = predict(model, data, "val")
+    test_p, _, test_y = predict(model, data, "test")
+    figures = evaluate(val_p, val_y, test_p, test_y, model.labels)
+    figures["val_loss"] = float(torch.nn.functional.binary_cross_entropy_with_logits(val_logits, val_y)) \
+        if len(val_y) else float("nan")
+    if data.hparams.cache_features:
+        sets = {s: (data._sets[s].features.numpy() if data._sets[s].features.shape[0] > 1
+                    else data._sets[s].features[0].numpy(), data._sets[s].targets.numpy()) for s in ("train", "val", "test")}
+        figures["baselines"] = baselines(sets, model.labels)
+    return figures, (test_p, test_y)
+
+
+def train_and_publish(model: SkywayMultiLabelClassifier, data: SmlcDataModule, trainer: L.Trainer, bucket: Bucket,
+                      run_dir: Path, name: str = DEFAULT_NAME, version: str = "",
+                      progress: Progress = print) -> TrainOutcome | None:
+    """Fit (resuming a killed run), evaluate on rank 0, publish checkpoint, metrics and card.
+
+    Returns None on the non-zero ranks of a multi-process run.
+    """
+    version = version or run_dir.name
+    resume = resumable_checkpoint(run_dir)
+    if resume:
+        progress(f"resuming the unfinished run {run_dir} from {resume}")
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None)
+    seconds = time.perf_counter() - started
+    if not trainer.is_global_zero:
+        return None
+    (run_dir / "finished").parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / "finished").write_text(str(time.time()))
+    model = model.cpu()
+    progress("evaluating on val (thresholds) and test, with the baselines")
+    figures, (test_p, test_y) = evaluate_model(model, data)
+    hp = model.hparams
+    metrics = {
+        "name": name, "version": version, "labels": model.labels,
+        **figures,
+        "data": {"dataset_version": data.dataset_version, "input_size": data.prep.size,
+                 "chips": {s: len(data._sets[s]) for s in ("train", "val", "test")},
+                 "corrupt": {s: len(c) for s, c in data.corrupt.items()} or "counted per batch",
+                 "feature_cache": data.cache_key or None, "preprocessing": data.prep.to_dict(),
+                 "source": data.data.source,
+                 "parity_chips": (data.data.splits["test"].chips + data.data.splits["val"].chips)[:16]},
+        "training": {"backbone": hp.backbone, "weights": hp.weights or "default",
+                     "head": f"{model.feature_dim}→{model.feature_dim // 2}→{model.embedding_dim}→{len(model.labels)}",
+                     "unfreeze_last_stage": hp.unfreeze_last_stage, "lr": hp.lr, "eta_min": hp.eta_min,
+                     "epochs": trainer.current_epoch, "seconds": seconds,
+                     "device": f"{trainer.num_devices}x {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}",
+                     "cached_features": bool(data.hparams.cache_features), "augmentation": data.hparams.augmentation,
+                     "resumed_from": str(resume) if resume else None},
+    }
+    checkpoint = run_dir / "model.ckpt"
+    trainer.save_checkpoint(checkpoint, weights_only=False)
+    bucket.upload_file(checkpoint, model_key(name, version, CHECKPOINT))
+    for plot, png in report_plots(metrics, test_p, test_y).items():
+        bucket.write_bytes(model_key(name, version, f"plots/{plot}.png"), png)
+    write_metrics(bucket, name, version, metrics)
+    bucket.write_text(model_key(name, version, CARD), model_card(name, version, metrics))
+    set_pointer(bucket, name, "trained", version)
+    progress(f"published {bucket.url(model_key(name, version, ''))} ({CHECKPOINT}, metrics.json, {CARD})")
+    return TrainOutcome(name, version, metrics, str(resume) if resume else None)
+
+
+def load_checkpoint(bucket: Bucket, name: str, version: str) -> SkywayMultiLabelClassifier:
+    with bucket.local_copy(model_key(name, version, CHECKPOINT)) as path:
+        return SkywayMultiLabelClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+
+
+def parity_images(metrics: dict[str, Any], count: int = 16) -> torch.Tensor:
+    """Real chips of the model's dataset (test split first), preprocessed like training."""
+    from imagesim_pipeline.models.data import ChipReader
+    from imagesim_pipeline.models.preprocess import Preprocessing
+
+    data = metrics["data"]
+    chips = data["parity_chips"][:count]
+    reader = ChipReader(data["source"], data["dataset_version"].startswith("csv:"))
+    images = ChipImages(chips, np.zeros((len(chips), len(metrics["labels"])), np.uint8), reader,
+                        Preprocessing(data["input_size"]))
+    batch = collate_skipping([images[i] for i in range(len(images))])[0]
+    if not len(batch):
+        raise ExportError(f"none of the {len(chips)} parity chips could be read from {data['source']}")
+    return batch
+
+
+def export_and_promote(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "",
+                       benchmark: Benchmark | None = None, progress: Progress = print
+                       ) -> tuple[dict[str, Any], Parity, dict[str, bool]]:
+    """Export the trained version to ONNX, check parity, promote it to ``latest`` if every check passes."""
+    benchmark = benchmark or Benchmark()
+    version = version or get_pointer(bucket, name, "trained")
+    metrics = read_metrics(bucket, name, version)
+    model = load_checkpoint(bucket, name, version)
+    size = metrics["data"]["input_size"]
+    meta = {"name": name, "version": version, "labels": metrics["labels"], "thresholds": metrics["thresholds"],
+            "preprocessing": metrics["data"]["preprocessing"], "input_size": size,
+            "backbone": metrics["training"]["backbone"], "embedding_dim": model.embedding_dim,
+            "dataset_version": metrics["data"]["dataset_version"], "outputs": ["logits", "embedding"]}
+    with tempfile.TemporaryDirectory(prefix="imagesim-onnx-") as tmp:
+        path = export_onnx(model, Path(tmp) / ONNX, size, meta)
+        images = parity_images(metrics)
+        parity = check_parity(model, path, images)
+        bucket.upload_file(path, model_key(name, version, ONNX))
+        onnx_bytes = path.stat().st_size
+    metrics["onnx"] = {"max_abs_diff": parity.max_abs, "max_abs_logits": parity.max_abs_logits,
+                       "max_abs_embedding": parity.max_abs_embedding, "images": parity.images, "bytes": onnx_bytes}
+    checks = benchmark.results(metrics)
+    metrics["checks"] = checks
+    write_metrics(bucket, name, version, metrics)
+    if all(checks.values()):
+        set_pointer(bucket, name, "latest", version)
+        progress(f"promoted {name}/{version} to latest ({bucket.url(model_key(name, version, ONNX))})")
+    else:
+        progress(f"{name}/{version} not promoted: failed {', '.join(k for k, ok in checks.items() if not ok)}")
+    return metrics, parity, checks
+
+
+__all__ = ["Benchmark", "EpochLog", "TrainOutcome", "checkpointing", "make_trainer", "tensorboard", "evaluate_model", "export_and_promote", "load_checkpoint", "model_version",
+           "predict", "resumable_checkpoint", "train_and_publish"]
+
+
+class EpochLog(L.Callback):
+    """One line per epoch (for logs without a progress bar: Dagster, CI)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        fields = [f"{k.split('/')[0]} {k.split('/')[1]} {float(m[k]):.3f}" for k in
+                  ("train/loss", "val/loss", "val/accuracy", "val/f2") if k in m]
+        self.progress(f"  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {', '.join(fields)}")
+
+
+def checkpointing(run_dir: Path) -> L.pytorch.callbacks.ModelCheckpoint:
+    """Keep the last epoch (to resume a killed run) under ``run_dir/checkpoints``."""
+    return L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+
+
+def tensorboard(run_dir: Path) -> L.pytorch.loggers.TensorBoardLogger:
+    return L.pytorch.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
+
+
+def make_trainer(run_dir: Path, max_epochs: int = 40, accelerator: str = "auto", devices: int | str = "auto",
+                 strategy: str = "auto", precision: str | None = None, progress: Progress | None = None,
+                 **kwargs: Any) -> L.Trainer:
+    """A Trainer that checkpoints and logs to TensorBoard under ``run_dir`` (Dagster's and the tests')."""
+    callbacks: list[L.Callback] = [checkpointing(run_dir)]
+    if progress:
+        callbacks.append(EpochLog(progress))
+    return L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=devices, strategy=strategy,
+                     precision=precision, default_root_dir=str(run_dir), logger=tensorboard(run_dir),
+                     callbacks=callbacks, enable_progress_bar=progress is None, enable_model_summary=False,
+                     num_sanity_val_steps=0, log_every_n_steps=10, **kwargs)

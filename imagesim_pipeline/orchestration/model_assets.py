@@ -1,0 +1,193 @@
+"""``smlc_model`` (train, evaluate, publish) and ``onnx_model`` (export, check, promote): the trainer profile."""
+
+import base64
+from pathlib import Path
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.orchestration.label_assets import training_dataset
+from imagesim_pipeline.orchestration.resources import BucketResource
+from imagesim_pipeline.storage import StorageError
+
+# Steps tagged for the trainer compute profile (a GPU machine in production); the pool keeps
+# one training step at a time on a machine.
+TRAINER_TAGS = {"imagesim/compute": "trainer"}
+
+
+class SmlcTrainingConfig(Config):
+    name: str = Field(default="smlc", description="model name: models/<name>/ in the bucket")
+    dataset_version: str = Field(default="", description="dataset version (default: the latest)")
+    backbone: str = Field(default="efficientnet_lite0", description="efficientnet_lite0 or resnet50")
+    weights: str = Field(default="", description="backbone weights file or URL (default: the backbone's own)")
+    unfreeze_last_stage: bool = Field(default=False, description="fine-tune the backbone's last stage (images)")
+    cache_features: bool = Field(default=True, description="train the head on cached backbone features")
+    augmentation: str = Field(default="none", description="cached views per training chip: none or d4")
+    input_size: int = 224
+    batch_size: int = 64
+    max_epochs: int = 40
+    lr: float = 1e-3
+    eta_min: float = 1e-5
+    seed: int = 0
+    accelerator: str = Field(default="auto", description="Lightning accelerator: auto, cpu, gpu")
+    devices: str = Field(default="auto", description="Lightning devices: auto, a count, or -1 for all")
+    strategy: str = Field(default="auto", description="Lightning strategy: auto, ddp, ...")
+    precision: str = Field(default="32-true", description="32-true, bf16-mixed, 16-mixed")
+    num_workers: int = Field(default=-1, description="data loader processes (-1: one less than the cores, max 4)")
+
+
+def _png(png: bytes, title: str) -> MetadataValue:
+    return MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+@asset(
+    deps=[training_dataset],
+    group_name="model",
+    kinds={"pytorch"},
+    op_tags=TRAINER_TAGS,
+    pool="trainer",
+    check_specs=[
+        AssetCheckSpec("reference_benchmark", asset="smlc_model",
+                       description="The reference's benchmark on val: loss < 0.3 and accuracy > 0.85"),
+        AssetCheckSpec("beats_baselines", asset="smlc_model",
+                       description="Test micro F2 and mAP above the train-frequency and logistic-regression "
+                                   "baselines computed in the same run"),
+    ],
+    description="The SMLC trained on the latest training dataset (frozen ImageNet backbone, MLP head): "
+                "Lightning checkpoint, `metrics.json` and a model card under `models/<name>/<version>/`.",
+)
+def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucket: BucketResource) -> MaterializeResult:
+    from imagesim_pipeline.models.data import SmlcDataModule
+    from imagesim_pipeline.models.registry import CARD, model_key
+    from imagesim_pipeline.models.report import per_label_table, quality_table
+    from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
+    from imagesim_pipeline.models.training import Benchmark, make_trainer, model_version, train_and_publish
+    from imagesim_pipeline.settings import runs_dir
+
+    import lightning as L
+
+    store = bucket.get_bucket()
+    L.seed_everything(config.seed, verbose=False)
+    try:
+        data = SmlcDataModule(bucket=store.uri, dataset_version=config.dataset_version, input_size=config.input_size,
+                              batch_size=config.batch_size, num_workers=config.num_workers,
+                              cache_features=config.cache_features, augmentation=config.augmentation,
+                              backbone=config.backbone, weights=config.weights)
+        data.progress = context.log.info
+        model = SkywayMultiLabelClassifier(labels=data.labels, backbone=config.backbone, weights=config.weights,
+                                           unfreeze_last_stage=config.unfreeze_last_stage, lr=config.lr,
+                                           eta_min=config.eta_min)
+        version = model_version(model, data, {"max_epochs": config.max_epochs, "seed": config.seed})
+        run_dir = Path(runs_dir()) / config.name / version
+        devices = int(config.devices) if config.devices.lstrip("-").isdigit() else config.devices
+        trainer = make_trainer(run_dir, config.max_epochs, config.accelerator, devices, config.strategy,
+                               config.precision, progress=context.log.info)
+        outcome = train_and_publish(model, data, trainer, store, run_dir, config.name, version,
+                                    progress=context.log.info)
+    except (ImagesimError, StorageError, ValueError) as exc:
+        raise Failure(description=f"training failed: {exc}") from None
+    metrics = outcome.metrics
+    test, base = metrics["test_at_thresholds"], metrics.get("baselines", {})
+    passed = Benchmark().results(metrics)["reference_benchmark"]
+    beats = all(test["f2_micro"] > b["test_at_thresholds"]["f2_micro"] and metrics["test"]["map"] > b["test"]["map"]
+                for b in base.values())
+    plots = {}
+    for plot in ("f2_per_label", "pr_curves"):
+        plots[f"plot_{plot}"] = _png(store.read_bytes(model_key(config.name, version, f"plots/{plot}.png")), plot)
+    return MaterializeResult(
+        metadata={
+            "version": version,
+            "dataset_version": metrics["data"]["dataset_version"],
+            "val_loss": metrics["val_loss"],
+            "val_accuracy": metrics["val"]["accuracy"],
+            "test_f2_micro@0.5": metrics["test"]["f2_micro"],
+            "test_f2_macro@0.5": metrics["test"]["f2_macro"],
+            "test_f2_micro@thresholds": test["f2_micro"],
+            "test_f2_macro@thresholds": test["f2_macro"],
+            "test_map": metrics["test"]["map"],
+            "quality_vs_baselines": MetadataValue.md(quality_table(metrics)),
+            "per_label": MetadataValue.md(per_label_table(metrics)),
+            "thresholds": MetadataValue.json(dict(zip(metrics["labels"], metrics["thresholds"]))),
+            "chips": MetadataValue.json(metrics["data"]["chips"]),
+            "training_seconds": round(metrics["training"]["seconds"], 1),
+            "resumed_from": metrics["training"]["resumed_from"] or "none",
+            "model_card": MetadataValue.url(store.url(model_key(config.name, version, CARD))),
+            "tensorboard": MetadataValue.path(str(run_dir / "tensorboard")),
+            **plots,
+        },
+        check_results=[
+            AssetCheckResult(check_name="reference_benchmark", passed=passed, metadata={
+                "val_loss": metrics["val_loss"], "val_accuracy": metrics["val"]["accuracy"]}),
+            AssetCheckResult(check_name="beats_baselines", passed=beats, metadata={
+                name: MetadataValue.json({"f2_micro": b["test_at_thresholds"]["f2_micro"], "map": b["test"]["map"]})
+                for name, b in base.items()}),
+        ],
+    )
+
+
+class OnnxModelConfig(Config):
+    name: str = Field(default="smlc", description="model name: models/<name>/ in the bucket")
+    version: str = Field(default="", description="model version (default: the newest trained)")
+    min_test_f2: float = Field(default=0.5, description="promotion floor: test micro F2 at the stored thresholds")
+    max_onnx_diff: float = Field(default=1e-3, description="largest allowed |onnxruntime - torch| on real chips")
+
+
+@asset(
+    deps=[smlc_model],
+    group_name="model",
+    kinds={"onnx"},
+    op_tags=TRAINER_TAGS,
+    check_specs=[
+        AssetCheckSpec("onnx_parity", asset="onnx_model",
+                       description="onnxruntime matches torch on real chips (logits and embedding)"),
+        AssetCheckSpec("test_f2_floor", asset="onnx_model",
+                       description="Test micro F2 at the stored thresholds is above the configured floor"),
+    ],
+    description="`model.onnx` (outputs `logits` and `embedding`, dynamic batch, labels/thresholds/"
+                "normalisation in its metadata) beside the checkpoint; `models/<name>/latest.json` moves to "
+                "it when its checks and the reference benchmark pass.",
+)
+def onnx_model(context: AssetExecutionContext, config: OnnxModelConfig, bucket: BucketResource) -> MaterializeResult:
+    from imagesim_pipeline.models.registry import ONNX, model_key, pointer_key
+    from imagesim_pipeline.models.training import Benchmark, export_and_promote
+
+    store = bucket.get_bucket()
+    benchmark = Benchmark(min_test_f2=config.min_test_f2, max_onnx_diff=config.max_onnx_diff)
+    try:
+        metrics, parity, checks = export_and_promote(store, config.name, config.version, benchmark,
+                                                     progress=context.log.info)
+    except (ImagesimError, StorageError) as exc:
+        raise Failure(description=f"ONNX export failed: {exc}") from None
+    version = metrics["version"]
+    return MaterializeResult(
+        metadata={
+            "version": version,
+            "onnx": MetadataValue.url(store.url(model_key(config.name, version, ONNX))),
+            "bytes": metrics["onnx"]["bytes"],
+            "max_abs_diff": parity.max_abs,
+            "parity_images": parity.images,
+            "promoted": all(checks.values()),
+            "latest": store.url(pointer_key(config.name, "latest")),
+            "checks": MetadataValue.json(checks),
+        },
+        check_results=[
+            AssetCheckResult(check_name="onnx_parity", passed=checks["onnx_parity"], metadata={
+                "max_abs_logits": parity.max_abs_logits, "max_abs_embedding": parity.max_abs_embedding,
+                "tolerance": config.max_onnx_diff}),
+            AssetCheckResult(check_name="test_f2_floor", passed=checks["test_f2_floor"], metadata={
+                "test_f2_micro@thresholds": metrics["test_at_thresholds"]["f2_micro"], "floor": config.min_test_f2}),
+        ],
+    )
+
+
+__all__ = ["OnnxModelConfig", "SmlcTrainingConfig", "TRAINER_TAGS", "onnx_model", "smlc_model"]
