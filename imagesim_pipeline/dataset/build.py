@@ -5,6 +5,7 @@ One pass over the per-cell label tables (one cell in memory at a time) writes, u
 
 * ``chips.parquet``   every selected chip: labels with coverage, nodata class, zone, block, split
 * ``train.csv``, ``val.csv``, ``test.csv``   the sparse encodings (``chip,labels``)
+* ``sparse_label_encodings.csv``   every kept chip in one file: the reference's name and format
 * ``vocabulary.json`` label ids, names and rules
 * ``manifest.json``   config, counts, vocabulary, input and output content hashes; written last,
   it marks the version complete. ``datasets/latest.json`` then points at the version.
@@ -50,6 +51,7 @@ from imagesim_pipeline.storage import Bucket, StorageError
 
 DATASETS_PREFIX = "datasets/"
 LATEST_KEY = "datasets/latest.json"
+ALL_CHIPS_CSV = "sparse_label_encodings.csv"  # the reference's file: every kept chip
 DATASET_SCHEMA = CHIP_SCHEMA.append(pa.field("zone", pa.int8())).append(pa.field("block", pa.string())) \
     .append(pa.field("split", pa.string()))
 
@@ -155,6 +157,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
         schema = with_vocabulary(DATASET_SCHEMA, vocabulary)
         writer = pq.ParquetWriter(out / "chips.parquet", schema, compression="zstd")
         csvs = {s: open(out / f"{s}.csv", "w", encoding="utf-8") for s in SPLITS}
+        csvs["all"] = open(out / ALL_CHIPS_CSV, "w", encoding="utf-8")
         try:
             for fh in csvs.values():
                 fh.write(HEADER_LINE)
@@ -181,7 +184,9 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
                 writer.write_table(batch.cast(schema))
                 for chip, ids, s, b in zip(selected.column("chip").to_pylist(),
                                            selected.column("label_ids").to_pylist(), split, block, strict=True):
-                    csvs[s].write(csv_line(chip, ids))
+                    line = csv_line(chip, ids)
+                    csvs[s].write(line)
+                    csvs["all"].write(line)
                     counts[s].update(names[j] for j in ids)
                     chips_per_split[s] += 1
                     label_free[s] += not ids
@@ -251,7 +256,8 @@ def _same_content(manifest: dict[str, Any], vocabulary: Vocabulary, config: Data
                   inputs: list[dict[str, Any]]) -> bool:
     stored_config = {k: v for k, v in manifest.get("config", {}).items() if k != "version"}
     return (manifest.get("vocabulary", {}).get("fingerprint") == vocabulary.fingerprint
-            and stored_config == config.selection() and manifest.get("inputs") == inputs)
+            and stored_config == config.selection() and manifest.get("inputs") == inputs
+            and ALL_CHIPS_CSV in manifest.get("files", {}))  # versions written before the file existed are rebuilt
 
 
 def _auto_version(vocabulary: Vocabulary, config: DatasetConfig, inputs: list[dict[str, Any]]) -> str:

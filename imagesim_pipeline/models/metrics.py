@@ -22,7 +22,7 @@ from torchmetrics.classification import (
     MultilabelStatScores,
 )
 
-THRESHOLD_GRID = torch.linspace(0.05, 0.95, 19)
+THRESHOLD_GRID = torch.tensor([round(0.05 * i, 2) for i in range(1, 20)])  # 0.05 .. 0.95
 
 
 class MultilabelScores(MetricCollection):
@@ -62,12 +62,11 @@ class MultilabelScores(MetricCollection):
         }
 
 
-def _scores(probs: torch.Tensor, targets: torch.Tensor, labels: Sequence[str], threshold: float
-            ) -> dict[str, torch.Tensor]:
-    metrics = MultilabelScores(len(labels), threshold)
+def _scores(preds: torch.Tensor, targets: torch.Tensor, labels: Sequence[str]) -> dict[str, torch.Tensor]:
+    metrics = MultilabelScores(len(labels))
     with warnings.catch_warnings():  # "no positive samples" for a label: handled in summary()
         warnings.simplefilter("ignore", UserWarning)
-        metrics.update(probs, targets.long())
+        metrics.update(preds, targets.long())
         return metrics.compute()
 
 
@@ -75,15 +74,14 @@ def score(probs: torch.Tensor, targets: torch.Tensor, labels: Sequence[str],
           thresholds: Sequence[float] | float = 0.5) -> dict[str, Any]:
     """Figures for probabilities ``probs`` (N, L) against 0/1 ``targets`` at one or per-label thresholds.
 
-    Per-label thresholds are applied by shifting each label's probabilities so its threshold
-    lands on 0.5; ranking metrics (AP) use the unshifted probabilities.
+    A label is predicted when its probability is at least its threshold; ranking metrics (AP)
+    use the probabilities themselves.
     """
     probs, targets = probs.float(), targets.float()
-    if isinstance(thresholds, (int, float)):
-        return MultilabelScores.summary(_scores(probs, targets, labels, float(thresholds)), labels)
-    cut = torch.as_tensor(list(thresholds), dtype=probs.dtype)
-    values = _scores((probs - cut + 0.5).clamp(0, 1), targets, labels, 0.5)
-    values["ap_label"] = _scores(probs, targets, labels, 0.5)["ap_label"]
+    cut = torch.as_tensor([thresholds] * probs.shape[1] if isinstance(thresholds, (int, float)) else list(thresholds),
+                          dtype=probs.dtype)
+    values = _scores((probs >= cut).float(), targets, labels)  # 0/1 predictions: 0.5 separates them
+    values["ap_label"] = _scores(probs, targets, labels)["ap_label"]
     return MultilabelScores.summary(values, labels)
 
 
@@ -94,8 +92,8 @@ def f2_optimal_thresholds(probs: torch.Tensor, targets: torch.Tensor, default: f
     A label without positives here keeps ``default``; ties go to the threshold nearest 0.5.
     """
     n = probs.shape[1]
-    f2 = torch.stack([multilabel_fbeta_score(probs.float(), targets.long(), beta=2.0, num_labels=n,
-                                             threshold=float(t), average="none", zero_division=0)
+    f2 = torch.stack([multilabel_fbeta_score((probs >= t).long(), targets.long(), beta=2.0, num_labels=n,
+                                             average="none", zero_division=0)
                       for t in grid])  # (thresholds, labels)
     positives = targets.sum(0)
     chosen = []
@@ -105,7 +103,7 @@ def f2_optimal_thresholds(probs: torch.Tensor, targets: torch.Tensor, default: f
             continue
         candidates = torch.nonzero(f2[:, j] >= f2[:, j].max() - 1e-9).flatten()
         pick = candidates[torch.argmin((grid[candidates] - 0.5).abs())]
-        chosen.append(round(float(grid[pick]), 4))
+        chosen.append(round(float(grid[pick]), 4))  # grid values are round: stored == compared
     return chosen
 
 

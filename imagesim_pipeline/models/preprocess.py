@@ -7,11 +7,14 @@ records the same size, mean and std.
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 
+import numpy as np
+import simplejpeg
 import torch
 import torchvision.transforms.v2.functional as F
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 
 from imagesim_pipeline.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
@@ -33,13 +36,21 @@ class Preprocessing:
 
 
 def decode(data: bytes) -> torch.Tensor:
-    """A JPEG (or PNG) as a (3, H, W) uint8 tensor; :class:`CorruptImageError` when undecodable."""
+    """A JPEG (libjpeg-turbo) or any image Pillow reads, as a (3, H, W) uint8 tensor.
+
+    Truncated or corrupt files raise :class:`CorruptImageError`.
+    """
     if not data:
         raise CorruptImageError("empty file")
     try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as exc:
-        raise CorruptImageError(str(exc).splitlines()[0]) from None
+        if data[:2] == b"\xff\xd8":
+            array = simplejpeg.decode_jpeg(data, colorspace="RGB")
+        else:
+            with Image.open(io.BytesIO(data)) as image:
+                array = np.asarray(image.convert("RGB"))
+    except (ValueError, OSError) as exc:
+        raise CorruptImageError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
 
 
 def to_input(image: torch.Tensor, prep: Preprocessing) -> torch.Tensor:

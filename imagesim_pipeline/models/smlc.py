@@ -60,8 +60,8 @@ class SkywayMultiLabelClassifier(L.LightningModule):
                  unfreeze_last_stage: bool = False, lr: float = 1e-3, eta_min: float = 1e-5,
                  weight_decay: float = 0.0, dropout: float = 0.2, threshold: float = 0.5) -> None:
         super().__init__()
-        if not labels:
-            raise ValueError("the model needs at least one label")
+        if len(labels) < 2:
+            raise ValueError(f"the model needs at least two labels (multi-label metrics); got {list(labels)}")
         if eta_min >= lr:
             raise ValueError(f"eta_min ({eta_min}) must be below lr ({lr}): a cosine schedule from lr to a larger "
                              "eta_min raises the learning rate instead of decaying it")

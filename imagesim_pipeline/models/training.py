@@ -246,7 +246,8 @@ class EpochLog(L.Callback):
 
 def checkpointing(run_dir: Path) -> L.pytorch.callbacks.ModelCheckpoint:
     """Keep the last epoch (to resume a killed run) under ``run_dir/checkpoints``."""
-    return L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    return L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
+                                               enable_version_counter=False)
 
 
 def tensorboard(run_dir: Path) -> L.pytorch.loggers.TensorBoardLogger:
