@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import date
@@ -197,6 +198,49 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         return 0
 
 
+def _print_model(bucket) -> bool:
+    """The published model's quality beside its baselines; whether a model is published."""
+    from imagesim_pipeline.models.registry import ModelNotFoundError, get_pointer, read_metrics
+    from imagesim_pipeline.models.report import quality_table
+
+    try:
+        version = get_pointer(bucket, "smlc", "latest")
+    except ModelNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    metrics = read_metrics(bucket, "smlc", version)
+    _print(f"model smlc/{version}: val loss {metrics['val_loss']:.3f}, val accuracy {metrics['val']['accuracy']:.3f} "
+           f"(reference benchmark: < 0.3, > 0.85); ONNX max |diff| {metrics['onnx']['max_abs_diff']:.1e}")
+    _print("test split (never trained on), baselines from the same run:")
+    _print(quality_table(metrics))
+    return True
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.models.registry import ModelNotFoundError, get_pointer, read_metrics
+    from imagesim_pipeline.models.report import per_label_table, quality_table
+    from imagesim_pipeline.storage import open_bucket
+
+    bucket = open_bucket(args.bucket)
+    try:
+        version = args.version or get_pointer(bucket, args.name, "latest")
+        metrics = read_metrics(bucket, args.name, version)
+    except ModelNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print(json.dumps(metrics, indent=2))
+        return 0
+    _print(f"{args.name}/{version} on dataset {metrics['data']['dataset_version']} "
+           f"({', '.join(f'{s} {n}' for s, n in metrics['data']['chips'].items())} chips)")
+    _print(f"val: loss {metrics['val_loss']:.3f}, accuracy {metrics['val']['accuracy']:.3f}")
+    _print("test, beside the baselines computed in the same run:")
+    _print(quality_table(metrics))
+    _print("")
+    _print(per_label_table(metrics))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from imagesim_pipeline.ard.discovery import discover_bucket
     from imagesim_pipeline.orchestration.instance import (
@@ -212,21 +256,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cells = _build_world(args, bucket)
         _print(f"demo world: {len(cells)} cell(s) in {bucket.uri}/ard/")
         return 0
-    _print("== 1/4 rendering the demo world from real OpenStreetMap (Helsinki, Kotka) into the ARD layout ==")
+    if args.bucket:  # the Dagster jobs below build their bucket resource from the environment
+        os.environ["IMAGESIM_BUCKET"] = args.bucket
+    _print("== 1/5 rendering the demo world from real OpenStreetMap (Helsinki, Kotka) into the ARD layout ==")
     _build_world(args, bucket)
-    _print("== 2/4 discovering cells and registering them as Dagster partitions ==")
+    _print("== 2/5 discovering cells and registering them as Dagster partitions ==")
     found = discover_bucket(bucket)
     added = register_cells(found.cell_ids)
     _print(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
-    _print("== 3/4 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
+    _print("== 3/5 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
            "for every cell ==")
     failures = run_cells(found.cell_ids, progress=_print)
-    _print("== 4/4 building the training dataset (dataset_job: training_dataset and its checks) ==")
+    _print("== 4/5 building the training dataset (dataset_job: training_dataset and its checks) ==")
     dataset_ok = run_job("dataset_job", progress=_print)
     if dataset_ok:
         from imagesim_pipeline.dataset.stats import dataset_stats, format_stats
 
         _print(format_stats(dataset_stats(bucket)))
+    model_ok = False
+    if dataset_ok and not args.no_train:
+        _print("== 5/5 training the SMLC on cached backbone features, exporting ONNX (train_job: smlc_model, "
+               "onnx_model and their checks) ==")
+        model_ok = run_job("train_job", progress=_print)
+        model_ok = model_ok and _print_model(bucket)
     home = dagster_home()
     _print("")
     _print("Done." if not failures else f"Finished with {len(failures)} failed cell(s): {', '.join(failures)}")
@@ -236,10 +288,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"  labels per cell:          {bucket.uri}/labels/<zone>/<cell>.parquet and .csv")
     _print(f"  training dataset:         {bucket.uri}/datasets/<version>/ (latest: {bucket.uri}/datasets/latest.json); "
            "`imagesim dataset stats`")
+    _print(f"  model:                    {bucket.uri}/models/smlc/<version>/ (model.onnx, model.ckpt, metrics.json, "
+           f"model_card.md; latest: {bucket.uri}/models/smlc/latest.json); `imagesim model report`")
     _print(f"  Dagster instance (runs):  {home}")
     _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets: ard_tile, osm_data, "
-           "chips with a contact sheet, nodata_index, chip_labels, training_dataset with plots)")
-    return 1 if failures or not dataset_ok else 0
+           "chips with a contact sheet, nodata_index, chip_labels, training_dataset with plots, smlc_model with "
+           "F2 and PR plots, onnx_model)")
+    return 1 if failures or not dataset_ok or not (model_ok or args.no_train) else 0
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -309,12 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="-", help="export: CSV file (default: standard output)")
     p.set_defaults(func=cmd_dataset)
 
+    p = sub.add_parser("model", help="show a trained model's quality (test split, baselines, per label)",
+                       description="`imagesim model report [VERSION]`: the figures of metrics.json of the latest "
+                                   "published SMLC (or VERSION): test micro/macro F2 at 0.5 and at the val-chosen "
+                                   "thresholds, mAP, per-label table, next to the baselines of the same run.")
+    p.add_argument("action", choices=["report"])
+    p.add_argument("version", nargs="?", help="model version (default: models/<name>/latest.json)")
+    p.add_argument("--name", default="smlc", help="model name (default smlc)")
+    p.add_argument("--bucket", help=bucket_help)
+    p.add_argument("--json", action="store_true", help="the whole metrics.json")
+    p.set_defaults(func=cmd_model)
+
     p = sub.add_parser("demo", help="render the demo world from real OSM and run everything on it",
                        description="`imagesim demo`: render the demo world into the bucket, register its cells and "
                                    "run cell_job for each. `imagesim demo build`: only render the world.")
     p.add_argument("action", nargs="?", choices=["run", "build"], default="run")
     p.add_argument("--bucket", help=bucket_help)
     p.add_argument("--seed", type=int, default=7, help="random seed of the rendering (default 7)")
+    p.add_argument("--no-train", action="store_true", help="stop after the training dataset")
     p.add_argument("--scale", type=float, help="also render a procedural synthetic area of SCALE x SCALE km")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -162,7 +162,10 @@ def report_plots(metrics: dict[str, Any], test_probs: torch.Tensor, test_targets
 
     fig, ax = plt.subplots(figsize=(6, 5))
     if len(test_targets):
-        precision, recall, _ = multilabel_precision_recall_curve(test_probs, test_targets.long(), num_labels=len(labels))
+        with warnings.catch_warnings():  # labels without positives: not drawn
+            warnings.simplefilter("ignore", UserWarning)
+            precision, recall, _ = multilabel_precision_recall_curve(test_probs, test_targets.long(),
+                                                                     num_labels=len(labels))
         for j, name in enumerate(labels):
             if test_targets[:, j].sum() > 0:
                 ax.plot(recall[j].numpy(), precision[j].numpy(), label=name, linewidth=1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -132,6 +133,9 @@ def train_and_publish(model: SkywayMultiLabelClassifier, data: SmlcDataModule, t
     resume = resumable_checkpoint(run_dir)
     if resume:
         progress(f"resuming the unfinished run {run_dir} from {resume}")
+    else:  # a fresh run: nothing of an earlier finished one may be mistaken for this one's
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / "finished").unlink(missing_ok=True)
     started = time.perf_counter()
     trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None)
     seconds = time.perf_counter() - started

@@ -1,0 +1,101 @@
+"""End to end on the demo world: train_job (smlc_model, onnx_model) through Dagster after dataset_job."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from dagster import AssetCheckKey, AssetKey, DagsterInstance
+
+from imagesim_pipeline.models.export import read_metadata, session
+from imagesim_pipeline.models.registry import get_pointer, model_key, read_metrics
+from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline_tests.test_e2e import run_cli
+
+
+@pytest.fixture(scope="module")
+def dataset_bucket(world, tmp_path_factory):
+    root, _ = world
+    work = tmp_path_factory.mktemp("model-e2e")
+    bucket = work / "bucket"
+    shutil.copytree(root, bucket)
+    home = work / "dagster_home"
+    home.mkdir()
+    shutil.copy("dagster.yaml", home / "dagster.yaml")
+    env = {"IMAGESIM_BUCKET": str(bucket), "DAGSTER_HOME": str(home), "IMAGESIM_RUNS": str(work / "runs")}
+    for args in (["discover"], ["materialize"], ["dataset", "build"]):
+        run = run_cli(*args, env=env)
+        assert run.returncode == 0, run.stdout + run.stderr
+    return bucket, home, env
+
+
+def _run_train_job(bucket, home, monkeypatch, epochs: int = 15):
+    from imagesim_pipeline.definitions import defs
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("IMAGESIM_RUNS", str(home.parent / "runs"))
+    instance = DagsterInstance.get()
+    config = {"resources": {"bucket": {"config": {"uri": str(bucket)}}},
+              "ops": {"smlc_model": {"config": {"max_epochs": epochs, "num_workers": 0}}}}
+    result = defs.resolve_job_def("train_job").execute_in_process(instance=instance, run_config=config,
+                                                                  raise_on_error=False)
+    return instance, result
+
+
+@pytest.mark.e2e
+def test_train_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch):
+    bucket_root, home, _ = dataset_bucket
+    instance, result = _run_train_job(bucket_root, home, monkeypatch)
+    assert result.success
+    bucket = open_bucket(bucket_root)
+    meta = instance.get_latest_materialization_event(AssetKey("smlc_model")).asset_materialization.metadata
+    version = meta["version"].value
+    assert get_pointer(bucket, "smlc", "trained") == version
+    metrics = read_metrics(bucket, "smlc", version)
+    dataset = json.loads(bucket.read_text("datasets/latest.json"))["version"]
+    assert metrics["data"]["dataset_version"] == dataset
+    # figures on test are there, next to both baselines from the same run
+    assert set(metrics["baselines"]) == {"train_frequency", "logistic_regression"}
+    assert 0 < metrics["test"]["f2_micro"] <= 1 and 0 < metrics["test"]["map"] <= 1
+    assert metrics["test"]["map"] > metrics["baselines"]["train_frequency"]["test"]["map"]
+    assert "plot_f2_per_label" in meta and "plot_pr_curves" in meta
+    # the checks ran and say what they saw
+    checks = {key.name: instance.event_log_storage.get_latest_asset_check_execution_by_key([key])
+              for key in [AssetCheckKey(AssetKey("smlc_model"), "reference_benchmark"),
+                          AssetCheckKey(AssetKey("onnx_model"), "onnx_parity")]}
+    assert all(checks.values())
+    # model.onnx: both outputs, dynamic batch, metadata that matches the checkpoint's labels and thresholds
+    with bucket.local_copy(model_key("smlc", version, "model.onnx")) as path:
+        runtime = session(path)
+        size = metrics["data"]["input_size"]
+        logits, embedding = runtime.run(None, {"input": np.zeros((3, 3, size, size), np.float32)})
+        assert logits.shape == (3, len(metrics["labels"])) and embedding.shape == (3, 320)
+        assert read_metadata(path)["thresholds"] == metrics["thresholds"]
+    assert metrics["onnx"]["max_abs_diff"] < 1e-3
+    promoted = all(metrics["checks"].values())
+    try:
+        latest = get_pointer(bucket, "smlc", "latest")
+    except Exception:  # noqa: BLE001 - none published
+        latest = None
+    assert (latest == version) == promoted
+    # again: the features come from the cache and the same settings give the same version
+    instance, again = _run_train_job(bucket_root, home, monkeypatch)
+    assert again.success
+    logs = [entry.user_message for entry in instance.all_logs(again.run_id)]
+    assert any("from the cache" in m for m in logs)
+    meta = instance.get_latest_materialization_event(AssetKey("smlc_model")).asset_materialization.metadata
+    assert meta["version"].value == version
+
+
+@pytest.mark.e2e
+def test_train_job_without_a_dataset_fails_with_what_to_do(tmp_path, monkeypatch):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy("dagster.yaml", home / "dagster.yaml")
+    (tmp_path / "bucket").mkdir()
+    _, result = _run_train_job(tmp_path / "bucket", home, monkeypatch)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "materialize training_dataset first" in failure.step_failure_data.error.message
