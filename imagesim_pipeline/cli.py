@@ -221,6 +221,12 @@ def cmd_model(args: argparse.Namespace) -> int:
     from imagesim_pipeline.models.report import per_label_table, quality_table
     from imagesim_pipeline.storage import open_bucket
 
+    if args.action == "train":
+        from imagesim_pipeline.orchestration.instance import run_job
+
+        if args.bucket:
+            os.environ["IMAGESIM_BUCKET"] = args.bucket
+        return 0 if run_job("train_job", progress=_print) and _print_model(open_bucket(args.bucket)) else 1
     bucket = open_bucket(args.bucket)
     try:
         version = args.version or get_pointer(bucket, args.name, "latest")
@@ -364,12 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="-", help="export: CSV file (default: standard output)")
     p.set_defaults(func=cmd_dataset)
 
-    p = sub.add_parser("model", help="show a trained model's quality (test split, baselines, per label)",
-                       description="`imagesim model report [VERSION]`: the figures of metrics.json of the latest "
+    p = sub.add_parser("model", help="train the SMLC through Dagster; show a model's quality",
+                       description="`imagesim model train`: run train_job (smlc_model, onnx_model) through Dagster. "
+                                   "`imagesim model report [VERSION]`: the figures of metrics.json of the latest "
                                    "published SMLC (or VERSION): test micro/macro F2 at 0.5 and at the val-chosen "
                                    "thresholds, mAP, per-label table, next to the baselines of the same run.")
-    p.add_argument("action", choices=["report"])
-    p.add_argument("version", nargs="?", help="model version (default: models/<name>/latest.json)")
+    p.add_argument("action", choices=["train", "report"])
+    p.add_argument("version", nargs="?", help="report: model version (default: models/<name>/latest.json)")
     p.add_argument("--name", default="smlc", help="model name (default smlc)")
     p.add_argument("--bucket", help=bucket_help)
     p.add_argument("--json", action="store_true", help="the whole metrics.json")
