@@ -6,7 +6,7 @@ import pytest
 
 from imagesim_pipeline.cli import build_parser, main
 
-SUBCOMMANDS = ["ingest", "discover", "materialize", "chip", "samples", "grid", "dataset", "demo"]
+SUBCOMMANDS = ["ingest", "discover", "materialize", "chip", "samples", "grid", "dataset", "model", "demo"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -56,3 +56,9 @@ def test_ingest_reports_bad_files_and_goes_on(tmp_path, samples, capsys):
     assert code == 1
     assert "bad.tif: cannot be opened as a raster" in captured.err
     assert "wrote 2 cell(s)" in captured.out
+
+
+def test_model_report_without_a_model_says_what_to_run(tmp_path, capsys):
+    assert main(["model", "report", "--bucket", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no latest model" in err and "train_job" in err
