@@ -108,6 +108,30 @@ def world(tmp_path_factory, samples) -> tuple[Path, list[str]]:
     return root, cells
 
 
+@pytest.fixture(scope="session")
+def demo_dataset(world, tmp_path_factory) -> Path:
+    """A bucket holding the demo world after cell_job and dataset_job (through the CLI): a training dataset.
+
+    Shared by the session: copy it before writing to it.
+    """
+    from imagesim_pipeline.settings import PROJECT_ROOT
+
+    root, _ = world
+    work = tmp_path_factory.mktemp("demo-dataset")
+    bucket = work / "bucket"
+    shutil.copytree(root, bucket)
+    home = work / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "IMAGESIM_BUCKET": str(bucket), "DAGSTER_HOME": str(home)}
+    imagesim = str(Path(sys.executable).parent / "imagesim")
+    for args in (["discover"], ["materialize"], ["dataset", "build"]):
+        run = subprocess.run([imagesim, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, f"imagesim {' '.join(args)}: {run.stdout}{run.stderr}"
+    return bucket
+
+
 @pytest.fixture
 def bucket_copy(ingested_bucket, tmp_path) -> Path:
     """A private copy of the ingested bucket that a test may damage."""
