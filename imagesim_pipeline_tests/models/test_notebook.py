@@ -29,7 +29,8 @@ PROBE = """
 import json
 print("PROBE " + json.dumps({
     "name": name, "version": version, "chips": list(chips), "embedding_shape": list(embedding.shape),
-    "embedding_head": embedding[:4].round(5).ravel().tolist(), "query": query, "neighbours": [int(j) for j in neighbours],
+    "embedding_head": embedding[:4].round(5).ravel().tolist(),
+    "query": query, "neighbours": [int(j) for j in neighbours],
     "similarity_diagonal": [float(similarity.diagonal().min()), float(similarity.diagonal().max())],
 }))
 """
