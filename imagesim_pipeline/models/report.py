@@ -132,10 +132,7 @@ def report_plots(metrics: dict[str, Any], test_probs: torch.Tensor, test_targets
     """PNGs: test F2 per label (model at 0.5 and thresholds, logistic baseline) and test PR curves."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) stays as it is
     from torchmetrics.functional.classification import multilabel_precision_recall_curve
 
     labels = metrics["labels"]
@@ -144,10 +141,10 @@ def report_plots(metrics: dict[str, Any], test_probs: torch.Tensor, test_targets
     def png(fig) -> bytes:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-        plt.close(fig)
         return buffer.getvalue()
 
-    fig, ax = plt.subplots(figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax = fig.subplots()
     x = np.arange(len(labels))
     series = [("SMLC @0.5", metrics["test"]), ("SMLC @thresholds", metrics["test_at_thresholds"])]
     if "logistic_regression" in metrics.get("baselines", {}):
@@ -160,7 +157,8 @@ def report_plots(metrics: dict[str, Any], test_probs: torch.Tensor, test_targets
     ax.legend(fontsize=8)
     out["f2_per_label"] = png(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
     if len(test_targets):
         with warnings.catch_warnings():  # labels without positives: not drawn
             warnings.simplefilter("ignore", UserWarning)
