@@ -12,23 +12,18 @@ from dagster import AssetCheckKey, AssetKey, DagsterInstance
 from imagesim_pipeline.models.export import read_metadata, session
 from imagesim_pipeline.models.registry import get_pointer, model_key, read_metrics
 from imagesim_pipeline.storage import open_bucket
-from imagesim_pipeline_tests.test_e2e import run_cli
 
 
 @pytest.fixture(scope="module")
-def dataset_bucket(world, tmp_path_factory):
-    root, _ = world
+def dataset_bucket(demo_dataset, tmp_path_factory):
+    """A private copy of the demo dataset bucket, with a Dagster instance beside it."""
     work = tmp_path_factory.mktemp("model-e2e")
     bucket = work / "bucket"
-    shutil.copytree(root, bucket)
+    shutil.copytree(demo_dataset, bucket)
     home = work / "dagster_home"
     home.mkdir()
     shutil.copy("dagster.yaml", home / "dagster.yaml")
-    env = {"IMAGESIM_BUCKET": str(bucket), "DAGSTER_HOME": str(home), "IMAGESIM_RUNS": str(work / "runs")}
-    for args in (["discover"], ["materialize"], ["dataset", "build"]):
-        run = run_cli(*args, env=env)
-        assert run.returncode == 0, run.stdout + run.stderr
-    return bucket, home, env
+    return bucket, home, {}
 
 
 def _run_train_job(bucket, home, monkeypatch, epochs: int = 15):
