@@ -142,17 +142,31 @@ def _build_world(args: argparse.Namespace, bucket) -> list[str]:
     import tempfile
 
     from imagesim_pipeline.demo.world import (
+        SYNTHETIC_KM,
+        SYNTHETIC_PBF_KEY,
+        WORKERS,
         build_world,
         default_regions,
         synthetic_region,
     )
     from imagesim_pipeline.samples import fetch
 
-    regions = default_regions(fetch(["Helsinki.osm.pbf", "test.osm.pbf"]))
+    pbfs = fetch(["Helsinki.osm.pbf", "test.osm.pbf"])
+    regions = default_regions(pbfs)
+    km = SYNTHETIC_KM if args.scale is None else args.scale
     with tempfile.TemporaryDirectory(prefix="imagesim-synthetic-") as tmp:
-        if args.scale:
-            regions.append(synthetic_region(Path(tmp), args.scale))
-        return build_world(bucket, regions, seed=args.seed, progress=_print)
+        if km > 0:
+            regions.append(synthetic_region(Path(tmp), km, seed=args.seed))
+        cells = build_world(bucket, regions, seed=args.seed, progress=_print, workers=WORKERS)
+    if km > 0:
+        # osm_data reads the synthetic area's OSM from the bucket, after the real extracts.
+        extracts = [str(pbfs["Helsinki.osm.pbf"]), str(pbfs["test.osm.pbf"]), SYNTHETIC_PBF_KEY]
+        if not os.environ.get("IMAGESIM_OSM_PBF"):
+            os.environ["IMAGESIM_OSM_PBF"] = ",".join(extracts)
+        if SYNTHETIC_PBF_KEY not in os.environ["IMAGESIM_OSM_PBF"].split(","):
+            _print(f"note: the synthetic area's OSM is {bucket.url(SYNTHETIC_PBF_KEY)}; osm_data reads it only "
+                   f"when IMAGESIM_OSM_PBF lists it, e.g. IMAGESIM_OSM_PBF={','.join(extracts)}")
+    return cells
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
@@ -389,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket", help=bucket_help)
     p.add_argument("--seed", type=int, default=7, help="random seed of the rendering (default 7)")
     p.add_argument("--no-train", action="store_true", help="stop after the training dataset")
-    p.add_argument("--scale", type=float, help="also render a procedural synthetic area of SCALE x SCALE km")
+    p.add_argument("--scale", type=float, metavar="KM",
+                   help="side of the procedural synthetic area in km, rounded to whole 625 m blocks (default: "
+                        "SYNTHETIC_KM of imagesim_pipeline/demo/world.py, 8 km: about 5 400 chips); 0 leaves it out")
     p.set_defaults(func=cmd_demo)
     return parser
 
