@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import rasterio
@@ -19,7 +21,15 @@ from imagesim_pipeline.demo.render import (
     colourise,
     to_utm,
 )
-from imagesim_pipeline.demo.world import ACQUISITIONS, build_world
+from imagesim_pipeline.demo.world import (
+    ACQUISITIONS,
+    SYNTHETIC_PBF_KEY,
+    SYNTHETIC_RESOLUTION,
+    WORLD_KEY,
+    build_world,
+    read_changes,
+    synthetic_region,
+)
 from imagesim_pipeline.storage import open_bucket
 
 EPSG = 32635
@@ -106,11 +116,42 @@ def test_second_acquisition_differs_the_way_real_ones_do(helsinki):
     assert abs(a.mean() - b.mean()) > 3  # haze and season tint
 
 
-def test_scale_option_renders_a_procedural_area(tmp_path):
-    from imagesim_pipeline.demo.world import synthetic_region
+def test_world_records_its_change_ground_truth(world):
+    root, cells = world
+    bucket = open_bucket(root)
+    changes = read_changes(bucket).to_pylist()
+    found = discover_bucket(bucket)
+    acquisitions = {a.catalog_id for d in found.cells.values() for a in d.acquisitions}
+    assert {r["region"] for r in changes} == {"HELSINKI", "KOTKA"}
+    for r in changes:
+        assert r["cell"] in cells and r["place"].startswith(r["cell"]) and len(r["place"]) == 4 + 17
+        assert {r["catalog_id_before"], r["catalog_id_after"]} <= acquisitions
+        assert r["vanished_buildings"] == len(r["osm_ids"]) >= 1 and 0 < r["vanished_share"] <= 1
+    assert len({r["place"] for r in changes}) == len(changes)
+    world_doc = json.loads(bucket.read_text(WORLD_KEY))
+    assert [r["name"] for r in world_doc["regions"]] == ["HELSINKI", "KOTKA"]
+    assert sum(r["changed_places"] for r in world_doc["regions"]) == len(changes)
 
-    region = synthetic_region(tmp_path, 1.5)
-    cells = build_world(open_bucket(tmp_path / "bucket"), [region], progress=lambda m: None)
-    found = discover_bucket(open_bucket(tmp_path / "bucket"))
+
+def test_synthetic_area_lands_on_the_cell_grid_all_data(tmp_path):
+    """The procedural area, rendered by two worker processes: whole chips of valid data, nodata beyond."""
+    region = synthetic_region(tmp_path, 0.625, seed=2)  # one 625 m block: 16 chip places
+    bucket = open_bucket(tmp_path / "bucket")
+    cells = build_world(bucket, [region], seed=2, progress=lambda m: None, workers=2)
+    found = discover_bucket(bucket)
     assert cells and found.cell_ids == cells and found.problems == []
     assert all(len(d.acquisitions) == 2 for d in found.cells.values())
+    assert bucket.read_bytes(SYNTHETIC_PBF_KEY) == region.pbf.read_bytes()  # osm_data reads it there
+    xmin, ymin, xmax, ymax = region.bounds
+    for delivery in found.cells.values():
+        for acq in delivery.acquisitions:
+            with rasterio.open(bucket.gdal_path(acq.visual_key)) as src:
+                assert src.res[0] == pytest.approx(SYNTHETIC_RESOLUTION)
+                window = rasterio.windows.from_bounds(xmin, ymin, xmax, ymax, src.transform).round_offsets()
+                window = window.round_lengths()
+                inside = src.dataset_mask(window=window)
+                ring = src.dataset_mask(window=rasterio.windows.Window(
+                    window.col_off - 2, window.row_off - 2, window.width + 4, window.height + 4))
+            assert inside.shape == (1264, 1264) and inside.all()  # 625 m at 5000 / 10112 m
+            assert ring.sum() == inside.sum()  # nothing valid beyond the area
+    assert isinstance(read_changes(bucket).to_pylist(), list)
