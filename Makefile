@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_osm_pbf.py
 	$(BIN)/python benchmarks/bench_chips.py
 	$(BIN)/python benchmarks/bench_labels.py
+	$(BIN)/python benchmarks/bench_model.py
 
 ui: setup
 	mkdir -p .dagster && { test -f .dagster/dagster.yaml || cp dagster.yaml .dagster/; }
