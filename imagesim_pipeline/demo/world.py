@@ -92,7 +92,7 @@ class Region:
     @property
     def aligned(self) -> bool:
         """Whether the render area is given (on the ARD pixel grid, all of it valid data)."""
-        return self.bounds is not None
+        return self.bounds is not None and self.epsg is not None
 
 
 def extract_bounds(pbf: Path) -> tuple[float, float, float, float]:
@@ -114,7 +114,7 @@ def extract_bounds(pbf: Path) -> tuple[float, float, float, float]:
 
 def region_frame(region: Region) -> tuple[int, BaseGeometry, tuple[float, float, float, float]]:
     """(EPSG, valid-data footprint, pixel-aligned render bounds) of a region, in its UTM zone."""
-    if region.bounds is not None and region.epsg is not None:
+    if region.aligned:
         return region.epsg, box(*region.bounds), region.bounds
     west, south, east, north = extract_bounds(region.pbf)
     zone = zone_of_longitude((west + east) / 2)
