@@ -1,6 +1,5 @@
 """``smlc_model`` (train, evaluate, publish) and ``onnx_model`` (export, check, promote): the trainer profile."""
 
-import base64
 from pathlib import Path
 
 from dagster import (
@@ -16,7 +15,7 @@ from dagster import (
 from pydantic import Field
 
 from imagesim_pipeline.errors import ImagesimError
-from imagesim_pipeline.orchestration.label_assets import training_dataset
+from imagesim_pipeline.orchestration.label_assets import _image, training_dataset
 from imagesim_pipeline.orchestration.resources import BucketResource
 from imagesim_pipeline.storage import StorageError
 
@@ -44,10 +43,6 @@ class SmlcTrainingConfig(Config):
     strategy: str = Field(default="auto", description="Lightning strategy: auto, ddp, ...")
     precision: str = Field(default="32-true", description="32-true, bf16-mixed, 16-mixed")
     num_workers: int = Field(default=-1, description="data loader processes (-1: one less than the cores, max 4)")
-
-
-def _png(png: bytes, title: str) -> MetadataValue:
-    return MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
 @asset(
@@ -103,7 +98,7 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
                 for b in base.values())
     plots = {}
     for plot in ("f2_per_label", "pr_curves"):
-        plots[f"plot_{plot}"] = _png(store.read_bytes(model_key(config.name, version, f"plots/{plot}.png")), plot)
+        plots[f"plot_{plot}"] = MetadataValue.md(_image(store.read_bytes(model_key(config.name, version, f"plots/{plot}.png")), plot))
     return MaterializeResult(
         metadata={
             "version": version,
