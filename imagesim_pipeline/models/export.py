@@ -54,6 +54,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, metadata: d
     import onnx
 
     path = Path(path)
+    was_training = model.training
     module = _Exportable(model).eval()
     example = torch.zeros(2, 3, input_size, input_size)
     with warnings.catch_warnings():
@@ -64,6 +65,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, metadata: d
                               opset_version=opset, dynamo=True, external_data=False, verbose=False)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
             raise ExportError(f"ONNX export to {path} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            model.train(was_training)
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
@@ -98,8 +101,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 @torch.inference_mode()
 def check_parity(model: nn.Module, path: str | Path, images: torch.Tensor) -> Parity:
     """Max absolute differences between torch and onnxruntime on ``images`` (N, 3, S, S)."""
+    was_training = model.training
     module = _Exportable(model).eval()
-    logits, embedding = module(images)
+    try:
+        logits, embedding = module(images)
+    finally:
+        model.train(was_training)
     got = session(path).run(list(OUTPUTS), {INPUT: images.numpy().astype(np.float32)})
     return Parity(float(np.abs(got[0] - logits.numpy()).max()), float(np.abs(got[1] - embedding.numpy()).max()),
                   len(images))

@@ -84,10 +84,13 @@ class SkywayMultiLabelClassifier(L.LightningModule):
         return self.feature_dim // 4
 
     def train(self, mode: bool = True) -> "SkywayMultiLabelClassifier":
-        """Frozen backbone layers stay in eval mode (BatchNorm statistics are ImageNet's)."""
+        """Frozen backbone layers stay in eval mode (their BatchNorm statistics are ImageNet's);
+        with ``unfreeze_last_stage`` only that stage trains."""
         super().train(mode)
-        if mode and not self.hparams.unfreeze_last_stage:
+        if mode:
             self.backbone.eval()
+            if self.hparams.unfreeze_last_stage:
+                self.backbone.get_submodule(spec_of(self.hparams.backbone).last_stage).train()
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,23 @@ from imagesim_pipeline.models.registry import (
 )
 from imagesim_pipeline.models.report import baselines, evaluate, model_card, report_plots
 from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
+from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.storage import Bucket
+
+
+class TrainingSetupError(ImagesimError):
+    """The model and data settings of a training run contradict each other."""
+
+
+def check_setup(model: SkywayMultiLabelClassifier, data: SmlcDataModule) -> None:
+    """Refuse settings that would silently train something other than asked."""
+    if model.hparams.unfreeze_last_stage and data.hparams.cache_features:
+        raise TrainingSetupError(
+            "unfreeze_last_stage trains the backbone's last stage, but cache_features feeds the head precomputed "
+            "features (the backbone never runs): set cache_features to false (CLI: --data.cache_features false)")
+    if data.hparams.cache_features and model.hparams.backbone != data.hparams.backbone:
+        raise TrainingSetupError(f"the model's backbone ({model.hparams.backbone}) differs from the data module's "
+                                 f"({data.hparams.backbone}), whose cached features would not fit it")
 
 Progress = Callable[[str], None]
 
@@ -129,6 +145,7 @@ def train_and_publish(model: SkywayMultiLabelClassifier, data: SmlcDataModule, t
 
     Returns None on the non-zero ranks of a multi-process run.
     """
+    check_setup(model, data)
     version = version or run_dir.name
     resume = resumable_checkpoint(run_dir)
     if resume:

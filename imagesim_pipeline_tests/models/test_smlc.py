@@ -79,6 +79,22 @@ def test_unfreezing_trains_only_the_last_stage():
     freeze(backbone, "efficientnet_lite0", unfreeze_last_stage=True)
     trainable = {k.split(".")[0] + "." + k.split(".")[1] for k, p in backbone.named_parameters() if p.requires_grad}
     assert trainable == {"blocks.6"}
+    # in train mode only that stage's BatchNorm statistics move; the frozen stages keep ImageNet's
+    model = SkywayMultiLabelClassifier(labels=LABELS, weights="random", unfreeze_last_stage=True).train()
+    modes = {name.split(".")[1]: m.training for name, m in model.backbone.named_modules() if name.count(".") == 1
+             and name.startswith("blocks.")}
+    assert modes == {str(i): i == 6 for i in range(7)}
+    assert not model.backbone.bn1.training and not model.backbone.conv_head.training
+
+
+def test_unfreezing_with_cached_features_is_refused(reference_inputs, tmp_path):
+    from imagesim_pipeline.models.training import TrainingSetupError, train_and_publish
+
+    chips, csv = reference_inputs
+    model = SkywayMultiLabelClassifier(labels=LABELS, weights="random", unfreeze_last_stage=True)
+    data = SmlcDataModule(chip_dir=str(chips), labels_csv=str(csv), cache_features=True, weights="random")
+    with pytest.raises(TrainingSetupError, match="cache_features"):
+        train_and_publish(model, data, None, None, tmp_path / "run")  # refused before anything runs
 
 
 def test_a_schedule_that_would_raise_the_learning_rate_is_refused():
@@ -246,9 +262,10 @@ def test_the_reference_gpus_flag_maps_onto_accelerator_devices_and_ddp():
 
 
 def test_export_of_a_resnet50_smlc_has_both_outputs(tmp_path):
-    model = SkywayMultiLabelClassifier(labels=LABELS, backbone="resnet50", weights="random").eval()
+    model = SkywayMultiLabelClassifier(labels=LABELS, backbone="resnet50", weights="random").train()
     path = export_onnx(model, tmp_path / "m.onnx", 64, {"labels": LABELS})
     parity = check_parity(model, path, torch.rand(3, 3, 64, 64))
+    assert model.head.training  # exporting and checking leave the caller's model as it was
     assert parity.max_abs < 1e-3
     shapes = {o.name: o.shape for o in session(path).get_outputs()}
     assert shapes["embedding"][1] == 512 and shapes["logits"][1] == 3
