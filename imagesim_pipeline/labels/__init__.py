@@ -1,23 +1,15 @@
-"""Labels: OSM features to per-chip multi-label encodings, under a configurable vocabulary."""
+"""Labels: OSM features to per-chip multi-label encodings, under a configurable vocabulary.
 
-from imagesim_pipeline.labels.cell_labels import (
-    CellLabels,
-    LabelError,
-    coverage_key,
-    csv_key,
-    label_cell,
-    labels_key,
-    read_cell_labels,
-)
-from imagesim_pipeline.labels.encoding import dense, read_sparse_csv, write_sparse_csv
-from imagesim_pipeline.labels.labeller import FootprintLabels, label_footprints
-from imagesim_pipeline.labels.osm_geometry import OsmFeatures, osm_features
-from imagesim_pipeline.labels.vocabulary import (
-    Vocabulary,
-    VocabularyError,
-    load_vocabulary,
-)
+Names load on first use (``imagesim_pipeline.lazy``): reading label CSVs needs no GDAL/rasterio.
+"""
 
-__all__ = ["CellLabels", "FootprintLabels", "LabelError", "OsmFeatures", "Vocabulary", "VocabularyError", "coverage_key",
-           "csv_key", "dense", "label_cell", "label_footprints", "labels_key", "load_vocabulary", "osm_features",
-           "read_cell_labels", "read_sparse_csv", "write_sparse_csv"]
+from imagesim_pipeline.lazy import lazy_exports
+
+__getattr__, __all__ = lazy_exports(__name__, {
+    "cell_labels": ["CellLabels", "LabelError", "coverage_key", "csv_key", "label_cell", "labels_key",
+                    "read_cell_labels"],
+    "encoding": ["dense", "read_sparse_csv", "write_sparse_csv"],
+    "labeller": ["FootprintLabels", "label_footprints"],
+    "osm_geometry": ["OsmFeatures", "osm_features"],
+    "vocabulary": ["Vocabulary", "VocabularyError", "load_vocabulary"],
+})

@@ -49,21 +49,33 @@ def d4_views(images: torch.Tensor) -> list[torch.Tensor]:
     return rotations + [torch.flip(r, dims=(-1,)) for r in rotations]
 
 
+def encoding_device() -> torch.device:
+    """Where features are computed: the first CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @torch.inference_mode()
 def encode_images(backbone: torch.nn.Module, images: ChipImages, batch_size: int, num_workers: int,
-                  views: int = 1, progress: Progress = lambda m: None, label: str = ""
-                  ) -> tuple[np.ndarray, list[int]]:
-    """Features (views, N, D) float32 of every readable chip, and the indices of unreadable ones."""
-    backbone.eval()
-    loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping)
+                  views: int = 1, progress: Progress = lambda m: None, label: str = "",
+                  device: torch.device | str = "cpu") -> tuple[np.ndarray, list[int]]:
+    """Features (views, N, D) float32 of every readable chip, and the indices of unreadable ones.
+
+    On a GPU the backbone runs in float32 (cached features must not depend on where they were computed
+    beyond float32 rounding); decoding runs in ``num_workers`` loader processes.
+    """
+    device = torch.device(device)
+    backbone = backbone.eval().to(device)
+    loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
+                        pin_memory=device.type == "cuda")
     n = len(images)
     out: np.ndarray | None = None
     done = np.zeros(n, bool)
     started, last = time.perf_counter(), 0.0
     for x, _, index, _ in loader:
         if len(index):
+            x = x.to(device, non_blocking=True)
             batches = d4_views(x) if views == 8 else [x]
-            feats = [backbone(v).float().numpy() for v in batches]
+            feats = [backbone(v).float().cpu().numpy() for v in batches]
             if out is None:
                 out = np.zeros((views, n, feats[0].shape[1]), np.float32)
             for v, f in enumerate(feats):
@@ -127,7 +139,8 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
     if cached is not None:
         progress(f"backbone features from the cache {bucket.url(features_key(key, ''))}")
         return cached
-    progress(f"computing backbone features ({backbone}, {prep.size} px, augmentation {augmentation}) "
+    device = encoding_device()
+    progress(f"computing backbone features ({backbone}, {prep.size} px, augmentation {augmentation}, on {device}) "
              f"into {bucket.url(features_key(key, ''))}")
     model = build_backbone(backbone, weights)
     reader = data.reader()
@@ -137,7 +150,7 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
         part = data.splits[split]
         views = 8 if augmentation == "d4" and split == "train" else 1
         features, bad = encode_images(model, ChipImages(part.chips, part.targets, reader, prep), batch_size,
-                                      num_workers, views, progress, split)
+                                      num_workers, views, progress, split, device)
         corrupt = [part.chips[i] for i in bad]
         keep = np.ones(len(part.chips), bool)
         keep[bad] = False
@@ -153,11 +166,11 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
     seconds = time.perf_counter() - started
     manifest = {"key": key, "dataset_version": data.version, "backbone": backbone, "weights": weights,
                 "weights_sha256_12": weights_fingerprint(weights), "preprocessing": prep.to_dict(),
-                "augmentation": augmentation, "chips": counts, "corrupt": corrupt_all,
+                "augmentation": augmentation, "chips": counts, "corrupt": corrupt_all, "device": str(device),
                 "seconds": round(seconds, 1), "chips_per_second": round(sum(counts.values()) / max(seconds, 1e-9), 1)}
     bucket.write_text(features_key(key, "manifest.json"), json.dumps(manifest, indent=2))
     return FeatureCache(key, loaded, manifest)
 
 
 __all__ = ["AUGMENTATIONS", "FEATURES_PREFIX", "FeatureCache", "cache_key", "cached_features", "d4_views",
-           "encode_images", "features_key"]
+           "encode_images", "encoding_device", "features_key"]

@@ -28,18 +28,18 @@ THRESHOLD_GRID = torch.tensor([round(0.05 * i, 2) for i in range(1, 20)])  # 0.0
 class MultilabelScores(MetricCollection):
     """Accuracy, F2 (micro and per label), AP per label and support, at one threshold or per label.
 
-    A torchmetrics collection (so it accumulates over batches and synchronises across DDP
-    processes); :meth:`summary` turns its values into the figures reported.
+    A torchmetrics collection (so it accumulates over batches and, with ``sync``, synchronises across
+    DDP processes); :meth:`summary` turns its values into the figures reported.
     """
 
-    def __init__(self, num_labels: int, threshold: float = 0.5) -> None:
-        common: dict[str, Any] = {"num_labels": num_labels, "threshold": threshold}
+    def __init__(self, num_labels: int, threshold: float = 0.5, sync: bool = True) -> None:
+        common: dict[str, Any] = {"num_labels": num_labels, "threshold": threshold, "sync_on_compute": sync}
         metrics: dict[str, Metric] = {
             "accuracy": MultilabelAccuracy(average="micro", **common),
             "f2_micro": MultilabelFBetaScore(beta=2.0, average="micro", zero_division=0, **common),
             "f2_label": MultilabelFBetaScore(beta=2.0, average="none", zero_division=0, **common),
             "stats": MultilabelStatScores(average="none", **common),
-            "ap_label": MultilabelAveragePrecision(num_labels=num_labels, average="none"),
+            "ap_label": MultilabelAveragePrecision(num_labels=num_labels, average="none", sync_on_compute=sync),
         }
         super().__init__(metrics, compute_groups=False)
 
@@ -63,7 +63,9 @@ class MultilabelScores(MetricCollection):
 
 
 def _scores(preds: torch.Tensor, targets: torch.Tensor, labels: Sequence[str]) -> dict[str, torch.Tensor]:
-    metrics = MultilabelScores(len(labels))
+    # Whole prediction sets scored in one process (rank 0 after a DDP fit): no synchronisation, which
+    # would wait for the other ranks, and on NCCL fails outright on these CPU tensors.
+    metrics = MultilabelScores(len(labels), sync=False)
     with warnings.catch_warnings():  # "no positive samples" for a label: handled in summary()
         warnings.simplefilter("ignore", UserWarning)
         metrics.update(preds, targets.long())

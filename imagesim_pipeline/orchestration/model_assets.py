@@ -37,6 +37,7 @@ class SmlcTrainingConfig(Config):
     max_epochs: int = 40
     lr: float = 1e-3
     eta_min: float = 1e-5
+    weight_decay: float = Field(default=1e-3, description="Adam weight decay (L2) of the head")
     seed: int = 0
     accelerator: str = Field(default="auto", description="Lightning accelerator: auto, cpu, gpu")
     devices: str = Field(default="auto", description="Lightning devices: auto, a count, or -1 for all")
@@ -81,7 +82,7 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
         data.progress = context.log.info
         model = SkywayMultiLabelClassifier(labels=data.labels, backbone=config.backbone, weights=config.weights,
                                            unfreeze_last_stage=config.unfreeze_last_stage, lr=config.lr,
-                                           eta_min=config.eta_min)
+                                           eta_min=config.eta_min, weight_decay=config.weight_decay)
         version = model_version(model, data, {"max_epochs": config.max_epochs, "seed": config.seed})
         run_dir = Path(runs_dir()) / config.name / version
         devices = int(config.devices) if config.devices.lstrip("-").isdigit() else config.devices

@@ -131,6 +131,24 @@ def test_metrics_leave_out_labels_without_positives():
     assert figures["accuracy"] == pytest.approx(10 / 12)
 
 
+def test_scoring_after_a_ddp_fit_stays_in_its_process(monkeypatch):
+    """Rank 0 scores val and test alone after fitting: syncing then would hang or fail (NCCL, CPU tensors)."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29517")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        def refuse(*args, **kwargs):
+            raise AssertionError("score() synchronised across processes")
+
+        monkeypatch.setattr(dist, "all_gather", refuse)
+        figures = score(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([[1, 0], [0, 1]]), ["a", "b"])
+        assert figures["f2_micro"] == 1.0
+    finally:
+        dist.destroy_process_group()
+
+
 def test_thresholds_are_chosen_per_label_for_f2():
     targets = torch.tensor([[1.0, 0], [1.0, 0], [0.0, 0], [0.0, 0]])
     probs = torch.tensor([[0.3, 0.9], [0.25, 0.2], [0.1, 0.7], [0.05, 0.1]])  # positives score low: 0.5 misses them
