@@ -158,14 +158,12 @@ def _build_world(args: argparse.Namespace, bucket) -> list[str]:
         if km > 0:
             regions.append(synthetic_region(Path(tmp), km, seed=args.seed))
         cells = build_world(bucket, regions, seed=args.seed, progress=_print, workers=WORKERS)
-    if km > 0:
-        # osm_data reads the synthetic area's OSM from the bucket, after the real extracts.
-        extracts = [str(pbfs["Helsinki.osm.pbf"]), str(pbfs["test.osm.pbf"]), SYNTHETIC_PBF_KEY]
-        if not os.environ.get("IMAGESIM_OSM_PBF"):
-            os.environ["IMAGESIM_OSM_PBF"] = ",".join(extracts)
-        if SYNTHETIC_PBF_KEY not in os.environ["IMAGESIM_OSM_PBF"].split(","):
-            _print(f"note: the synthetic area's OSM is {bucket.url(SYNTHETIC_PBF_KEY)}; osm_data reads it only "
-                   f"when IMAGESIM_OSM_PBF lists it, e.g. IMAGESIM_OSM_PBF={','.join(extracts)}")
+    # osm_data reads the synthetic area's OSM from the bucket after the real extracts (its default list),
+    # unless IMAGESIM_OSM_PBF names other extracts.
+    custom = os.environ.get("IMAGESIM_OSM_PBF", "")
+    if km > 0 and custom and SYNTHETIC_PBF_KEY not in custom.split(","):
+        _print(f"note: the synthetic area's OSM is {bucket.url(SYNTHETIC_PBF_KEY)}; osm_data reads it only when "
+               f"IMAGESIM_OSM_PBF lists it, e.g. IMAGESIM_OSM_PBF={custom},{SYNTHETIC_PBF_KEY}")
     return cells
 
 
@@ -278,7 +276,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     if args.bucket:  # the Dagster jobs below build their bucket resource from the environment
         os.environ["IMAGESIM_BUCKET"] = args.bucket
-    _print("== 1/5 rendering the demo world from real OpenStreetMap (Helsinki, Kotka) into the ARD layout ==")
+    _print("== 1/5 rendering the demo world into the ARD layout: real OpenStreetMap (Helsinki, Kotka) and a "
+           "procedural land-use area ==")
     _build_world(args, bucket)
     _print("== 2/5 discovering cells and registering them as Dagster partitions ==")
     found = discover_bucket(bucket)

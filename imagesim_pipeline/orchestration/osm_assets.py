@@ -31,12 +31,15 @@ from imagesim_pipeline.osm import (
 )
 from imagesim_pipeline.osm.cache import choose_extract, osm_for_cell
 from imagesim_pipeline.osm.overpass import DEFAULT_ENDPOINT
+from imagesim_pipeline.demo.world import SYNTHETIC_PBF_KEY
 from imagesim_pipeline.settings import data_dir
 
 
 def _default_pbf() -> str:
+    """IMAGESIM_OSM_PBF, else the sample extracts and the demo world's synthetic extract in the bucket."""
     samples = data_dir() / "samples"
-    return os.environ.get("IMAGESIM_OSM_PBF") or f"{samples / 'Helsinki.osm.pbf'},{samples / 'test.osm.pbf'}"
+    return os.environ.get("IMAGESIM_OSM_PBF") or ",".join(
+        [str(samples / "Helsinki.osm.pbf"), str(samples / "test.osm.pbf"), SYNTHETIC_PBF_KEY])
 
 
 class OsmSourceResource(ConfigurableResource):
@@ -98,7 +101,8 @@ def osm_data(context: AssetExecutionContext, bucket: BucketResource, osm: OsmSou
                     companions.append(ArdCell.parse(key))
                 except GridError:
                     continue
-            pbf = choose_extract(store, [p.strip() for p in osm.pbf.split(",") if p.strip()], cell)
+            pbf = choose_extract(store, [p.strip() for p in osm.pbf.split(",") if p.strip()], cell,
+                                 optional=[SYNTHETIC_PBF_KEY])
             data, cache_hit, extracted = osm_for_cell(store, pbf, cell, companions, margin=osm.margin_deg,
                                                       node_index=osm.node_index, progress=context.log.info)
             extra = {"pbf_cache_hit": cache_hit, "cells_extracted_in_this_run": extracted}

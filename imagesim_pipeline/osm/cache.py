@@ -43,12 +43,21 @@ def resolve_pbf(bucket: Bucket, pbf: str) -> Iterator[tuple[Path, str]]:
         yield local, f"{obj.key}:{obj.size}:{obj.modified.isoformat()}"
 
 
-def choose_extract(bucket: Bucket, pbfs: list[str], cell: ArdCell) -> str:
-    """The first extract whose header bounding box meets the cell (else the first one)."""
+def choose_extract(bucket: Bucket, pbfs: list[str], cell: ArdCell, optional: Iterable[str] = ()) -> str:
+    """The first extract whose header bounding box meets the cell (else the first one).
+
+    Extracts in ``optional`` (the demo world's synthetic extract, listed by default) are passed
+    over when the bucket does not hold them; any other missing extract is an ``OsmError``.
+    """
+    optional = set(optional)
     for pbf in pbfs:
-        with resolve_pbf(bucket, pbf) as (path, _):
-            if cells_in_extract(path, [cell]):
-                return pbf
+        try:
+            with resolve_pbf(bucket, pbf) as (path, _):
+                if cells_in_extract(path, [cell]):
+                    return pbf
+        except OsmError:
+            if pbf not in optional:
+                raise
     return pbfs[0]
 
 

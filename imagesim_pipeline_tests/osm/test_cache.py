@@ -7,7 +7,7 @@ from shapely.geometry import box
 
 from imagesim_pipeline.ard.grid import ArdCell, cells_covering
 from imagesim_pipeline.osm import OsmError
-from imagesim_pipeline.osm.cache import CACHE_PREFIX, osm_for_cell
+from imagesim_pipeline.osm.cache import CACHE_PREFIX, choose_extract, osm_for_cell
 from imagesim_pipeline.storage import open_bucket
 
 TEST_BOX = (26.9299999, 60.5200000, 26.9699999, 60.5399999)
@@ -43,3 +43,14 @@ def test_relative_path_outside_the_bucket_is_a_clear_error(bucket):
 def test_missing_extract_names_both_places(bucket):
     with pytest.raises(OsmError, match="'osm/none.osm.pbf' is neither a local file nor a key in"):
         osm_for_cell(bucket, "osm/none.osm.pbf", ArdCell.parse("Z35-013133103003"), [], margin=0.0005)
+
+
+def test_an_optional_extract_missing_from_the_bucket_is_passed_over(tmp_path, samples):
+    """The default list names the demo world's synthetic extract; a bucket without it still works."""
+    bucket = open_bucket(tmp_path / "bucket")
+    cell = cells_covering(box(*TEST_BOX), 4326, 12)[0]
+    test_pbf = str(samples["test.osm.pbf"])
+    assert choose_extract(bucket, ["demo/synthetic.osm.pbf", test_pbf], cell,
+                          optional=["demo/synthetic.osm.pbf"]) == test_pbf
+    with pytest.raises(OsmError, match="'osm/none.osm.pbf' is neither"):  # one the user named must exist
+        choose_extract(bucket, ["osm/none.osm.pbf", test_pbf], cell, optional=["demo/synthetic.osm.pbf"])
