@@ -57,8 +57,6 @@ Usage: python benchmarks/bench_model.py [--bucket URI] [--batch-size 64] [--full
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import itertools
 import json
 import logging
@@ -149,13 +147,10 @@ def _busy_cpu_s() -> float | None:
 
 
 def _keep_freed_memory() -> bool:
-    """glibc: no mmap for large blocks and no heap trimming, so freed buffers are reused instead of being
-    returned to the system and faulted in again page by page (``mallopt``); False where that is not glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-4, 0) and libc.mallopt(-1, 2 ** 31 - 1))  # M_MMAP_MAX = 0, M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return False
+    """glibc keeps freed buffers for reuse (``mallopt``); the package's own switch, used when it encodes on CPU."""
+    from imagesim_pipeline.models.features import keep_freed_memory
+
+    return keep_freed_memory()
 
 
 def _median(values: list[float]) -> float:

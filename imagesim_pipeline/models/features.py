@@ -49,6 +49,24 @@ def d4_views(images: torch.Tensor) -> list[torch.Tensor]:
     return rotations + [torch.flip(r, dims=(-1,)) for r in rotations]
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory (no mmap for large blocks, no trimming); False where that is not glibc.
+
+    Torch eager on the CPU frees and reallocates its large activation buffers every batch; by
+    default glibc hands them back to the kernel and faults them in again page by page, which
+    ``benchmarks/bench_model.py`` measured at half the full path's time. Peak memory is unchanged
+    (it is bounded by the batch), it is only kept for reuse.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-4, 0) and libc.mallopt(-1, 2 ** 31 - 1))  # M_MMAP_MAX = 0, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def encoding_device() -> torch.device:
     """Where features are computed: the first CUDA GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,6 +82,8 @@ def encode_images(backbone: torch.nn.Module, images: ChipImages, batch_size: int
     beyond float32 rounding); decoding runs in ``num_workers`` loader processes.
     """
     device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     backbone = backbone.eval().to(device)
     loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
                         pin_memory=device.type == "cuda")
@@ -173,4 +193,4 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
 
 
 __all__ = ["AUGMENTATIONS", "FEATURES_PREFIX", "FeatureCache", "cache_key", "cached_features", "d4_views",
-           "encode_images", "encoding_device", "features_key"]
+           "encode_images", "encoding_device", "features_key", "keep_freed_memory"]
