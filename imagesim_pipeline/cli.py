@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -259,6 +260,86 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        w, s, e, n = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not W,S,E,N in degrees") from None
+    return w, s, e, n
+
+
+def _hits_table(hits) -> str:
+    lines = [f"{'#':>3}  {'score':>6}  {'chip':<40} {'date':<10}  {'catalog':<18} labels"]
+    for h in hits:
+        lines.append(f"{h.rank:>3}  {h.score:6.3f}  {h.chip:<40} {h.date.isoformat():<10}  {h.catalog_id:<18} "
+                     f"{', '.join(name for name, _ in h.labels[:4])}")
+    return "\n".join(lines)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.errors import ImagesimError
+    from imagesim_pipeline.search.engine import Example, Filters, SearchEngine, hits_to_geojson
+    from imagesim_pipeline.storage import open_bucket
+
+    positives = [Example(chip=c) for c in args.chip or []] + [Example(chip=c) for c in args.positive or []]
+    negatives = [Example(chip=c) for c in args.negative or []]
+    try:
+        for path in args.image or []:
+            try:
+                positives.append(Example(image=Path(path).read_bytes(), name=path))
+            except OSError as exc:
+                raise ImagesimError(f"cannot read image {path}: {exc.strerror}") from None
+        if not positives:
+            raise ImagesimError("name a query: --chip CHIP_ID, --image FILE or --positive CHIP_ID")
+        engine = SearchEngine(open_bucket(args.bucket), args.name, args.version or "")
+        filters = Filters(bbox=args.bbox, labels=tuple(args.label or ()), since=args.since, until=args.until,
+                          catalog_ids=tuple(args.catalog or ()))
+        hits = engine.query(positives, negatives, k=args.k, filters=filters, spread=args.spread)
+    except ImagesimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.geojson:
+        query = {"positives": [e.chip or e.name for e in positives], "negatives": [e.chip for e in negatives],
+                 "k": args.k, "model_version": engine.version}
+        Path(args.geojson).write_text(json.dumps(hits_to_geojson(hits, query)))
+    if args.json:
+        _print(json.dumps([h.to_feature()["properties"] for h in hits], indent=1))
+    else:
+        _print(f"{len(hits)} results of {len(engine)} indexed chips (model {engine.version})")
+        _print(_hits_table(hits))
+    return 0
+
+
+def cmd_changes(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+    import shapely
+
+    from imagesim_pipeline.changes.detect import changes_key
+    from imagesim_pipeline.models.registry import ModelNotFoundError, get_pointer
+    from imagesim_pipeline.storage import StorageError, open_bucket
+
+    bucket = open_bucket(args.bucket)
+    try:
+        version = args.version or get_pointer(bucket, args.name, "latest")
+        table = pq.read_table(io.BytesIO(bucket.read_bytes(changes_key(version))))
+    except ModelNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StorageError:
+        print(f"error: no change table for model {version}: materialize chip_changes (search_job)", file=sys.stderr)
+        return 2
+    rows = table.to_pylist()
+    if args.bbox:
+        area = shapely.box(*args.bbox)
+        rows = [r for r in rows if shapely.from_wkb(r["geometry"]).intersects(area)]
+    _print(f"{len(rows)} place pairs (model {version}); most changed first:")
+    _print(f"{'#':>3}  {'score':>6}  {'dist':>5}  {'place':<22} {'before':<10}  {'after':<10}  kind")
+    for i, r in enumerate(rows[: args.top], 1):
+        _print(f"{i:>3}  {r['score']:6.2f}  {r['distance']:5.3f}  {r['place']:<22} {r['date_before'].isoformat():<10}  "
+               f"{r['date_after'].isoformat():<10}  {r['kind']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from imagesim_pipeline.ard.discovery import discover_bucket
     from imagesim_pipeline.orchestration.instance import (
@@ -276,17 +357,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     if args.bucket:  # the Dagster jobs below build their bucket resource from the environment
         os.environ["IMAGESIM_BUCKET"] = args.bucket
-    _print("== 1/5 rendering the demo world into the ARD layout: real OpenStreetMap (Helsinki, Kotka) and a "
+    _print("== 1/6 rendering the demo world into the ARD layout: real OpenStreetMap (Helsinki, Kotka) and a "
            "procedural land-use area ==")
     _build_world(args, bucket)
-    _print("== 2/5 discovering cells and registering them as Dagster partitions ==")
+    _print("== 2/6 discovering cells and registering them as Dagster partitions ==")
     found = discover_bucket(bucket)
     added = register_cells(found.cell_ids)
     _print(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
-    _print("== 3/5 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
+    _print("== 3/6 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
            "for every cell ==")
     failures = run_cells(found.cell_ids, progress=_print)
-    _print("== 4/5 building the training dataset (dataset_job: training_dataset and its checks) ==")
+    _print("== 4/6 building the training dataset (dataset_job: training_dataset and its checks) ==")
     dataset_ok = run_job("dataset_job", progress=_print)
     if dataset_ok:
         from imagesim_pipeline.dataset.stats import dataset_stats, format_stats
@@ -294,10 +375,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print(format_stats(dataset_stats(bucket)))
     model_ok = False
     if dataset_ok and not args.no_train:
-        _print("== 5/5 training the SMLC on cached backbone features, exporting ONNX (train_job: smlc_model, "
+        _print("== 5/6 training the SMLC on cached backbone features, exporting ONNX (train_job: smlc_model, "
                "onnx_model and their checks) ==")
         model_ok = run_job("train_job", progress=_print)
         model_ok = model_ok and _print_model(bucket)
+    search_ok = False
+    if model_ok:
+        _print("== 6/6 encoding every chip with the ONNX model (embedding_job per cell), then the similarity index "
+               "and the change scores (search_job) ==")
+        failed = run_cells(found.cell_ids, job_name="embedding_job", progress=_print)
+        search_ok = not failed and run_job("search_job", progress=_print) and _print_search(bucket)
     home = dagster_home()
     _print("")
     _print("Done." if not failures else f"Finished with {len(failures)} failed cell(s): {', '.join(failures)}")
@@ -309,11 +396,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
            "`imagesim dataset stats`")
     _print(f"  model:                    {bucket.uri}/models/smlc/<version>/ (model.onnx, model.ckpt, metrics.json, "
            f"model_card.md; latest: {bucket.uri}/models/smlc/latest.json); `imagesim model report`")
+    _print(f"  embeddings and index:     {bucket.uri}/embeddings/<model version>/<zone>/<cell>.parquet, "
+           f"{bucket.uri}/index/<model version>/; `imagesim search --chip CHIP_ID`")
+    _print(f"  changes:                  {bucket.uri}/changes/<model version>/changes.parquet; `imagesim changes`")
     _print(f"  Dagster instance (runs):  {home}")
     _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets: ard_tile, osm_data, "
            "chips with a contact sheet, nodata_index, chip_labels, training_dataset with plots, smlc_model with "
-           "F2 and PR plots, onnx_model)")
-    return 1 if failures or not dataset_ok or not (model_ok or args.no_train) else 0
+           "F2 and PR plots, onnx_model, chip_embeddings, similarity_index, chip_changes with before/after pairs)")
+    done = search_ok or args.no_train
+    return 1 if failures or not dataset_ok or not done else 0
+
+
+def _print_search(bucket) -> bool:
+    """An example search over the demo world and its top changes, as the CLI shows them."""
+    import numpy as np
+
+    from imagesim_pipeline.errors import ImagesimError
+    from imagesim_pipeline.search.engine import SearchEngine
+
+    try:
+        engine = SearchEngine(bucket)
+    except ImagesimError as exc:
+        _print(f"error: {exc}")
+        return False
+    column = engine.labels.index("water") if "water" in engine.labels else 0
+    chip = engine.chips[int(np.argmax(engine.probs[:, column]))]
+    _print(f"\nexample: chips that look like {chip} (`imagesim search --chip {chip} --k 8 --spread`):")
+    _print(_hits_table(engine.by_chip(chip, k=8, spread=True)))
+    _print("")
+    return cmd_changes(argparse.Namespace(bucket=bucket.uri, version="", name=engine.name, top=8, bbox=None)) == 0
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -394,6 +505,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket", help=bucket_help)
     p.add_argument("--json", action="store_true", help="the whole metrics.json")
     p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("search", help="find chips that look like a chip, an image, or several examples",
+                       description="Search the similarity index of the published model (or --version): by chip id, "
+                                   "by image file, or by positive and negative examples (Rocchio: more like the "
+                                   "positives, less like the negatives). The examples' places are never returned; "
+                                   "a place appears once. Exit code 2 on an unknown chip, a missing index or an "
+                                   "unreadable image.")
+    p.add_argument("--chip", action="append", metavar="CHIP_ID", help="query chip (repeatable: several positives)")
+    p.add_argument("--image", action="append", metavar="FILE", help="query image, encoded with the same model")
+    p.add_argument("--positive", action="append", metavar="CHIP_ID", help="more like this chip (repeatable)")
+    p.add_argument("--negative", action="append", metavar="CHIP_ID", help="less like this chip (repeatable)")
+    p.add_argument("--k", type=int, default=10, help="how many results, 1..1000 (default 10)")
+    p.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="only chips meeting this box (degrees)")
+    p.add_argument("--label", action="append", help="only chips predicted to show this label (repeatable: all of them)")
+    p.add_argument("--since", type=_parse_date, metavar="DATE", help="acquired on or after DATE")
+    p.add_argument("--until", type=_parse_date, metavar="DATE", help="acquired on or before DATE")
+    p.add_argument("--catalog", action="append", metavar="CATALOG_ID", help="only these acquisitions (repeatable)")
+    p.add_argument("--spread", action="store_true", help="at most one result per 625 m neighbourhood")
+    p.add_argument("--geojson", metavar="FILE", help="also write the results as a GeoJSON FeatureCollection")
+    p.add_argument("--json", action="store_true", help="results as JSON instead of a table")
+    p.add_argument("--name", default="smlc", help="model name (default smlc)")
+    p.add_argument("--version", help="model version (default: models/<name>/latest.json)")
+    p.add_argument("--bucket", help=bucket_help)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("changes", help="places that changed most between acquisitions",
+                       description="The change table of chip_changes: per place and pair of acquisitions, the "
+                                   "embedding cosine distance and its robust z-score within the acquisition pair "
+                                   "and the place's kind; most changed first.")
+    p.add_argument("--top", type=int, default=20, help="rows to show (default 20)")
+    p.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="only places meeting this box (degrees)")
+    p.add_argument("--name", default="smlc", help="model name (default smlc)")
+    p.add_argument("--version", help="model version (default: models/<name>/latest.json)")
+    p.add_argument("--bucket", help=bucket_help)
+    p.set_defaults(func=cmd_changes)
 
     p = sub.add_parser("demo", help="render the demo world from real OSM and run everything on it",
                        description="`imagesim demo`: render the demo world into the bucket, register its cells and "

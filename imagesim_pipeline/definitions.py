@@ -4,7 +4,14 @@ from dagster import Definitions, multiprocess_executor
 
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
 from imagesim_pipeline.orchestration.chip_assets import chips, nodata_index
-from imagesim_pipeline.orchestration.jobs import cell_job, dataset_job, dataset_schedule, train_job
+from imagesim_pipeline.orchestration.jobs import (
+    cell_job,
+    dataset_job,
+    dataset_schedule,
+    embedding_job,
+    search_job,
+    train_job,
+)
 from imagesim_pipeline.orchestration.model_assets import onnx_model, smlc_model
 from imagesim_pipeline.orchestration.label_assets import (
     LabelsResource,
@@ -13,11 +20,13 @@ from imagesim_pipeline.orchestration.label_assets import (
 )
 from imagesim_pipeline.orchestration.osm_assets import OsmSourceResource, osm_data
 from imagesim_pipeline.orchestration.resources import default_bucket_resource
+from imagesim_pipeline.orchestration.search_assets import chip_changes, chip_embeddings, similarity_index
 from imagesim_pipeline.orchestration.sensors import ard_delivery_sensor
 
 defs = Definitions(
-    assets=[ard_tile, osm_data, chips, nodata_index, chip_labels, training_dataset, smlc_model, onnx_model],
-    jobs=[cell_job, dataset_job, train_job],
+    assets=[ard_tile, osm_data, chips, nodata_index, chip_labels, training_dataset, smlc_model, onnx_model,
+            chip_embeddings, similarity_index, chip_changes],
+    jobs=[cell_job, dataset_job, train_job, embedding_job, search_job],
     sensors=[ard_delivery_sensor],
     schedules=[dataset_schedule],
     resources={"bucket": default_bucket_resource(), "osm": OsmSourceResource(), "labels": LabelsResource()},

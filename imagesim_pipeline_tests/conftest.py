@@ -213,3 +213,27 @@ def kotka_bucket(kotka_template, tmp_path) -> Path:
     target = tmp_path / "kotka"
     shutil.copytree(kotka_template, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_dataset, tmp_path_factory) -> tuple[Path, str]:
+    """(bucket, model version): the demo dataset with an SMLC trained on it (cached features, a few epochs)
+    and exported to ONNX under ``models/smlc/v-test/``. Shared by the session: copy it before writing."""
+    from imagesim_pipeline.models.data import SmlcDataModule
+    from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
+    from imagesim_pipeline.models.training import Benchmark, export_and_promote, make_trainer, train_and_publish
+    from imagesim_pipeline.storage import open_bucket
+
+    import lightning as L
+
+    work = tmp_path_factory.mktemp("demo-model")
+    root = work / "bucket"
+    shutil.copytree(demo_dataset, root)
+    L.seed_everything(0, verbose=False)
+    data = SmlcDataModule(bucket=str(root), num_workers=0)
+    model = SkywayMultiLabelClassifier(labels=data.labels)
+    trainer = make_trainer(work / "run", max_epochs=10, accelerator="cpu", devices=1, progress=lambda m: None)
+    bucket = open_bucket(root)
+    train_and_publish(model, data, trainer, bucket, work / "run", version="v-test", progress=lambda m: None)
+    export_and_promote(bucket, "smlc", "v-test", Benchmark(min_test_f2=0.0), progress=lambda m: None)
+    return root, "v-test"

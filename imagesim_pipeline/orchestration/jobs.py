@@ -29,6 +29,19 @@ train_job = define_asset_job(
                 "checks pass (the trainer compute profile).",
 )
 
+embedding_job = define_asset_job(
+    "embedding_job",
+    selection=AssetSelection.assets("chip_embeddings"),  # partitioned by ard_cells
+    description="Encode one cell's chips with the published ONNX model (after train_job).",
+)
+
+search_job = define_asset_job(
+    "search_job",
+    selection=AssetSelection.assets("similarity_index", "chip_changes"),
+    description="Build or extend the similarity index over every cell's embeddings and score the changes "
+                "between acquisitions.",
+)
+
 dataset_schedule = ScheduleDefinition(
     name="dataset_nightly",
     job=dataset_job,

@@ -1,0 +1,1 @@
+"""Change detection: how much each place changed between its acquisitions, from the chip embeddings."""

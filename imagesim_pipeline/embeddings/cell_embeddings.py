@@ -1,0 +1,193 @@
+"""One cell's chip embeddings as GeoParquet: ``embeddings/<model version>/<zone>/<cell>.parquet``.
+
+Rows: every "all data" chip of the cell (the chips a dataset keeps), from the cell's chip manifest
+(the chipping completion marker). Columns: ``chip``, ``place`` (the chip's zoom-17 grid cell, the
+same for every acquisition of a place), ``cell``, ``catalog_id``, ``date``, ``geometry`` (WKB
+polygon, WGS84 longitude/latitude, GeoParquet 1.0 metadata), ``embedding`` (float32 x D, the ONNX
+model's ``embedding`` output), ``probs`` (float32 x labels) and ``chip_bytes``. The model's name,
+version, labels and thresholds are in the file's metadata.
+
+Keyed by model version, so two models never mix. Re-running a cell re-encodes only the chips that
+are new or were re-chipped (a different byte count); each file is written whole and atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+
+from imagesim_pipeline.ard.grid import wgs84_quads
+
+from imagesim_pipeline.chips.cell_chips import read_manifest
+from imagesim_pipeline.chips.chipper import ALL_DATA
+from imagesim_pipeline.chips.naming import ChipName, chip_key
+from imagesim_pipeline.embeddings.encoder import OnnxEncoder
+from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.storage import Bucket, StorageError
+
+EMBEDDINGS_PREFIX = "embeddings/"
+Progress = Callable[[str], None]
+
+
+class EmbeddingsError(ImagesimError):
+    """A cell's embeddings cannot be made or read; the message names the cell and what to run."""
+
+
+def embeddings_key(version: str, cell_id: str) -> str:
+    return f"{EMBEDDINGS_PREFIX}{version}/{cell_id[1:3]}/{cell_id}.parquet"
+
+
+def version_prefix(version: str) -> str:
+    return f"{EMBEDDINGS_PREFIX}{version}/"
+
+
+@dataclass
+class CellEmbeddings:
+    cell: str
+    version: str
+    table: pa.Table
+    encoded: int = 0
+    reused: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def chips(self) -> int:
+        return self.table.num_rows
+
+
+def schema(dim: int, labels: int) -> pa.Schema:
+    return pa.schema([
+        ("chip", pa.string()), ("place", pa.string()), ("cell", pa.string()), ("catalog_id", pa.string()),
+        ("date", pa.date32()), ("geometry", pa.binary()),
+        ("embedding", pa.list_(pa.float32(), dim)), ("probs", pa.list_(pa.float32(), labels)),
+        ("chip_bytes", pa.int64()),
+    ])
+
+
+def _geo_metadata(table: pa.Table) -> dict[str, bytes]:
+    geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)) if table.num_rows else []
+    bbox = list(shapely.total_bounds(geoms)) if len(geoms) else []
+    geo = {"version": "1.0.0", "primary_column": "geometry",
+           "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"], "bbox": bbox}}}  # CRS: OGC:CRS84
+    return {b"geo": json.dumps(geo).encode()}
+
+
+def read_cell_embeddings(bucket: Bucket, version: str, cell_id: str) -> pa.Table | None:
+    """The cell's table, or None when it has none for this model version."""
+    key = embeddings_key(version, cell_id)
+    try:
+        data = bucket.read_bytes(key)
+    except StorageError:
+        return None
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise EmbeddingsError(f"{bucket.url(key)} is not a readable Parquet file ({exc}); materialize "
+                              f"chip_embeddings for {cell_id} again") from None
+
+
+def iter_embeddings(bucket: Bucket, version: str) -> Iterator[tuple[str, pa.Table]]:
+    """(cell, table) for every cell with embeddings of ``version``, in key order (one table in memory at a time)."""
+    for obj in sorted(bucket.list(version_prefix(version)), key=lambda o: o.key):
+        if obj.key.endswith(".parquet"):
+            cell = obj.key.rsplit("/", 1)[1][: -len(".parquet")]
+            table = read_cell_embeddings(bucket, version, cell)
+            if table is not None:
+                yield cell, table
+
+
+def kept_chips(bucket: Bucket, cell_id: str) -> list[dict]:
+    """The cell's written "all data" chips from its manifest."""
+    try:
+        manifest = read_manifest(bucket, cell_id)
+    except StorageError:
+        raise EmbeddingsError(f"cell {cell_id} has no chip manifest: materialize chips for it first") from None
+    return [r for r in manifest["chips"] if r["written"] and r["class"] == ALL_DATA]
+
+
+def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Progress = lambda m: None
+               ) -> CellEmbeddings:
+    """Encode the cell's kept chips (reusing unchanged rows of an earlier run) and write its GeoParquet."""
+    started = time.perf_counter()
+    rows = kept_chips(bucket, cell_id)
+    old = read_cell_embeddings(bucket, encoder.version, cell_id)
+    reuse: dict[str, int] = {}  # chip -> its row in the earlier table, when its JPEG is unchanged
+    if old is not None and old.schema.equals(schema(encoder.dim, len(encoder.labels))):
+        earlier = {c: (i, size) for i, (c, size) in enumerate(zip(old.column("chip").to_pylist(),
+                                                                   old.column("chip_bytes").to_pylist()))}
+        reuse = {r["chip"]: earlier[r["chip"]][0] for r in rows
+                 if r["chip"] in earlier and earlier[r["chip"]][1] == r["bytes"]}
+    todo = [r for r in rows if r["chip"] not in reuse]
+    embeddings = np.zeros((len(rows), encoder.dim), np.float32)
+    probs = np.zeros((len(rows), len(encoder.labels)), np.float32)
+    position = {r["chip"]: i for i, r in enumerate(rows)}
+    if reuse:
+        old_emb, old_probs = vectors(old, "embedding"), vectors(old, "probs")
+        for chip, i in reuse.items():
+            embeddings[position[chip]], probs[position[chip]] = old_emb[i], old_probs[i]
+    unreadable: list[str] = []
+    step = encoder.batch_size * 8
+    for start in range(0, len(todo), step):
+        part = todo[start:start + step]
+        images = []
+        for r in part:
+            try:
+                images.append(bucket.read_bytes(chip_key(ChipName.parse(r["chip"]))))
+            except StorageError:
+                images.append(b"")  # a chip the manifest lists but the bucket lost: unreadable
+        out = encoder.encode(images)
+        bad = set(out.bad)
+        good = [r for j, r in enumerate(part) if j not in bad]
+        unreadable += [part[j]["chip"] for j in sorted(bad)]
+        for j, r in enumerate(good):
+            embeddings[position[r["chip"]]], probs[position[r["chip"]]] = out.embeddings[j], out.probs[j]
+        progress(f"{cell_id}: encoded {min(start + step, len(todo))}/{len(todo)} chips "
+                 f"({len(reuse)} unchanged, reused)")
+    lost = set(unreadable)
+    keep = [i for i, r in enumerate(rows) if r["chip"] not in lost]
+    table = _table([rows[i] for i in keep], embeddings[keep], probs[keep], encoder)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    bucket.write_bytes(embeddings_key(encoder.version, cell_id), buffer.getvalue())
+    return CellEmbeddings(cell_id, encoder.version, table, encoded=len(todo) - len(unreadable), reused=len(reuse),
+                          unreadable=unreadable, seconds=time.perf_counter() - started)
+
+
+def _table(rows: list[dict], embeddings: np.ndarray, probs: np.ndarray, encoder: OnnxEncoder) -> pa.Table:
+    names = [ChipName.parse(r["chip"]) for r in rows]
+    dim, n_labels = embeddings.shape[1], probs.shape[1]
+    table = pa.Table.from_arrays([
+        pa.array([r["chip"] for r in rows], pa.string()),
+        pa.array([n.cell.id for n in names], pa.string()),
+        pa.array([r["cell"] for r in rows], pa.string()),
+        pa.array([r["catalog_id"] for r in rows], pa.string()),
+        pa.array([date.fromisoformat(r["date"]) for r in rows], pa.date32()),
+        pa.array(shapely.to_wkb(wgs84_quads([n.cell for n in names])) if names else [], pa.binary()),
+        pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), dim),
+        pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1), pa.float32()), n_labels),
+        pa.array([int(r["bytes"]) for r in rows], pa.int64()),
+    ], schema=schema(dim, n_labels))
+    meta = {b"imagesim": json.dumps({"model": encoder.name, "version": encoder.version, "labels": encoder.labels,
+                                     "thresholds": encoder.thresholds}).encode()}
+    return table.replace_schema_metadata({**_geo_metadata(table), **meta})
+
+
+def vectors(table: pa.Table, column: str = "embedding") -> np.ndarray:
+    """A fixed-size-list column as a (N, D) float32 array."""
+    col = table.column(column).combine_chunks()
+    width = col.type.list_size
+    return np.asarray(col.flatten(), np.float32).reshape(-1, width)
+
+
+__all__ = ["CellEmbeddings", "EMBEDDINGS_PREFIX", "EmbeddingsError", "embed_cell", "embeddings_key",
+           "iter_embeddings", "kept_chips", "read_cell_embeddings", "schema", "vectors", "version_prefix"]

@@ -1,0 +1,100 @@
+"""Encode chips with the published ONNX model (onnxruntime): embedding and label probabilities.
+
+The model file carries everything needed to use it (``export.read_metadata``): labels, per-label
+thresholds, preprocessing and input size, so an encoder needs nothing but the file. The
+execution provider is the best one installed (CUDA when there, else the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.models.export import INPUT, METADATA_KEY, session
+from imagesim_pipeline.models.preprocess import CorruptImageError, Preprocessing, decode, to_input
+from imagesim_pipeline.models.registry import DEFAULT_NAME, ONNX, get_pointer, model_key
+from imagesim_pipeline.storage import Bucket, StorageError
+
+
+class EncoderError(ImagesimError):
+    """The ONNX model cannot be loaded or used; the message names it and says what to do."""
+
+
+@dataclass
+class Encoded:
+    """Embeddings (N, D) and sigmoid probabilities (N, L) of the readable images; ``bad``: indices of the others."""
+
+    embeddings: np.ndarray
+    probs: np.ndarray
+    bad: list[int]
+
+
+class OnnxEncoder:
+    """A published SMLC as an onnxruntime session: bytes of images in, embeddings and probabilities out."""
+
+    def __init__(self, path: str | Path, threads: int = 0, batch_size: int = 32) -> None:
+        try:
+            self.session = session(path, threads=threads or (os.cpu_count() or 1))
+            meta = self.session.get_modelmeta().custom_metadata_map
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise EncoderError(f"{path} is not a loadable ONNX model: {exc}") from exc
+        if METADATA_KEY not in meta:
+            raise EncoderError(f"{path} has no imagesim metadata: not a model exported by imagesim")
+        self.meta = json.loads(meta[METADATA_KEY])
+        self.labels: list[str] = list(self.meta["labels"])
+        self.thresholds: list[float] = [float(t) for t in self.meta["thresholds"]]
+        p = self.meta["preprocessing"]
+        self.prep = Preprocessing(size=int(p["size"]), mean=tuple(p["mean"]), std=tuple(p["std"]))
+        self.name: str = self.meta.get("name", DEFAULT_NAME)
+        self.version: str = self.meta["version"]
+        self.batch_size = batch_size
+        self.provider = self.session.get_providers()[0]
+
+    @classmethod
+    def from_bucket(cls, bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", threads: int = 0,
+                    batch_size: int = 32) -> "OnnxEncoder":
+        """The named version of a model, or the one ``models/<name>/latest.json`` points at."""
+        version = version or get_pointer(bucket, name, "latest")
+        key = model_key(name, version, ONNX)
+        try:
+            with bucket.local_copy(key) as path:
+                return cls(path, threads, batch_size)  # the session holds the model: the copy may go
+        except StorageError:
+            raise EncoderError(f"{bucket.url(key)} does not exist: materialize onnx_model for {name}/{version} "
+                               "(train_job)") from None
+
+    @property
+    def dim(self) -> int:
+        return int(self.session.get_outputs()[1].shape[1])
+
+    def encode(self, images: Sequence[bytes]) -> Encoded:
+        """Decode, preprocess and run ``images`` in batches; unreadable ones are left out and listed."""
+        tensors, good, bad = [], [], []
+        for i, data in enumerate(images):
+            try:
+                tensors.append(to_input(decode(data), self.prep))
+                good.append(i)
+            except CorruptImageError:
+                bad.append(i)
+        embeddings = np.zeros((len(good), self.dim), np.float32)
+        probs = np.zeros((len(good), len(self.labels)), np.float32)
+        for start in range(0, len(good), self.batch_size):
+            batch = torch.stack(tensors[start:start + self.batch_size]).numpy()
+            logits, embedding = self.session.run(["logits", "embedding"], {INPUT: batch})
+            embeddings[start:start + len(batch)] = embedding
+            probs[start:start + len(batch)] = 1.0 / (1.0 + np.exp(-logits))
+        return Encoded(embeddings, probs, bad)
+
+    def predicted(self, probs: np.ndarray) -> np.ndarray:
+        """0/1 labels: each probability at or above its label's stored threshold."""
+        return probs >= np.asarray(self.thresholds, np.float32)
+
+
+__all__ = ["Encoded", "EncoderError", "OnnxEncoder"]

@@ -1,0 +1,227 @@
+"""The query engine the CLI and the search service share: by chip, by image, by positive and negative examples.
+
+Query vector (refinement rule, Rocchio's): with unit-length embeddings P of the positive examples
+and N of the negative ones, ``q = normalise(mean(P) - beta * mean(N))`` (``beta`` 0.5). A result's
+score is its cosine similarity with ``q``; a negative example pulls ``q`` away from itself, so
+its look-alikes score lower and drop down the list.
+
+Filters (all optional, combined with "and"): a WGS84 bounding box the chip meets; predicted
+labels (each label's probability at or above the threshold stored with the model); a date range;
+catalog ids. They become an allow-mask over the index's ids, which the FAISS search honours
+(``search.index.search``), so ``k`` results come back whenever ``k`` chips pass the filters.
+
+Spread: the places of the example chips (all their acquisitions) are never returned, a place
+appears at most once (its best acquisition), and with ``spread`` at most one result comes from
+each neighbourhood (the zoom-``spread_zoom`` ancestor cell: 625 m at 15), so ten copies of one
+field don't fill the page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import shapely
+
+from imagesim_pipeline.chips.naming import ChipName, ChipNameError
+from imagesim_pipeline.dataset.splits import block_of
+from imagesim_pipeline.embeddings.cell_embeddings import read_cell_embeddings, vectors
+from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.models.registry import DEFAULT_NAME, get_pointer
+from imagesim_pipeline.search.catalog import load_index
+from imagesim_pipeline.search.index import normalise, search
+from imagesim_pipeline.storage import Bucket
+
+MAX_K = 1000
+BETA = 0.5
+
+
+class SearchError(ImagesimError):
+    """A query that cannot be answered: unknown chip, unreadable image, bad filter; the message says which."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    bbox: tuple[float, float, float, float] | None = None  # west, south, east, north (degrees)
+    labels: tuple[str, ...] = ()
+    since: date | None = None
+    until: date | None = None
+    catalog_ids: tuple[str, ...] = ()
+
+    def active(self) -> bool:
+        return bool(self.bbox or self.labels or self.since or self.until or self.catalog_ids)
+
+
+@dataclass
+class Hit:
+    rank: int
+    chip: str
+    score: float
+    place: str
+    date: date
+    catalog_id: str
+    geometry: shapely.Geometry
+    labels: list[tuple[str, float]] = field(default_factory=list)  # predicted labels, most probable first
+
+    def to_feature(self) -> dict:
+        """A GeoJSON feature."""
+        return {"type": "Feature", "geometry": shapely.geometry.mapping(self.geometry),
+                "properties": {"rank": self.rank, "chip": self.chip, "score": round(self.score, 6),
+                               "place": self.place, "date": self.date.isoformat(), "catalog_id": self.catalog_id,
+                               "labels": [name for name, _ in self.labels]}}
+
+
+@dataclass
+class Example:
+    """A query example: a chip id of the index, or an image's bytes (encoded with the model)."""
+
+    chip: str | None = None
+    image: bytes | None = None
+    name: str = ""
+
+
+class SearchEngine:
+    """Queries over ``index/<version>/`` of one model version (default: the published one)."""
+
+    def __init__(self, bucket: Bucket, name: str = DEFAULT_NAME, version: str = "") -> None:
+        self.bucket = bucket
+        self.name = name
+        self.version = version or get_pointer(bucket, name, "latest")
+        self.index, items, manifest = load_index(bucket, self.version)
+        self.labels: list[str] = manifest["labels"]
+        self.thresholds = np.asarray(manifest["thresholds"], np.float32)
+        self.chips = np.asarray(items.column("chip").to_pylist(), dtype=object)
+        self.places = np.asarray(items.column("place").to_pylist(), dtype=object)
+        self.catalog_ids = np.asarray(items.column("catalog_id").to_pylist(), dtype=object)
+        self.dates = items.column("date").to_numpy(zero_copy_only=False).astype("datetime64[D]")
+        self.bounds = np.stack([items.column(c).to_numpy() for c in ("minx", "miny", "maxx", "maxy")], axis=1) \
+            if items.num_rows else np.zeros((0, 4))
+        self.geometry = items.column("geometry")
+        self.probs = vectors(items, "probs") if items.num_rows else np.zeros((0, len(self.labels)), np.float32)
+        self.row_of = {chip: i for i, chip in enumerate(self.chips)}
+        self._encoder = None
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    # -- query vectors ---------------------------------------------------------------------
+    def vector_of_chip(self, chip: str) -> np.ndarray:
+        """The chip's exact embedding, from its cell's embeddings file."""
+        try:
+            name = ChipName.parse(chip)
+        except ChipNameError as exc:
+            raise SearchError(f"unknown chip id {chip!r}: {exc}") from None
+        table = read_cell_embeddings(self.bucket, self.version, name.tile.id)
+        if table is None or chip not in self.row_of:
+            raise SearchError(f"unknown chip id {chip!r}: not among the {len(self)} chips indexed for model "
+                              f"{self.version} (materialize chip_embeddings and similarity_index for its cell)")
+        names = table.column("chip").to_pylist()
+        return vectors(table)[names.index(chip)]
+
+    def vector_of_image(self, image: bytes, name: str = "image") -> np.ndarray:
+        """An image's embedding through the same ONNX model and preprocessing as the index."""
+        from imagesim_pipeline.embeddings.encoder import OnnxEncoder
+
+        if self._encoder is None:
+            self._encoder = OnnxEncoder.from_bucket(self.bucket, self.name, self.version, batch_size=1)
+        out = self._encoder.encode([image])
+        if out.bad:
+            raise SearchError(f"{name} is not a readable image (JPEG, PNG or anything Pillow reads)")
+        return out.embeddings[0]
+
+    def _vector(self, example: Example) -> np.ndarray:
+        if example.chip is not None:
+            return self.vector_of_chip(example.chip)
+        return self.vector_of_image(example.image or b"", example.name or "image")
+
+    # -- filters -----------------------------------------------------------------------------
+    def mask(self, filters: Filters) -> np.ndarray:
+        """The chips that pass ``filters``."""
+        keep = np.ones(len(self), bool)
+        if filters.bbox:
+            w, s, e, n = filters.bbox
+            if not (w <= e and s <= n):
+                raise SearchError(f"bbox {filters.bbox} is not west,south,east,north")
+            b = self.bounds
+            keep &= (b[:, 0] <= e) & (b[:, 2] >= w) & (b[:, 1] <= n) & (b[:, 3] >= s)
+        for label in filters.labels:
+            if label not in self.labels:
+                raise SearchError(f"unknown label {label!r}; the model's labels: {', '.join(self.labels)}")
+            j = self.labels.index(label)
+            keep &= self.probs[:, j] >= self.thresholds[j]
+        if filters.since:
+            keep &= self.dates >= np.datetime64(filters.since, "D")
+        if filters.until:
+            keep &= self.dates <= np.datetime64(filters.until, "D")
+        if filters.catalog_ids:
+            keep &= np.isin(self.catalog_ids, list(filters.catalog_ids))
+        return keep
+
+    # -- queries -----------------------------------------------------------------------------
+    def query(self, positives: Sequence[Example], negatives: Sequence[Example] = (), k: int = 10,
+              filters: Filters = Filters(), spread: bool = False, spread_zoom: int = 15,
+              beta: float = BETA) -> list[Hit]:
+        """The ``k`` best chips for "more like ``positives``, less like ``negatives``"."""
+        if not positives:
+            raise SearchError("a query needs at least one positive example")
+        if not 1 <= k <= MAX_K:
+            raise SearchError(f"k must be between 1 and {MAX_K}; got {k}")
+        pos = normalise(np.stack([self._vector(e) for e in positives]))
+        q = pos.mean(axis=0)
+        if negatives:
+            q = q - beta * normalise(np.stack([self._vector(e) for e in negatives])).mean(axis=0)
+        q = normalise(q[None].astype(np.float32))
+        allowed = self.mask(filters)
+        examples = {ChipName.parse(e.chip).cell.id for e in (*positives, *negatives) if e.chip is not None}
+        if examples:
+            allowed &= ~np.isin(self.places, list(examples))
+        return self._collect(q, k, allowed, spread, spread_zoom)
+
+    def by_chip(self, chip: str, k: int = 10, filters: Filters = Filters(), spread: bool = False) -> list[Hit]:
+        return self.query([Example(chip=chip)], k=k, filters=filters, spread=spread)
+
+    def by_image(self, image: bytes, k: int = 10, filters: Filters = Filters(), spread: bool = False,
+                 name: str = "image") -> list[Hit]:
+        return self.query([Example(image=image, name=name)], k=k, filters=filters, spread=spread)
+
+    def _collect(self, q: np.ndarray, k: int, allowed: np.ndarray, spread: bool, spread_zoom: int) -> list[Hit]:
+        """Search with a growing candidate count until ``k`` distinct places (and neighbourhoods) are found."""
+        available = int(allowed.sum())
+        fetch = min(available, k * (4 if spread else 2))
+        hits: list[Hit] = []
+        while fetch > 0:
+            scores, ids = search(self.index, q, fetch, allowed=allowed)
+            hits, seen_places, seen_blocks = [], set(), set()
+            for score, i in zip(scores[0], ids[0]):
+                if i < 0:
+                    break
+                place = self.places[i]
+                block = block_of(place, spread_zoom) if spread else None
+                if place in seen_places or block in seen_blocks:
+                    continue
+                seen_places.add(place)
+                if spread:
+                    seen_blocks.add(block)
+                hits.append(self._hit(len(hits) + 1, int(i), float(score)))
+                if len(hits) == k:
+                    return hits
+            if fetch >= available:
+                break
+            fetch = min(available, fetch * 4)
+        return hits
+
+    def _hit(self, rank: int, i: int, score: float) -> Hit:
+        order = np.argsort(-self.probs[i])
+        labels = [(self.labels[j], float(self.probs[i, j])) for j in order if self.probs[i, j] >= self.thresholds[j]]
+        return Hit(rank, self.chips[i], score, self.places[i], self.dates[i].astype(date), self.catalog_ids[i],
+                   shapely.from_wkb(self.geometry[i].as_py()), labels)
+
+
+def hits_to_geojson(hits: Sequence[Hit], query: dict | None = None) -> dict:
+    return {"type": "FeatureCollection", "features": [h.to_feature() for h in hits], "query": query or {}}
+
+
+__all__ = ["BETA", "Example", "Filters", "Hit", "MAX_K", "SearchEngine", "SearchError", "hits_to_geojson"]

@@ -1,0 +1,109 @@
+"""End to end: chip_embeddings per cell, similarity_index and chip_changes through Dagster; the search CLI;
+and once against a local S3-compatible server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from dagster import AssetCheckKey, AssetKey, DagsterInstance
+
+from imagesim_pipeline.chips.cell_chips import manifest_key
+from imagesim_pipeline.chips.naming import ChipName, chip_key
+from imagesim_pipeline.cli import main
+from imagesim_pipeline.embeddings.cell_embeddings import embeddings_key, kept_chips
+from imagesim_pipeline.models.registry import model_key
+from imagesim_pipeline.orchestration.partitions import ard_cells
+from imagesim_pipeline.storage import open_bucket
+
+
+def _cells(bucket) -> list[str]:
+    return sorted(o.key.rsplit("/", 1)[1][:-5] for o in bucket.list("chips/") if "/_manifests/" in o.key)
+
+
+def _run(job: str, uri: str, version: str, partition: str | None = None):
+    from imagesim_pipeline.definitions import defs
+
+    instance = DagsterInstance.get()
+    ops = {op: {"config": {"version": version}} for op in ("chip_embeddings", "similarity_index", "chip_changes")}
+    if job == "embedding_job":
+        ops = {"chip_embeddings": ops["chip_embeddings"]}
+    else:
+        ops.pop("chip_embeddings")
+    config = {"resources": {"bucket": {"config": {"uri": uri}}}, "ops": ops}
+    result = defs.resolve_job_def(job).execute_in_process(instance=instance, run_config=config, partition_key=partition,
+                                                          raise_on_error=False)
+    return instance, result
+
+
+@pytest.mark.e2e
+def test_embedding_and_search_jobs_then_the_cli(demo_model, tmp_path, dagster_home, capsys):
+    root, version = demo_model
+    shutil.copytree(root, tmp_path / "bucket")
+    bucket = open_bucket(tmp_path / "bucket")
+    uri = str(tmp_path / "bucket")
+    cells = _cells(bucket)
+    DagsterInstance.get().add_dynamic_partitions(ard_cells.name, cells)
+    for cell in cells:
+        instance, result = _run("embedding_job", uri, version, cell)
+        assert result.success, cell
+        meta = instance.get_latest_materialization_event(AssetKey("chip_embeddings")).asset_materialization.metadata
+        assert meta["chips"].value == len(kept_chips(bucket, cell)) and meta["model_version"].value == version
+        assert bucket.exists(embeddings_key(version, cell))
+    instance, result = _run("search_job", uri, version)
+    assert result.success
+    index_meta = instance.get_latest_materialization_event(AssetKey("similarity_index")).asset_materialization.metadata
+    assert index_meta["vectors"].value == sum(len(kept_chips(bucket, c)) for c in cells)
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [AssetCheckKey(AssetKey("similarity_index"), "finds_itself")])
+    assert all(c.status.value == "SUCCEEDED" for c in check.values())
+    changes = instance.get_latest_materialization_event(AssetKey("chip_changes")).asset_materialization.metadata
+    assert changes["pairs"].value > 0 and "top_pairs" in changes
+    # the CLI over what the jobs wrote
+    chip = kept_chips(bucket, cells[0])[0]["chip"]
+    out = tmp_path / "hits.geojson"
+    assert main(["search", "--bucket", uri, "--version", version, "--chip", chip, "--k", "5",
+                 "--geojson", str(out)]) == 0
+    table = capsys.readouterr().out
+    features = json.loads(out.read_text())["features"]
+    assert len(features) == 5 and all(f["properties"]["chip"] in table for f in features)
+    assert ChipName.parse(chip).cell.id not in {f["properties"]["place"] for f in features}
+    assert main(["search", "--bucket", uri, "--version", version, "--chip", "Z35-01313310300300000_NONE.jpg"]) == 2
+    assert "unknown chip id" in capsys.readouterr().err
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    assert main(["search", "--bucket", uri, "--version", version, "--image", str(junk)]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    assert main(["search", "--bucket", uri, "--version", "v-none", "--chip", chip]) == 2
+    assert "no similarity index" in capsys.readouterr().err
+    assert main(["changes", "--bucket", uri, "--version", version, "--top", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "place pairs" in lines[0] and len(lines) == 5
+
+
+@pytest.mark.e2e
+@pytest.mark.s3
+def test_embeddings_index_and_search_on_s3(demo_model, s3_env, dagster_home):
+    from imagesim_pipeline.search.engine import SearchEngine
+
+    root, version = demo_model
+    local = open_bucket(root)
+    s3 = open_bucket(s3_env)
+    cell = min(_cells(local), key=lambda c: len(kept_chips(local, c)) or 10 ** 9)
+    s3.write_bytes(manifest_key(cell), local.read_bytes(manifest_key(cell)))
+    for row in kept_chips(local, cell):
+        key = chip_key(ChipName.parse(row["chip"]))
+        s3.write_bytes(key, local.read_bytes(key))
+    s3.write_bytes(model_key("smlc", version, "model.onnx"), local.read_bytes(model_key("smlc", version, "model.onnx")))
+    DagsterInstance.get().add_dynamic_partitions(ard_cells.name, [cell])
+    _, result = _run("embedding_job", s3_env, version, cell)
+    assert result.success
+    instance, result = _run("search_job", s3_env, version)
+    assert result.success
+    meta = instance.get_latest_materialization_event(AssetKey("similarity_index")).asset_materialization.metadata
+    assert meta["location"].value.startswith(s3_env)
+    engine = SearchEngine(s3, version=version)
+    chip = engine.chips[0]
+    hits = engine.by_chip(chip, k=3)
+    assert len(hits) == 3 and ChipName.parse(chip).cell.id not in {h.place for h in hits}
