@@ -36,6 +36,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_chips.py
 	$(BIN)/python benchmarks/bench_labels.py
 	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/bench_index.py
+	$(BIN)/python benchmarks/bench_retrieval.py
 
 ui: setup
 	mkdir -p .dagster && { test -f .dagster/dagster.yaml || cp dagster.yaml .dagster/; }
