@@ -23,7 +23,6 @@ from datetime import date
 from typing import Sequence
 
 import numpy as np
-import pyarrow as pa
 import shapely
 
 from imagesim_pipeline.chips.naming import ChipName, ChipNameError
@@ -102,6 +101,9 @@ class SearchEngine:
         self.geometry = items.column("geometry")
         self.probs = vectors(items, "probs") if items.num_rows else np.zeros((0, len(self.labels)), np.float32)
         self.row_of = {chip: i for i, chip in enumerate(self.chips)}
+        names, self.place_codes = np.unique(self.places.astype(str), return_inverse=True) if len(self.places) \
+            else (np.zeros(0, str), np.zeros(0, np.int64))
+        self.place_code = {name: code for code, name in enumerate(names.tolist())}
         self._encoder = None
 
     def __len__(self) -> int:
@@ -176,8 +178,9 @@ class SearchEngine:
         q = normalise(q[None].astype(np.float32))
         allowed = self.mask(filters)
         examples = {ChipName.parse(e.chip).cell.id for e in (*positives, *negatives) if e.chip is not None}
-        if examples:
-            allowed &= ~np.isin(self.places, list(examples))
+        codes = [self.place_code[p] for p in examples if p in self.place_code]
+        if codes:
+            allowed &= ~np.isin(self.place_codes, codes)  # integer codes: fast at millions of chips
         return self._collect(q, k, allowed, spread, spread_zoom)
 
     def by_chip(self, chip: str, k: int = 10, filters: Filters = Filters(), spread: bool = False) -> list[Hit]:
