@@ -428,6 +428,13 @@ def _print_search(bucket) -> bool:
 
 
 # --- parser ---------------------------------------------------------------------------------
+def _model_options(p: argparse.ArgumentParser, bucket_help: str) -> None:
+    """--name, --version and --bucket of the commands that read a published model's outputs."""
+    p.add_argument("--name", default="smlc", help="model name (default smlc)")
+    p.add_argument("--version", help="model version (default: models/<name>/latest.json)")
+    p.add_argument("--bucket", help=bucket_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagesim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -525,9 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spread", action="store_true", help="at most one result per 625 m neighbourhood")
     p.add_argument("--geojson", metavar="FILE", help="also write the results as a GeoJSON FeatureCollection")
     p.add_argument("--json", action="store_true", help="results as JSON instead of a table")
-    p.add_argument("--name", default="smlc", help="model name (default smlc)")
-    p.add_argument("--version", help="model version (default: models/<name>/latest.json)")
-    p.add_argument("--bucket", help=bucket_help)
+    _model_options(p, bucket_help)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("changes", help="places that changed most between acquisitions",
@@ -536,9 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and the place's kind; most changed first.")
     p.add_argument("--top", type=int, default=20, help="rows to show (default 20)")
     p.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="only places meeting this box (degrees)")
-    p.add_argument("--name", default="smlc", help="model name (default smlc)")
-    p.add_argument("--version", help="model version (default: models/<name>/latest.json)")
-    p.add_argument("--bucket", help=bucket_help)
+    _model_options(p, bucket_help)
     p.set_defaults(func=cmd_changes)
 
     p = sub.add_parser("demo", help="render the demo world from real OSM and run everything on it",
