@@ -162,3 +162,18 @@ def test_versions_never_mix_and_new_cells_extend_the_index(indexed, tmp_path):
     assert len(fresh) == len(engine)
     chip = engine.chips[0]
     assert [h.chip for h in fresh.by_chip(chip, k=5)] == [h.chip for h in engine.by_chip(chip, k=5)]
+
+
+def test_several_positive_examples_query_their_mean_and_exclude_every_example_place(indexed):
+    _, _, engine = indexed
+    a, b = engine.chips[0], engine.chips[len(engine) - 1]
+    hits = engine.query([Example(chip=a), Example(chip=b)], k=20)
+    places = {h.place for h in hits}
+    assert ChipName.parse(a).cell.id not in places and ChipName.parse(b).cell.id not in places
+    va, vb = (engine.vector_of_chip(c) for c in (a, b))
+    q = va / np.linalg.norm(va) + vb / np.linalg.norm(vb)
+    q /= np.linalg.norm(q)
+    v = engine.vector_of_chip(hits[0].chip)
+    assert hits[0].score == pytest.approx(float(q @ v / np.linalg.norm(v)), abs=1e-4)
+    with pytest.raises(SearchError, match="at least one positive"):
+        engine.query([], [Example(chip=a)])
