@@ -114,7 +114,7 @@ class SkywayMultiLabelClassifier(L.LightningModule):
         x, y = batch[0], batch[1]
         if len(batch) > 3:  # image batches count the chips left out as unreadable
             self.log(f"{stage}/corrupt_chips", float(batch[3]), on_step=False, on_epoch=True, reduce_fx="sum",
-                     batch_size=1)
+                     batch_size=1, sync_dist=True)  # summed over DDP ranks: each reads its own share
         if len(y) == 0:
             return None
         logits, _ = self(x)
