@@ -6,7 +6,8 @@ import pytest
 
 from imagesim_pipeline.cli import build_parser, main
 
-SUBCOMMANDS = ["ingest", "discover", "materialize", "chip", "samples", "grid", "dataset", "model", "demo"]
+SUBCOMMANDS = ["ingest", "discover", "materialize", "chip", "samples", "grid", "dataset", "model", "search", "changes",
+               "demo"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
