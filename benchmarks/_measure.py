@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import resource
 import time
+from pathlib import Path
 
 
 def _child(fn, args, queue) -> None:
@@ -24,3 +26,13 @@ def measure(fn, *args) -> tuple[float, int, float]:
     result = queue.get()
     proc.join()
     return result
+
+
+def busy_cpu_s() -> float | None:
+    """CPU seconds the whole machine has been busy (Linux ``/proc/stat``), or None: read before and after a
+    run, the difference less the run's own CPU time is what other processes took meanwhile."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait

@@ -52,7 +52,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from _measure import measure
+from _measure import busy_cpu_s, measure
 
 from imagesim_pipeline.ard.grid import ArdCell, in_zone_grid
 
@@ -360,21 +360,12 @@ def _naive(paths: list[str], chips_per_cell: int, report: str) -> int:
 
 
 # --- the report ---------------------------------------------------------------------------------
-def _busy_cpu_s() -> float | None:
-    """CPU seconds the whole machine has been busy (Linux ``/proc/stat``), or None."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
-
-
 def _run(paths: list[str], processes: int, tmp: str, name: str) -> tuple[float, float, dict]:
     report = str(Path(tmp) / f"{name}.json")
-    busy, started = _busy_cpu_s(), time.perf_counter()
+    busy, started = busy_cpu_s(), time.perf_counter()
     seconds, _, peak = measure(_label_cells, paths, processes, report)
     result = json.loads(Path(report).read_text())
-    after, result["window_s"] = _busy_cpu_s(), time.perf_counter() - started  # process start-up included
+    after, result["window_s"] = busy_cpu_s(), time.perf_counter() - started  # process start-up included
     # CPU time the machine spent on anything but this run (other users' work shows here).
     result["other_cpu_s"] = None if busy is None or after is None else max(0.0, after - busy - result["cpu_s"])
     return seconds, peak, result

@@ -13,7 +13,7 @@ the cached run's data set-up time: the one-off cost of the fast path).
    * full: images through the frozen backbone then the head (``cache_features=False``: JPEG decode,
      random flip/rotation, resize and normalise in the data module's loader workers), on a fixed
      subset of the train split (its first ``--full-chips`` chips) to keep the run short;
-   * the full path again with glibc's ``mallopt`` set to keep freed memory (no mmap for large
+   * both paths again with glibc's ``mallopt`` set to keep freed memory (no mmap for large
      blocks, no heap trimming; see 2), not in ``--quick``.
 
    Epoch times run from one ``on_train_epoch_start`` to the next (the last to ``on_train_end``),
@@ -68,7 +68,9 @@ import time
 import warnings
 from pathlib import Path
 
-from _measure import measure
+from _measure import busy_cpu_s, measure
+
+from imagesim_pipeline.models.features import keep_freed_memory
 
 TRAIN_AIM = 20.0  # cached vs full training throughput
 INFER_AIM = 2.0  # onnxruntime vs torch eager
@@ -137,22 +139,6 @@ def _cpu_s() -> float:
                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
-def _busy_cpu_s() -> float | None:
-    """CPU seconds the whole machine has been busy (Linux ``/proc/stat``), or None."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
-
-
-def _keep_freed_memory() -> bool:
-    """glibc keeps freed buffers for reuse (``mallopt``); the package's own switch, used when it encodes on CPU."""
-    from imagesim_pipeline.models.features import keep_freed_memory
-
-    return keep_freed_memory()
-
-
 def _median(values: list[float]) -> float:
     s = sorted(values)
     n = len(s)
@@ -173,7 +159,7 @@ def _train(bucket: str, mode: str, batch_size: int, epochs: int, chips: int, thr
     _quiet()
     torch.set_num_threads(threads)
     L.seed_everything(0, verbose=False)
-    if mode == "full-mallopt" and not _keep_freed_memory():
+    if mode.endswith("-mallopt") and not keep_freed_memory():
         Path(report).write_text(json.dumps({"mode": mode, "skipped": "no glibc mallopt"}))
         return 0
 
@@ -195,9 +181,9 @@ def _train(bucket: str, mode: str, batch_size: int, epochs: int, chips: int, thr
 
     started = time.perf_counter()
     data = SmlcDataModule(bucket=bucket, batch_size=batch_size, num_workers=workers,
-                          cache_features=mode == "cached")
+                          cache_features=mode.startswith("cached"))
     train = data.data.splits["train"]
-    if chips and mode != "cached":
+    if chips and not mode.startswith("cached"):
         data.data.splits["train"] = SplitData(train.chips[:chips], train.targets[:chips])
     data.setup("fit")
     setup_s = time.perf_counter() - started
@@ -228,6 +214,17 @@ def _train(bucket: str, mode: str, batch_size: int, epochs: int, chips: int, thr
                     "test_features": test.features[0].clone(), "test_logits": test_logits.clone()}, head_out)
     Path(report).write_text(json.dumps(out))
     return sum(timer.chips)
+
+
+def _timed(run, x, row: dict, key: str) -> None:
+    """``run(x)`` once: its wall time appended to ``row[key]``, its user/system CPU and minor faults added."""
+    r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    run(x)
+    row[key].append(time.perf_counter() - t)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    row["usr_s"] += r1.ru_utime - r0.ru_utime
+    row["sys_s"] += r1.ru_stime - r0.ru_stime
+    row["minflt"] += r1.ru_minflt - r0.ru_minflt
 
 
 # --- 2. inference -------------------------------------------------------------------------------
@@ -368,13 +365,7 @@ def _inference(bucket: str, head_path: str, workdir: str, batch_size: int, threa
     decode_s = []
     for _ in range(rounds):
         for name, (run, _) in variants.items():
-            r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            run(timing_x)
-            rows[name]["decoded_s"].append(time.perf_counter() - t)
-            r1 = resource.getrusage(resource.RUSAGE_SELF)
-            rows[name]["usr_s"] += r1.ru_utime - r0.ru_utime
-            rows[name]["sys_s"] += r1.ru_stime - r0.ru_stime
-            rows[name]["minflt"] += r1.ru_minflt - r0.ru_minflt
+            _timed(run, timing_x, rows[name], "decoded_s")
             time.sleep(0.05)  # let onnxruntime's spinning threads park before the next variant
             t = time.perf_counter()
             x = prepare(timing_bytes)
@@ -389,19 +380,14 @@ def _inference(bucket: str, head_path: str, workdir: str, batch_size: int, threa
     # A fairer torch: its large activation buffers are fresh mmaps from glibc, faulted in page by page on every
     # batch. With mmap off and no heap trimming (mallopt), freed buffers are reused. Measured again against
     # onnxruntime fp32 (all optimisations), interleaved, in this process.
-    if _keep_freed_memory():
+    if keep_freed_memory():
         pair = {"torch": variants["torch eager fp32"][0], "ort": variants["onnxruntime fp32, optimisation all"][0]}
-        tuned = {k: {"s": [], "usr_s": 0.0, "sys_s": 0.0} for k in pair}
+        tuned = {k: {"s": [], "usr_s": 0.0, "sys_s": 0.0, "minflt": 0} for k in pair}
         for run in pair.values():
             run(timing_x)
         for _ in range(rounds):
             for key, run in pair.items():
-                r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-                run(timing_x)
-                tuned[key]["s"].append(time.perf_counter() - t)
-                r1 = resource.getrusage(resource.RUSAGE_SELF)
-                tuned[key]["usr_s"] += r1.ru_utime - r0.ru_utime
-                tuned[key]["sys_s"] += r1.ru_stime - r0.ru_stime
+                _timed(run, timing_x, tuned[key], "s")
                 time.sleep(0.05)
         out["malloc_tuned"] = tuned
     Path(report).write_text(json.dumps(out))
@@ -412,9 +398,9 @@ def _inference(bucket: str, head_path: str, workdir: str, batch_size: int, threa
 def _phase(fn, *args) -> tuple[float, float | None]:
     """Run ``fn`` in its own process (``measure``): its peak RSS in MB, and the share of the machine's CPU
     that other processes took meanwhile (None when unknown)."""
-    busy, own, started = _busy_cpu_s(), _cpu_s(), time.perf_counter()
+    busy, own, started = busy_cpu_s(), _cpu_s(), time.perf_counter()
     _, _, peak = measure(fn, *args)
-    after, own_after, wall = _busy_cpu_s(), _cpu_s(), time.perf_counter() - started
+    after, own_after, wall = busy_cpu_s(), _cpu_s(), time.perf_counter() - started
     if busy is None or after is None:
         return peak, None
     return peak, max(0.0, after - busy - (own_after - own)) / (wall * (os.cpu_count() or 1))
@@ -452,7 +438,7 @@ def main() -> None:
     from imagesim_pipeline.settings import bucket_uri
 
     source = args.bucket or bucket_uri()
-    busy, own, wall0 = _busy_cpu_s(), _cpu_s(), time.perf_counter()
+    busy, own, wall0 = busy_cpu_s(), _cpu_s(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="imagesim-bench-model-") as tmp:
         bucket = Path(tmp) / "bucket"
         try:
@@ -469,9 +455,9 @@ def main() -> None:
               file=sys.stderr, flush=True)
 
         results, peaks, others = {}, {}, {}
-        modes = ["cached", "full"] + ([] if args.quick else ["full-mallopt"])
+        modes = ["cached", "full"] + ([] if args.quick else ["cached-mallopt", "full-mallopt"])
         for mode in modes:
-            epochs = args.cached_epochs if mode == "cached" else args.full_epochs
+            epochs = args.cached_epochs if mode.startswith("cached") else args.full_epochs
             print(f"training: {mode} path ...", file=sys.stderr, flush=True)
             report = str(Path(tmp) / f"train-{mode}.json")
             peaks[mode], others[mode] = _phase(_train, str(bucket), mode, args.batch_size, epochs, args.full_chips,
@@ -484,7 +470,7 @@ def main() -> None:
                                                  args.test_chips, report)
         infer = json.loads(Path(report).read_text())
     wall = time.perf_counter() - wall0
-    after, own_after = _busy_cpu_s(), _cpu_s()
+    after, own_after = busy_cpu_s(), _cpu_s()
 
     # Training table.
     cached, full = results["cached"], results["full"]
@@ -501,7 +487,8 @@ def main() -> None:
     rates = {}
     names = {"cached": "cached features -> head",
              "full": f"images -> frozen backbone -> head ({full['workers']} loader proc)",
-             "full-mallopt": "  the same, glibc mmap off, no heap trimming"}
+             "cached-mallopt": "cached, glibc keeping freed memory",
+             "full-mallopt": "images, glibc keeping freed memory"}
     for mode, r in results.items():
         if "skipped" in r:
             print(f"{names[mode]:<46}skipped: {r['skipped']}")
@@ -513,9 +500,12 @@ def main() -> None:
     ratio = rates["cached"] / rates["full"]
     kept = (f"; {rates['cached'] / rates['full-mallopt']:.0f}x against the full path with freed memory kept"
             if "full-mallopt" in rates else "")
+    kept += (f"; keeping freed memory: cached {rates['cached-mallopt'] / rates['cached']:.1f}x, full "
+             f"{rates['full-mallopt'] / rates['full']:.1f}x the chips/s" if {"cached-mallopt", "full-mallopt"} <= set(rates)
+             else "")
     print(f"cached vs full: {ratio:.0f}x the chips/s{kept} (steady state: median of epochs 2..; "
           f"{len(cached['epochs'])} cached and {len(full['epochs'])} full epochs run); aim {TRAIN_AIM:.0f}x: "
-          f"{'met' if min(rates['cached'] / v for k, v in rates.items() if k != 'cached') >= TRAIN_AIM else 'NOT met'}")
+          f"{'met' if min(rates['cached'] / v for k, v in rates.items() if k.startswith('full')) >= TRAIN_AIM else 'NOT met'}")
     print(f"  'chips/epoch' are the chips in the batches (last partial batch dropped); 's/epoch split' scales to the "
           f"{split_chips}-chip train split; data set-up (not in the epochs): cached {cached['setup_s']:.1f} s "
           f"(feature cache {cached['cache_key']}), full {full['setup_s']:.1f} s; others: the machine's CPU that other "

@@ -16,6 +16,7 @@ Memory: one cell's table at a time while pairing; the result holds one row per p
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Callable
 
@@ -50,8 +51,6 @@ def pair_distances(bucket: Bucket, version: str, progress: Progress = lambda m: 
     labels: list[str] | None = None
     for cell, table in iter_embeddings(bucket, version):
         if labels is None:
-            import json
-
             labels = json.loads(table.schema.metadata[b"imagesim"])["labels"]
         emb, probs = _unit(vectors(table)), vectors(table, "probs")
         places = table.column("place").to_pylist()

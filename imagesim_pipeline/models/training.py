@@ -147,7 +147,7 @@ def train_and_publish(model: SkywayMultiLabelClassifier, data: SmlcDataModule, t
     Returns None on the non-zero ranks of a multi-process run.
     """
     check_setup(model, data)
-    keep_freed_memory()  # CPU training reallocates the same buffers every step: 3.4x faster fit on the demo
+    keep_freed_memory()  # CPU training reallocates the same buffers every step (bench_model: cached-mallopt)
     version = version or run_dir.name
     resume = resumable_checkpoint(run_dir)
     if resume:

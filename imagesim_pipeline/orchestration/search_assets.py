@@ -2,6 +2,7 @@
 
 import io
 import time
+from dataclasses import replace
 
 import numpy as np
 from dagster import (
@@ -93,8 +94,7 @@ def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket
     store = bucket.get_bucket()
     try:
         version = _version(store, config)
-        params = IndexParams.from_dict({**IndexParams().to_dict(), "kind": config.kind,
-                                        "exact_below": config.exact_below})
+        params = replace(IndexParams(), kind=config.kind, exact_below=config.exact_below)
         build = build_similarity_index(store, version, params, progress=context.log.info)
         engine = SearchEngine(store, config.name, version)
     except (ImagesimError, StorageError) as exc:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
-from imagesim_pipeline.embeddings.cell_embeddings import iter_embeddings, vectors, version_prefix
+from imagesim_pipeline.embeddings.cell_embeddings import read_cell_embeddings, vectors, version_prefix
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.search.index import (
     IndexParams,
@@ -110,11 +110,8 @@ def build_similarity_index(bucket: Bucket, version: str, params: IndexParams | N
                           old["index"])
     extend = same_params and all(listing.get(c) == f for c, f in old["cells"].items())
     new_cells = sorted(set(listing) - set(old["cells"])) if extend else sorted(listing)
-    tables, meta = [], None
-    for cell, table in iter_embeddings(bucket, version):
-        if cell in new_cells:
-            tables.append(table)
-            meta = meta or json.loads(table.schema.metadata[b"imagesim"])
+    tables = [t for t in (read_cell_embeddings(bucket, version, cell) for cell in new_cells) if t is not None]
+    meta = json.loads(tables[0].schema.metadata[b"imagesim"]) if tables else None
     added = pa.concat_tables([t.drop_columns(["embedding"]).combine_chunks() for t in tables]) if tables else None
     fresh = normalise(np.concatenate([vectors(t) for t in tables])) if tables else np.zeros((0, 1), np.float32)
     if extend:

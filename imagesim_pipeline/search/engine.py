@@ -105,23 +105,31 @@ class SearchEngine:
             else (np.zeros(0, str), np.zeros(0, np.int64))
         self.place_code = {name: code for code, name in enumerate(names.tolist())}
         self._encoder = None
+        self._cells: dict[str, dict[str, np.ndarray] | None] = {}  # cell -> chip -> embedding, a few recent cells
 
     def __len__(self) -> int:
         return len(self.chips)
 
     # -- query vectors ---------------------------------------------------------------------
     def vector_of_chip(self, chip: str) -> np.ndarray:
-        """The chip's exact embedding, from its cell's embeddings file."""
+        """The chip's exact embedding, from its cell's embeddings file (the last few cells read are kept)."""
         try:
             name = ChipName.parse(chip)
         except ChipNameError as exc:
             raise SearchError(f"unknown chip id {chip!r}: {exc}") from None
-        table = read_cell_embeddings(self.bucket, self.version, name.tile.id)
-        if table is None or chip not in self.row_of:
+        cell = self._cell_vectors(name.tile.id) if chip in self.row_of else None
+        if cell is None or chip not in cell:
             raise SearchError(f"unknown chip id {chip!r}: not among the {len(self)} chips indexed for model "
                               f"{self.version} (materialize chip_embeddings and similarity_index for its cell)")
-        names = table.column("chip").to_pylist()
-        return vectors(table)[names.index(chip)]
+        return cell[chip]
+
+    def _cell_vectors(self, cell: str) -> dict[str, np.ndarray] | None:
+        if cell not in self._cells:
+            table = read_cell_embeddings(self.bucket, self.version, cell)
+            if len(self._cells) >= 8:
+                self._cells.pop(next(iter(self._cells)))
+            self._cells[cell] = None if table is None else dict(zip(table.column("chip").to_pylist(), vectors(table)))
+        return self._cells[cell]
 
     def vector_of_image(self, image: bytes, name: str = "image") -> np.ndarray:
         """An image's embedding through the same ONNX model and preprocessing as the index."""
