@@ -13,13 +13,17 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+WEB := imagesim_pipeline/service/web
+
+$(STAMP): pyproject.toml $(WEB)/package-lock.json
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# pip is pinned: pip >= 24.1 rejects the metadata of solaris 0.4.0, whose wheel holds a sample image.
 	$(BIN)/python -m pip install $(PIP_FLAGS) -q "pip==24.0" setuptools wheel 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@echo "Installing imagesim and its pinned dependencies into $(VENV) (torch is large: a few minutes the first time)"
 	$(BIN)/python -m pip install $(PIP_FLAGS) -q -e '.[dev]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js 18+ (the search page's Leaflet comes from npm)"; exit 1; }
+	npm ci --prefix $(WEB) --no-audit --no-fund --loglevel=error
 	$(BIN)/python -c "import imagesim_pipeline, torch, torchvision, lightning, dagster; print('imagesim ready: torch', torch.__version__, 'torchvision', torchvision.__version__, 'dagster', dagster.__version__)"
 	touch $(STAMP)
 

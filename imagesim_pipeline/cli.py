@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -310,23 +309,53 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import socket
+
+    import uvicorn
+
+    from imagesim_pipeline.errors import ImagesimError
+    from imagesim_pipeline.service.app import create_app
+    from imagesim_pipeline.storage import open_bucket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((args.host, args.port))
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port} ({exc.strerror}): choose another --port",
+              file=sys.stderr)
+        return 2
+    try:
+        bucket = open_bucket(args.bucket)
+        app = create_app(bucket, args.name, args.version or "", refresh_s=args.refresh)
+    except ImagesimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    health = app.state.engines.get()
+    shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
+    _print(f"imagesim search over {bucket.url('')}: "
+           + (f"model {health.name}/{health.version}, {len(health)} indexed chips" if health
+              else f"no index yet ({app.state.engines.problem})"))
+    _print(f"page: http://{shown}:{args.port}/   API docs: http://{shown}:{args.port}/docs")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
 def cmd_changes(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
     import shapely
 
-    from imagesim_pipeline.changes.detect import changes_key
-    from imagesim_pipeline.models.registry import ModelNotFoundError, get_pointer
-    from imagesim_pipeline.storage import StorageError, open_bucket
+    from imagesim_pipeline.changes.detect import read_changes
+    from imagesim_pipeline.errors import ImagesimError
+    from imagesim_pipeline.models.registry import get_pointer
+    from imagesim_pipeline.storage import open_bucket
 
     bucket = open_bucket(args.bucket)
     try:
         version = args.version or get_pointer(bucket, args.name, "latest")
-        table = pq.read_table(io.BytesIO(bucket.read_bytes(changes_key(version))))
-    except ModelNotFoundError as exc:
+        table = read_changes(bucket, version)
+    except ImagesimError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StorageError:
-        print(f"error: no change table for model {version}: materialize chip_changes (search_job)", file=sys.stderr)
         return 2
     rows = table.to_pylist()
     if args.bbox:
@@ -543,6 +572,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="only places meeting this box (degrees)")
     _model_options(p, bucket_help)
     p.set_defaults(func=cmd_changes)
+
+    p = sub.add_parser("serve", help="the search service and web page: HTTP API, ARD map tiles, click-to-search",
+                       description="Serve the search API (docs at /docs), web-mercator tiles of the bucket's ARD "
+                                   "COGs and the search page, over the bucket and the published model (followed "
+                                   "as it is re-promoted) or a pinned --version.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for every one)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--refresh", type=float, default=60.0, metavar="SECONDS",
+                   help="how often the model pointer and the ARD listing are re-read (default 60)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    _model_options(p, bucket_help)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="render the demo world from real OSM and run everything on it",
                        description="`imagesim demo`: render the demo world into the bucket, register its cells and "

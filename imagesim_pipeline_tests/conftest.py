@@ -237,3 +237,49 @@ def demo_model(demo_dataset, tmp_path_factory) -> tuple[Path, str]:
     train_and_publish(model, data, trainer, bucket, work / "run", version="v-test", progress=lambda m: None)
     export_and_promote(bucket, "smlc", "v-test", Benchmark(min_test_f2=0.0), progress=lambda m: None)
     return root, "v-test"
+
+
+def chip_cells(bucket) -> list[str]:
+    """The cells with a chip manifest in ``bucket``."""
+    return sorted(o.key.rsplit("/", 1)[1][:-5] for o in bucket.list("chips/") if "/_manifests/" in o.key)
+
+
+@pytest.fixture(scope="session")
+def demo_index(demo_model, tmp_path_factory) -> tuple[Path, str]:
+    """(bucket, model version): the demo model with every cell embedded, its similarity index and its change
+    table. Shared by the session: copy it before writing."""
+    from imagesim_pipeline.changes.detect import change_table, write_changes
+    from imagesim_pipeline.embeddings.cell_embeddings import embed_cell
+    from imagesim_pipeline.embeddings.encoder import OnnxEncoder
+    from imagesim_pipeline.search.catalog import build_similarity_index
+    from imagesim_pipeline.storage import open_bucket
+
+    root, version = demo_model
+    target = tmp_path_factory.mktemp("demo-index") / "bucket"
+    shutil.copytree(root, target)
+    bucket = open_bucket(target)
+    encoder = OnnxEncoder.from_bucket(bucket, version=version, threads=2)
+    for cell in chip_cells(bucket):
+        embed_cell(bucket, encoder, cell)
+    build_similarity_index(bucket, version)
+    write_changes(bucket, version, change_table(bucket, version))
+    return target, version
+
+
+def chromium() -> str:
+    """Debian's chromium for the browser tests, installed with apt-get when missing (as root)."""
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        if os.geteuid() != 0:
+            pytest.fail("the browser tests need Debian's chromium: sudo apt-get install -y chromium")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
+            subprocess.run(install, env=env, capture_output=True, check=True)
+    return path
+
+
+# Chromium on a machine with no outside network: no background connections, no sandbox as root.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]

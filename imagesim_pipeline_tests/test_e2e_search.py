@@ -16,10 +16,7 @@ from imagesim_pipeline.embeddings.cell_embeddings import embeddings_key, kept_ch
 from imagesim_pipeline.models.registry import model_key
 from imagesim_pipeline.orchestration.partitions import ard_cells
 from imagesim_pipeline.storage import open_bucket
-
-
-def _cells(bucket) -> list[str]:
-    return sorted(o.key.rsplit("/", 1)[1][:-5] for o in bucket.list("chips/") if "/_manifests/" in o.key)
+from imagesim_pipeline_tests.conftest import chip_cells
 
 
 def _run(job: str, uri: str, version: str, partition: str | None = None):
@@ -43,7 +40,7 @@ def test_embedding_and_search_jobs_then_the_cli(demo_model, tmp_path, dagster_ho
     shutil.copytree(root, tmp_path / "bucket")
     bucket = open_bucket(tmp_path / "bucket")
     uri = str(tmp_path / "bucket")
-    cells = _cells(bucket)
+    cells = chip_cells(bucket)
     DagsterInstance.get().add_dynamic_partitions(ard_cells.name, cells)
     for cell in cells:
         instance, result = _run("embedding_job", uri, version, cell)
@@ -90,7 +87,7 @@ def test_embeddings_index_and_search_on_s3(demo_model, s3_env, dagster_home):
     root, version = demo_model
     local = open_bucket(root)
     s3 = open_bucket(s3_env)
-    cell = min(_cells(local), key=lambda c: len(kept_chips(local, c)) or 10 ** 9)
+    cell = min(chip_cells(local), key=lambda c: len(kept_chips(local, c)) or 10 ** 9)
     s3.write_bytes(manifest_key(cell), local.read_bytes(manifest_key(cell)))
     for row in kept_chips(local, cell):
         key = chip_key(ChipName.parse(row["chip"]))

@@ -16,6 +16,7 @@ Memory: one cell's table at a time while pairing; the result holds one row per p
 
 from __future__ import annotations
 
+import io
 import json
 from collections import defaultdict
 from typing import Callable
@@ -128,5 +129,27 @@ def change_table(bucket: Bucket, version: str, min_group: int = MIN_GROUP, progr
     return table.take(np.argsort(-score, kind="stable"))
 
 
+def write_changes(bucket: Bucket, version: str, table: pa.Table) -> str:
+    """Publish the change table of ``version`` (one atomic object write); its key."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    key = changes_key(version)
+    bucket.write_bytes(key, buffer.getvalue())
+    return key
+
+
+def read_changes(bucket: Bucket, version: str) -> pa.Table:
+    """The published change table of ``version``, most changed first; :class:`ChangesError` when missing."""
+    import pyarrow.parquet as pq
+
+    key = changes_key(version)
+    if not bucket.exists(key):
+        raise ChangesError(f"no change scores for model {version} at {bucket.url(key)}: materialize chip_changes "
+                           "(search_job)")
+    return pq.read_table(io.BytesIO(bucket.read_bytes(key)))
+
+
 __all__ = ["CHANGES_PREFIX", "ChangesError", "MIN_GROUP", "change_table", "changes_key", "pair_distances",
-           "robust_scores"]
+           "read_changes", "robust_scores", "write_changes"]

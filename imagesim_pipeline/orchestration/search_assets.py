@@ -160,9 +160,7 @@ def _histogram_png(scores: np.ndarray) -> bytes:
                    "(cosine distance, robust z-score per acquisition pair and kind), most changed first, at "
                    "`changes/<model version>/changes.parquet`.")
 def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: BucketResource) -> MaterializeResult:
-    import pyarrow.parquet as pq
-
-    from imagesim_pipeline.changes.detect import change_table, changes_key
+    from imagesim_pipeline.changes.detect import change_table, write_changes
 
     store = bucket.get_bucket()
     started = time.perf_counter()
@@ -171,9 +169,7 @@ def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: 
         table = change_table(store, version, config.min_group, progress=context.log.debug)
     except (ImagesimError, StorageError) as exc:
         raise Failure(description=str(exc)) from None
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    store.write_bytes(changes_key(version), buffer.getvalue())
+    key = write_changes(store, version, table)
     top = table.slice(0, config.top).to_pylist()
     scores = table.column("score").to_numpy()
     return MaterializeResult(metadata={
@@ -185,5 +181,5 @@ def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: 
             (r["place"], r["date_before"], r["date_after"], round(r["score"], 2), r["kind"]) for r in top])),
         "histogram": MetadataValue.md(_image(_histogram_png(scores), "change scores")),
         "top_pairs": MetadataValue.md(_image(_pairs_sheet(store, top), "before | after")),
-        "location": store.url(changes_key(version)),
+        "location": store.url(key),
     })

@@ -18,6 +18,7 @@ field don't fill the page.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Sequence
@@ -40,6 +41,10 @@ BETA = 0.5
 
 class SearchError(ImagesimError):
     """A query that cannot be answered: unknown chip, unreadable image, bad filter; the message says which."""
+
+
+class UnknownChipError(SearchError):
+    """A chip id that is malformed or not in the index."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class SearchEngine:
         self.place_code = {name: code for code, name in enumerate(names.tolist())}
         self._encoder = None
         self._cells: dict[str, dict[str, np.ndarray] | None] = {}  # cell -> chip -> embedding, a few recent cells
+        self._cells_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.chips)
@@ -116,20 +122,24 @@ class SearchEngine:
         try:
             name = ChipName.parse(chip)
         except ChipNameError as exc:
-            raise SearchError(f"unknown chip id {chip!r}: {exc}") from None
+            raise UnknownChipError(f"unknown chip id {chip!r}: {exc}") from None
         cell = self._cell_vectors(name.tile.id) if chip in self.row_of else None
         if cell is None or chip not in cell:
-            raise SearchError(f"unknown chip id {chip!r}: not among the {len(self)} chips indexed for model "
+            raise UnknownChipError(f"unknown chip id {chip!r}: not among the {len(self)} chips indexed for model "
                               f"{self.version} (materialize chip_embeddings and similarity_index for its cell)")
         return cell[chip]
 
     def _cell_vectors(self, cell: str) -> dict[str, np.ndarray] | None:
-        if cell not in self._cells:
-            table = read_cell_embeddings(self.bucket, self.version, cell)
+        with self._cells_lock:  # the search service queries from several threads
+            if cell in self._cells:
+                return self._cells[cell]
+        table = read_cell_embeddings(self.bucket, self.version, cell)
+        found = None if table is None else dict(zip(table.column("chip").to_pylist(), vectors(table)))
+        with self._cells_lock:
             if len(self._cells) >= 8:
                 self._cells.pop(next(iter(self._cells)))
-            self._cells[cell] = None if table is None else dict(zip(table.column("chip").to_pylist(), vectors(table)))
-        return self._cells[cell]
+            self._cells[cell] = found
+        return found
 
     def vector_of_image(self, image: bytes, name: str = "image") -> np.ndarray:
         """An image's embedding through the same ONNX model and preprocessing as the index."""
@@ -146,6 +156,39 @@ class SearchEngine:
         if example.chip is not None:
             return self.vector_of_chip(example.chip)
         return self.vector_of_image(example.image or b"", example.name or "image")
+
+    # -- what the index holds ---------------------------------------------------------------
+    def row(self, chip: str) -> int:
+        """The chip's row in the index, or :class:`UnknownChipError`."""
+        if chip not in self.row_of:
+            raise UnknownChipError(f"unknown chip id {chip!r}: not among the {len(self)} chips indexed for model "
+                                   f"{self.version}")
+        return self.row_of[chip]
+
+    def describe(self, chip: str) -> dict:
+        """The chip's place, acquisition, WGS84 outline and every label's probability (most probable first)."""
+        i = self.row(chip)
+        order = np.argsort(-self.probs[i])
+        return {"chip": chip, "place": self.places[i], "cell": ChipName.parse(chip).tile.id,
+                "date": self.dates[i].astype(date), "catalog_id": self.catalog_ids[i],
+                "geometry": self.wgs84(i),
+                "labels": [(self.labels[j], float(self.probs[i, j]), bool(self.probs[i, j] >= self.thresholds[j]))
+                           for j in order]}
+
+    def places_in(self, bbox: tuple[float, float, float, float], limit: int) -> tuple[list[int], int]:
+        """Rows of the newest chip of each place meeting ``bbox``, at most ``limit``; and the place count."""
+        w, s, e, n = bbox
+        b = self.bounds
+        rows = np.flatnonzero((b[:, 0] <= e) & (b[:, 2] >= w) & (b[:, 1] <= n) & (b[:, 3] >= s))
+        if not len(rows):
+            return [], 0
+        newest = rows[np.lexsort((-self.dates[rows].astype(np.int64), self.place_codes[rows]))]
+        first = np.r_[True, self.place_codes[newest][1:] != self.place_codes[newest][:-1]]
+        newest = newest[first]
+        return newest[:limit].tolist(), len(newest)
+
+    def wgs84(self, i: int) -> shapely.Geometry:
+        return shapely.from_wkb(self.geometry[i].as_py())
 
     # -- filters -----------------------------------------------------------------------------
     def mask(self, filters: Filters) -> np.ndarray:
@@ -228,11 +271,12 @@ class SearchEngine:
         order = np.argsort(-self.probs[i])
         labels = [(self.labels[j], float(self.probs[i, j])) for j in order if self.probs[i, j] >= self.thresholds[j]]
         return Hit(rank, self.chips[i], score, self.places[i], self.dates[i].astype(date), self.catalog_ids[i],
-                   shapely.from_wkb(self.geometry[i].as_py()), labels)
+                   self.wgs84(i), labels)
 
 
 def hits_to_geojson(hits: Sequence[Hit], query: dict | None = None) -> dict:
     return {"type": "FeatureCollection", "features": [h.to_feature() for h in hits], "query": query or {}}
 
 
-__all__ = ["BETA", "Example", "Filters", "Hit", "MAX_K", "SearchEngine", "SearchError", "hits_to_geojson"]
+__all__ = ["BETA", "Example", "Filters", "Hit", "MAX_K", "SearchEngine", "SearchError", "UnknownChipError",
+           "hits_to_geojson"]

@@ -16,23 +16,14 @@ from imagesim_pipeline.embeddings.encoder import OnnxEncoder
 from imagesim_pipeline.search.catalog import IndexNotFoundError, build_similarity_index, index_key, load_index
 from imagesim_pipeline.search.engine import Example, Filters, SearchEngine, SearchError
 from imagesim_pipeline.storage import open_bucket
-
-
-def _cells(bucket) -> list[str]:
-    return sorted(o.key.rsplit("/", 1)[1][:-5] for o in bucket.list("chips/") if "/_manifests/" in o.key)
+from imagesim_pipeline_tests.conftest import chip_cells
 
 
 @pytest.fixture(scope="module")
-def indexed(demo_model, tmp_path_factory):
-    """Every demo cell embedded and indexed: (bucket, version, engine)."""
-    root, version = demo_model
-    target = tmp_path_factory.mktemp("indexed") / "bucket"
-    shutil.copytree(root, target)
-    bucket = open_bucket(target)
-    encoder = OnnxEncoder.from_bucket(bucket, version=version, threads=2)
-    for cell in _cells(bucket):
-        embed_cell(bucket, encoder, cell)
-    build_similarity_index(bucket, version)
+def indexed(demo_index):
+    """Every demo cell embedded and indexed: (bucket, version, engine). Read only."""
+    root, version = demo_index
+    bucket = open_bucket(root)
     return bucket, version, SearchEngine(bucket, version=version)
 
 
@@ -137,7 +128,7 @@ def test_versions_never_mix_and_new_cells_extend_the_index(indexed, tmp_path):
     shutil.copytree(bucket.root, root)
     copy = open_bucket(root)
     copy.delete_prefix(index_key(version, ""))
-    cells = _cells(copy)
+    cells = chip_cells(copy)
     kept = cells[:2]
     for cell in cells[2:]:
         copy.delete(embeddings_key(version, cell))

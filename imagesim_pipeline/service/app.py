@@ -1,0 +1,388 @@
+"""The search service: an HTTP API over the query engine, map tiles over the ARD COGs, and the web page.
+
+``create_app(bucket)`` builds a FastAPI app (OpenAPI docs at ``/docs``):
+
+* ``GET /api/health``: model and index versions in use, labels, acquisitions, bounds.
+* ``GET /api/search/chip/{chip}``, ``POST /api/search`` (positive and negative examples),
+  ``POST /api/search/image`` (an uploaded image): results as JSON, or GeoJSON with
+  ``format=geojson``; every answer carries ``took_ms``, the engine's time.
+* ``GET /api/chips/{chip}`` (labels with probabilities, date, catalog id, source COG) and
+  ``GET /api/chips/{chip}/image`` (the chip JPEG).
+* ``GET /api/places?bbox=``: the chip grid in view (newest chip of each place), GeoJSON.
+* ``GET /api/changes``: the most changed places, with their before and after chips.
+* ``GET /tiles/{z}/{x}/{y}.png`` and ``GET /tiles/tilejson.json``: the ARD mosaic.
+* ``GET /``: the web page; ``/static/``: its scripts and styles, Leaflet's among them, all
+  served from this app (no CDN).
+
+Bad input answers 4xx with ``{"detail": "<what is wrong and what to do>"}``: unknown or
+malformed chip ids (ids never reach a bucket key unchecked), ``k`` out of range, uploads that are
+not images or too large, tiles outside every delivery, a missing index. Unexpected failures
+answer 500 with one line, the traceback going to the server log only.
+
+The engine follows the model's ``latest`` pointer (re-read every ``refresh_s`` seconds) unless a
+version is pinned, so a promoted model is served without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import shapely
+from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from imagesim_pipeline.changes.detect import ChangesError, read_changes
+from imagesim_pipeline.chips.naming import ChipName, ChipNameError, chip_key
+from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.models.registry import DEFAULT_NAME, ModelNotFoundError, get_pointer
+from imagesim_pipeline.search.catalog import IndexNotFoundError
+from imagesim_pipeline.search.engine import MAX_K, Example, Filters, Hit, SearchEngine, UnknownChipError
+from imagesim_pipeline.service.schemas import (CHIP_ID_PATTERN, ChangeOut, ChangesResponse, ChipOut, FiltersIn,
+                                               Health, HitOut, LabelOut, ModelRef, SearchRequest, SearchResponse)
+from imagesim_pipeline.service.tiles import ArdMosaic, TileError
+from imagesim_pipeline.service.uploads import MAX_UPLOAD_BYTES, UploadError, check_image
+from imagesim_pipeline.storage import Bucket, StorageError
+
+log = logging.getLogger("imagesim.service")
+HERE = Path(__file__).resolve().parent
+STATIC_DIR = HERE / "static"
+LEAFLET_DIR = HERE / "web" / "node_modules" / "leaflet" / "dist"
+MAX_PLACES = 3000  # chip outlines per /api/places answer: beyond this the page asks to zoom in
+
+ChipParam = Annotated[str, PathParam(pattern=CHIP_ID_PATTERN, max_length=128,
+                                     description="a chip id: Z<zone>-<quadkey>_<catalog id>.jpg")]
+Format = Literal["json", "geojson"]
+
+
+class NotReadyError(ImagesimError):
+    """Search asked for while the bucket has no published model or index."""
+
+
+def _status_of(exc: Exception) -> int:
+    if isinstance(exc, UploadError):
+        return exc.status
+    if isinstance(exc, (UnknownChipError, TileError, IndexNotFoundError, ModelNotFoundError, NotReadyError,
+                        ChangesError)):
+        return 404
+    if isinstance(exc, StorageError):
+        return 503
+    return 422
+
+
+class EngineHolder:
+    """The query engine of the pinned or ``latest`` model, re-checked every ``refresh_s`` seconds."""
+
+    def __init__(self, bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refresh_s: float = 60.0):
+        self.bucket, self.name, self.pinned, self.refresh_s = bucket, name, version, refresh_s
+        self._engine: SearchEngine | None = None
+        self._problem = ""
+        self._checked = -np.inf
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        try:
+            version = self.pinned or get_pointer(self.bucket, self.name, "latest")
+            if self._engine is None or self._engine.version != version:
+                self._engine = SearchEngine(self.bucket, self.name, version)
+                log.info("serving model %s/%s: %d indexed chips", self.name, version, len(self._engine))
+            self._problem = ""
+        except (ModelNotFoundError, IndexNotFoundError) as exc:
+            self._engine, self._problem = None, str(exc)
+        self._checked = time.monotonic()
+
+    def get(self) -> SearchEngine | None:
+        with self._lock:
+            if time.monotonic() - self._checked > self.refresh_s:
+                self._refresh()
+            return self._engine
+
+    def require(self) -> SearchEngine:
+        engine = self.get()
+        if engine is None:
+            raise NotReadyError(f"search is not available yet: {self._problem}")
+        return engine
+
+    @property
+    def problem(self) -> str:
+        return self._problem
+
+
+def _filters(f: FiltersIn) -> Filters:
+    return Filters(bbox=f.bbox, labels=tuple(f.labels), since=f.since, until=f.until,
+                   catalog_ids=tuple(f.catalog_ids))
+
+
+def _query_filters(bbox: str | None, label: list[str], since: date | None, until: date | None,
+                   catalog_id: list[str]) -> Filters:
+    box = None
+    if bbox:
+        try:
+            box = tuple(float(v) for v in bbox.split(","))
+        except ValueError:
+            box = ()
+        if len(box) != 4:
+            raise HTTPException(422, f"bbox {bbox!r} must be four numbers: west,south,east,north (degrees)")
+    return _filters(FiltersIn(bbox=box, labels=label, since=since, until=until, catalog_ids=catalog_id))
+
+
+def _thumbnail(chip: str) -> str:
+    return f"/api/chips/{chip}/image"
+
+
+def _geojson(geometry: shapely.Geometry) -> dict[str, Any]:
+    return shapely.geometry.mapping(geometry)
+
+
+def _labels(hit: Hit) -> list[LabelOut]:
+    return [LabelOut(label=name, probability=round(p, 4), predicted=True) for name, p in hit.labels]
+
+
+def _search_answer(engine: SearchEngine, hits: list[Hit], took: float, k: int, fmt: Format,
+                   query: dict[str, Any]) -> Any:
+    model = ModelRef(name=engine.name, version=engine.version)
+    took_ms = round(took * 1000, 3)
+    if fmt == "geojson":
+        features = []
+        for hit in hits:
+            feature = hit.to_feature()
+            feature["properties"]["thumbnail"] = _thumbnail(hit.chip)
+            features.append(feature)
+        return JSONResponse({"type": "FeatureCollection", "features": features,
+                             "query": query, "model": model.model_dump(), "took_ms": took_ms},
+                            media_type="application/geo+json")
+    return SearchResponse(model=model, index_vectors=len(engine), took_ms=took_ms, k=k, hits=[
+        HitOut(rank=h.rank, chip=h.chip, score=round(h.score, 6), place=h.place, date=h.date,
+               catalog_id=h.catalog_id, labels=_labels(h), geometry=_geojson(h.geometry),
+               thumbnail=_thumbnail(h.chip)) for h in hits])
+
+
+def _chip_name(chip: str) -> ChipName:
+    try:
+        name = ChipName.parse(chip)
+    except ChipNameError as exc:
+        raise UnknownChipError(str(exc)) from None
+    if name.name != chip:  # ChipName.parse reads a path's last part: an id must be exactly a name
+        raise UnknownChipError(f"{chip!r} is not a chip id (Z<zone>-<quadkey>_<catalog id>.jpg)")
+    return name
+
+
+def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refresh_s: float = 60.0) -> FastAPI:
+    """The search service over ``bucket``: the ``latest`` model of ``name`` unless ``version`` pins one."""
+    engines = EngineHolder(bucket, name, version, refresh_s)
+    mosaic = ArdMosaic(bucket, refresh_s)
+    app = FastAPI(title="imagesim search", version="1",
+                  description="Search ARD chips by example, browse the ARD imagery as map tiles, list changed places.")
+    app.state.engines, app.state.mosaic, app.state.bucket = engines, mosaic, bucket
+    changes_cache: dict[str, Any] = {}
+
+    @app.exception_handler(ImagesimError)
+    async def imagesim_error(request: Request, exc: ImagesimError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=_status_of(exc))
+
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
+        log.warning("bucket error on %s: %s", request.url.path, exc)
+        return JSONResponse({"detail": f"the bucket could not be read: {exc}"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path"))
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"detail": "internal error: see the search service's log"}, status_code=500)
+
+    @app.middleware("http")
+    async def server_timing(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
+        return response
+
+    # -- health ----------------------------------------------------------------------------------
+    @app.get("/api/health", response_model=Health, tags=["service"])
+    def health() -> Health:
+        """The model and index versions in use, labels, the acquisitions and bounds of the imagery."""
+        engine = engines.get()
+        manifest_kind = ""
+        if engine is not None:
+            manifest_kind = type(engine.index).__name__
+        return Health(status="ok" if engine else "no_index", detail=engines.problem,
+                      model=ModelRef(name=engine.name, version=engine.version) if engine else None,
+                      index_vectors=len(engine) if engine else 0, index_kind=manifest_kind,
+                      labels=engine.labels if engine else [], acquisitions=mosaic.acquisitions(),
+                      bounds=mosaic.bounds(), start=mosaic.start(), bucket=bucket.url(""))
+
+    # -- search ----------------------------------------------------------------------------------
+    @app.get("/api/search/chip/{chip}", response_model=SearchResponse, tags=["search"])
+    def search_by_chip(chip: ChipParam, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+                       bbox: Annotated[str | None, Query(description="west,south,east,north")] = None,
+                       label: Annotated[list[str], Query(description="predicted label (repeat for several)")] = [],
+                       since: date | None = None, until: date | None = None,
+                       catalog_id: Annotated[list[str], Query()] = [], spread: bool = False,
+                       format: Format = "json") -> Any:
+        """The chips that look most like ``chip`` (its own place excluded)."""
+        engine = engines.require()
+        _chip_name(chip)
+        filters = _query_filters(bbox, label, since, until, catalog_id)
+        started = time.perf_counter()
+        hits = engine.by_chip(chip, k=k, filters=filters, spread=spread)
+        return _search_answer(engine, hits, time.perf_counter() - started, k, format, {"chip": chip})
+
+    @app.post("/api/search", response_model=SearchResponse, tags=["search"])
+    def search_by_examples(body: SearchRequest, format: Format = "json") -> Any:
+        """More like the positive chips, less like the negative ones (Rocchio, beta 0.5)."""
+        engine = engines.require()
+        for chip in (*body.positives, *body.negatives):
+            _chip_name(chip)
+        started = time.perf_counter()
+        hits = engine.query([Example(chip=c) for c in body.positives], [Example(chip=c) for c in body.negatives],
+                            k=body.k, filters=_filters(body.filters), spread=body.spread)
+        return _search_answer(engine, hits, time.perf_counter() - started, body.k, format,
+                              {"positives": body.positives, "negatives": body.negatives})
+
+    @app.post("/api/search/image", response_model=SearchResponse, tags=["search"], openapi_extra={
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary",
+                                    "description": f"JPEG or PNG, at most {MAX_UPLOAD_BYTES} bytes"}}}}}}})
+    async def search_by_image(request: Request, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+                              bbox: Annotated[str | None, Query(description="west,south,east,north")] = None,
+                              label: Annotated[list[str], Query()] = [], since: date | None = None,
+                              until: date | None = None, catalog_id: Annotated[list[str], Query()] = [],
+                              spread: bool = False, format: Format = "json") -> Any:
+        """The chips that look most like an uploaded image (multipart field ``file``)."""
+        engine = engines.require()
+        filters = _query_filters(bbox, label, since, until, catalog_id)
+        name, data = await _read_upload(request)
+        check_image(data, name)
+        started = time.perf_counter()
+        hits = await _in_thread(engine.by_image, data, k=k, filters=filters, spread=spread, name=name)
+        return _search_answer(engine, hits, time.perf_counter() - started, k, format, {"image": name})
+
+    # -- chips and places ----------------------------------------------------------------------
+    @app.get("/api/chips/{chip}", response_model=ChipOut, tags=["chips"])
+    def chip_info(chip: ChipParam) -> ChipOut:
+        """An indexed chip: labels with probabilities, date, catalog id, outline and source COG."""
+        engine = engines.require()
+        _chip_name(chip)
+        info = engine.describe(chip)
+        source = mosaic.source_key(info["cell"], info["catalog_id"])
+        return ChipOut(chip=chip, place=info["place"], cell=info["cell"], date=info["date"],
+                       catalog_id=info["catalog_id"], geometry=_geojson(info["geometry"]), thumbnail=_thumbnail(chip),
+                       labels=[LabelOut(label=n, probability=round(p, 4), predicted=on) for n, p, on in info["labels"]],
+                       source_cog=bucket.url(source) if source else None)
+
+    @app.get("/api/chips/{chip}/image", tags=["chips"], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}}})
+    def chip_image(chip: ChipParam) -> Response:
+        """The chip's JPEG, as published in the bucket."""
+        key = chip_key(_chip_name(chip))
+        if not bucket.exists(key):
+            raise UnknownChipError(f"chip {chip} is not in {bucket.url('chips/')}")
+        return Response(bucket.read_bytes(key), media_type="image/jpeg",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/api/places", tags=["chips"])
+    def places(bbox: Annotated[str, Query(description="west,south,east,north")],
+               limit: Annotated[int, Query(ge=1, le=MAX_PLACES)] = MAX_PLACES) -> JSONResponse:
+        """The chip grid in ``bbox``: each place's newest indexed chip, as GeoJSON outlines."""
+        engine = engines.require()
+        box = _query_filters(bbox, [], None, None, []).bbox
+        rows, total = engine.places_in(box, limit)
+        features = [{"type": "Feature", "geometry": _geojson(engine.wgs84(i)),
+                     "properties": {"chip": engine.chips[i], "place": engine.places[i],
+                                    "date": str(engine.dates[i])}} for i in rows]
+        return JSONResponse({"type": "FeatureCollection", "features": features, "places": total,
+                             "truncated": total > len(rows)}, media_type="application/geo+json")
+
+    # -- changes -----------------------------------------------------------------------------------
+    @app.get("/api/changes", response_model=ChangesResponse, tags=["changes"])
+    def changes(k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
+                min_score: Annotated[float | None, Query(description="only scores at or above this")] = None,
+                ) -> ChangesResponse:
+        """The places that changed most between consecutive acquisitions (highest score first)."""
+        engine = engines.require()
+        started = time.perf_counter()
+        if changes_cache.get("version") != engine.version:
+            changes_cache.update(version=engine.version, table=read_changes(bucket, engine.version))
+        table = changes_cache["table"]
+        top = table.slice(0, k).to_pylist()
+        if min_score is not None:
+            top = [row for row in top if row["score"] >= min_score]
+        return ChangesResponse(model=ModelRef(name=engine.name, version=engine.version),
+                               took_ms=round((time.perf_counter() - started) * 1000, 3), pairs=table.num_rows,
+                               changes=[ChangeOut(place=r["place"], score=round(r["score"], 4),
+                                                  distance=round(r["distance"], 6), kind=r["kind"],
+                                                  before=r["chip_before"], after=r["chip_after"],
+                                                  date_before=r["date_before"], date_after=r["date_after"],
+                                                  geometry=_geojson(shapely.from_wkb(r["geometry"])))
+                                        for r in top])
+
+    # -- tiles -------------------------------------------------------------------------------------
+    @app.get("/tiles/{z}/{x}/{y}.png", tags=["tiles"], response_class=Response,
+             responses={200: {"content": {"image/png": {}}}})
+    def tile(z: int, x: int, y: int, date: date | None = None,
+             catalog_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.]+$")] = None) -> Response:
+        """A web-mercator tile of the ARD mosaic: newest acquisition first, or one date or catalog id."""
+        png = mosaic.tile(z, x, y, date, catalog_id)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=600"})
+
+    @app.get("/tiles/tilejson.json", tags=["tiles"])
+    def tilejson(request: Request, date: date | None = None,
+                 catalog_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.]+$")] = None) -> dict:
+        """TileJSON for the mosaic (the tile URL carries the same date or catalog id)."""
+        query = f"?date={date}" if date else (f"?catalog_id={catalog_id}" if catalog_id else "")
+        return mosaic.tilejson(f"{str(request.base_url).rstrip('/')}/tiles/{{z}}/{{x}}/{{y}}.png{query}")
+
+    # -- the page ------------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    if not LEAFLET_DIR.is_dir():
+        raise ImagesimError(f"Leaflet is missing at {LEAFLET_DIR}: run `make setup` (it runs "
+                            f"`npm ci --prefix {LEAFLET_DIR.parents[2]}`) before serving the page")
+    app.mount("/static/vendor/leaflet", StaticFiles(directory=LEAFLET_DIR), name="leaflet")
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+async def _read_upload(request: Request) -> tuple[str, bytes]:
+    """The uploaded file's name and bytes: the declared size is checked before anything is parsed."""
+    length = request.headers.get("content-length")
+    if length is None:
+        raise UploadError(411, "send the upload with a Content-Length (multipart/form-data, field 'file')")
+    if not length.isdigit() or int(length) > MAX_UPLOAD_BYTES + 64 * 1024:
+        raise UploadError(413, f"the upload is {length} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UploadError(415, "send the image as multipart/form-data in the field 'file' "
+                               "(curl -F file=@chip.jpg ...)")
+    form = await request.form(max_files=1, max_fields=4)
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise UploadError(422, "the form has no file in the field 'file'")
+    data = await upload.read(MAX_UPLOAD_BYTES + 1)
+    return (upload.filename or "upload")[:120], data
+
+
+async def _in_thread(fn, *args, **kwargs):
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args, **kwargs)
+
+
+__all__ = ["EngineHolder", "create_app"]

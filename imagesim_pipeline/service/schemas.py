@@ -1,0 +1,115 @@
+"""The search service's request and response bodies (they are its OpenAPI schema at ``/docs``)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from imagesim_pipeline.search.engine import MAX_K
+
+# A chip id is a file name of the chips folder: never a path (checked again by ChipName.parse).
+CHIP_ID_PATTERN = r"^Z\d{2}-[0-3]{13,24}_[A-Za-z0-9_.]{1,64}\.jpg$"
+ChipId = Annotated[str, StringConstraints(pattern=CHIP_ID_PATTERN, max_length=128)]
+MAX_EXAMPLES = 50
+
+
+class FiltersIn(BaseModel):
+    bbox: tuple[float, float, float, float] | None = Field(
+        None, description="WGS84 west, south, east, north: results meet this box")
+    labels: list[str] = Field([], max_length=32, description="results are predicted to carry every one of these")
+    since: date | None = Field(None, description="results acquired on or after this date")
+    until: date | None = Field(None, description="results acquired on or before this date")
+    catalog_ids: list[str] = Field([], max_length=64, description="results come from these acquisitions")
+
+
+class SearchRequest(BaseModel):
+    positives: list[ChipId] = Field(min_length=1, max_length=MAX_EXAMPLES, description="chips to look like")
+    negatives: list[ChipId] = Field([], max_length=MAX_EXAMPLES, description="chips not to look like")
+    k: int = Field(10, ge=1, le=MAX_K)
+    filters: FiltersIn = FiltersIn()
+    spread: bool = Field(False, description="at most one result per 625 m neighbourhood")
+
+    model_config = {"json_schema_extra": {"examples": [{
+        "positives": ["Z35-01313111111312103_KOTKAB.jpg"], "negatives": [], "k": 10,
+        "filters": {"labels": ["building"], "since": "2023-06-01"}, "spread": False}]}}
+
+
+class LabelOut(BaseModel):
+    label: str
+    probability: float
+    predicted: bool = Field(description="probability at or above the label's threshold stored with the model")
+
+
+class HitOut(BaseModel):
+    rank: int
+    chip: str
+    score: float = Field(description="cosine similarity with the query vector")
+    place: str
+    date: date
+    catalog_id: str
+    labels: list[LabelOut]
+    geometry: dict[str, Any] = Field(description="the chip's WGS84 outline, GeoJSON")
+    thumbnail: str
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class SearchResponse(BaseModel):
+    model: ModelRef
+    index_vectors: int
+    took_ms: float = Field(description="time the engine took for this query, in milliseconds")
+    k: int
+    hits: list[HitOut]
+
+
+class ChipOut(BaseModel):
+    chip: str
+    place: str
+    cell: str
+    date: date
+    catalog_id: str
+    labels: list[LabelOut]
+    geometry: dict[str, Any]
+    thumbnail: str
+    source_cog: str | None = Field(description="the visual COG the chip was cut from")
+
+
+class ChangeOut(BaseModel):
+    place: str
+    score: float = Field(description="robust z-score of the distance among places of its kind and image pair")
+    distance: float = Field(description="cosine distance of the two acquisitions' embeddings")
+    kind: str
+    before: str
+    after: str
+    date_before: date
+    date_after: date
+    geometry: dict[str, Any]
+
+
+class ChangesResponse(BaseModel):
+    model: ModelRef
+    took_ms: float
+    pairs: int = Field(description="pairs scored in all")
+    changes: list[ChangeOut]
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok, or no_index when search cannot answer yet (see detail)")
+    detail: str = ""
+    model: ModelRef | None
+    index_vectors: int
+    index_kind: str = ""
+    labels: list[str]
+    acquisitions: list[dict[str, Any]]
+    bounds: tuple[float, float, float, float] | None
+    start: tuple[float, float] | None = Field(None, description="lon, lat where the page opens the map")
+    bucket: str
+
+
+__all__ = ["CHIP_ID_PATTERN", "ChangeOut", "ChangesResponse", "ChipId", "ChipOut", "FiltersIn", "Health", "HitOut",
+           "LabelOut", "MAX_EXAMPLES", "ModelRef", "SearchRequest", "SearchResponse"]

@@ -1,0 +1,271 @@
+// The imagesim search page: the ARD mosaic as base map, the chip grid on top, click-to-search,
+// positive/negative marking, filters, changed places and GeoJSON export. No build step, no CDN.
+"use strict";
+
+const GRID_MIN_ZOOM = 15;
+const state = { positives: [], negatives: [], hits: [], model: null, lastBody: null };
+const $ = (id) => document.getElementById(id);
+
+const map = L.map("map", { minZoom: 10, maxZoom: 20, zoomControl: true });
+let imagery = null;
+const grid = L.geoJSON(null, {
+  style: { className: "chip-outline", color: "#ffffff", weight: 1, opacity: 0.6, fillOpacity: 0.02 },
+  onEachFeature: (feature, layer) => {
+    layer.on("click", () => {
+      queryOutline.clearLayers();
+      queryOutline.addData(feature);
+      startSearch(feature.properties.chip);
+    });
+    layer.bindTooltip(`${feature.properties.chip}<br>${feature.properties.date}`, { sticky: true });
+  },
+}).addTo(map);
+const resultOutlines = L.geoJSON(null, {
+  style: (f) => ({ className: "result-outline", color: f.properties.negative ? "#e05555" : "#ffae00", weight: 2,
+                   fillOpacity: 0.1 }),
+}).addTo(map);
+const queryOutline = L.geoJSON(null, { style: { color: "#3ddc84", weight: 3, fillOpacity: 0 } }).addTo(map);
+const changeOutline = L.geoJSON(null, { style: { color: "#ff3dd5", weight: 3, fillOpacity: 0 } }).addTo(map);
+
+function setStatus(text, isError = false) {
+  const el = $("status");
+  el.textContent = text;
+  el.className = isError ? "error" : "muted";
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({ detail: response.statusText }));
+  if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+let imageryBounds = null;
+
+function setImagery(value) {
+  if (imagery) map.removeLayer(imagery);
+  const query = value ? (value.match(/^\d{4}-\d\d-\d\d$/) ? `?date=${value}` : `?catalog_id=${value}`) : "";
+  imagery = L.tileLayer(`/tiles/{z}/{x}/{y}.png${query}`, {
+    minZoom: 10, maxZoom: 20, maxNativeZoom: 19, tileSize: 256, className: "ard-tiles",
+    attribution: "Maxar ARD (imagesim bucket)", bounds: imageryBounds,
+  }).addTo(map);
+  imagery.bringToBack();
+}
+
+async function loadGrid() {
+  if (map.getZoom() < GRID_MIN_ZOOM) {
+    grid.clearLayers();
+    $("hint").textContent = "Zoom in to see the chip grid, then click a chip to search for places that look like it.";
+    return;
+  }
+  const b = map.getBounds();
+  try {
+    const fc = await api(`/api/places?bbox=${b.getWest()},${b.getSouth()},${b.getEast()},${b.getNorth()}`);
+    grid.clearLayers();
+    grid.addData(fc);
+    $("hint").textContent = fc.truncated
+      ? `${fc.places} places in view, ${fc.features.length} drawn: zoom in to see them all.`
+      : `${fc.places} indexed places in view: click one to search.`;
+  } catch (err) {
+    $("hint").textContent = err.message;
+  }
+}
+
+function filters() {
+  const f = {};
+  const labels = [...$("labels").selectedOptions].map((o) => o.value);
+  if (labels.length) f.labels = labels;
+  if ($("since").value) f.since = $("since").value;
+  if ($("until").value) f.until = $("until").value;
+  if ($("in-view").checked) {
+    const b = map.getBounds();
+    f.bbox = [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];
+  }
+  return f;
+}
+
+function requestBody() {
+  const k = Math.max(1, Math.min(100, parseInt($("k").value, 10) || 12));
+  return { positives: state.positives, negatives: state.negatives, k, filters: filters(), spread: $("spread").checked };
+}
+
+function startSearch(chip) {
+  state.positives = [chip];
+  state.negatives = [];
+  search();
+}
+
+async function search() {
+  if (!state.positives.length) {
+    setStatus("Mark at least one chip as positive (+) to search.", true);
+    return;
+  }
+  const body = requestBody();
+  setStatus("searching…");
+  try {
+    const answer = await api("/api/search", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    state.hits = answer.hits;
+    state.lastBody = body;
+    setStatus(`${answer.hits.length} results in ${answer.took_ms.toFixed(1)} ms from model ` +
+              `${answer.model.version} (${answer.index_vectors} indexed chips)`);
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+  render();
+}
+
+function mark(chip, sign) {
+  const list = sign > 0 ? state.positives : state.negatives;
+  const other = sign > 0 ? state.negatives : state.positives;
+  const i = other.indexOf(chip);
+  if (i >= 0) other.splice(i, 1);
+  const j = list.indexOf(chip);
+  if (j >= 0) list.splice(j, 1); else list.push(chip);
+  render();
+}
+
+function renderExamples() {
+  const box = $("examples");
+  box.replaceChildren();
+  for (const [chips, cls, sign] of [[state.positives, "example", 1], [state.negatives, "example neg", -1]]) {
+    for (const chip of chips) {
+      const tag = document.createElement("span");
+      tag.className = cls;
+      tag.textContent = (sign > 0 ? "+ " : "− ") + chip.replace(/\.jpg$/, "");
+      const remove = document.createElement("button");
+      remove.textContent = "×";
+      remove.title = "remove this example";
+      remove.onclick = () => mark(chip, sign);
+      tag.append(remove);
+      box.append(tag);
+    }
+  }
+  const any = state.positives.length + state.negatives.length > 0;
+  $("search-again").disabled = !state.positives.length;
+  $("clear").disabled = !any;
+  $("export").disabled = !state.hits.length;
+}
+
+function render() {
+  renderExamples();
+  const list = $("results");
+  list.replaceChildren();
+  resultOutlines.clearLayers();
+  for (const hit of state.hits) {
+    const li = document.createElement("li");
+    li.className = "result";
+    li.dataset.chip = hit.chip;
+    if (state.positives.includes(hit.chip)) li.classList.add("positive");
+    if (state.negatives.includes(hit.chip)) li.classList.add("negative");
+    const img = document.createElement("img");
+    img.src = hit.thumbnail;
+    img.alt = hit.chip;
+    img.loading = "lazy";
+    img.onclick = () => map.flyToBounds(L.geoJSON(hit.geometry).getBounds(), { maxZoom: 18 });
+    const caption = document.createElement("div");
+    caption.textContent = `#${hit.rank} · ${hit.score.toFixed(3)} · ${hit.date}`;
+    const labels = document.createElement("div");
+    labels.className = "labels";
+    labels.textContent = hit.labels.map((l) => l.label).join(", ") || "no label";
+    labels.title = hit.labels.map((l) => `${l.label} ${l.probability.toFixed(2)}`).join("\n");
+    const buttons = document.createElement("div");
+    buttons.className = "mark";
+    for (const [text, sign, cls] of [["+ more like", 1, "mark-positive"], ["− less like", -1, "mark-negative"]]) {
+      const b = document.createElement("button");
+      b.textContent = text;
+      b.className = cls;
+      b.onclick = () => mark(hit.chip, sign);
+      buttons.append(b);
+    }
+    li.append(img, caption, labels, buttons);
+    li.onmouseenter = () => li.classList.add("highlight");
+    li.onmouseleave = () => li.classList.remove("highlight");
+    list.append(li);
+    resultOutlines.addData({ type: "Feature", geometry: hit.geometry,
+                             properties: { chip: hit.chip, negative: state.negatives.includes(hit.chip) } });
+  }
+}
+
+async function exportGeoJSON() {
+  if (!state.lastBody) return;
+  try {
+    const fc = await api("/api/search?format=geojson", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(state.lastBody),
+    });
+    const blob = new Blob([JSON.stringify(fc, null, 1)], { type: "application/geo+json" });
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = `imagesim-results-${fc.model.version}.geojson`;
+    a.click();
+    URL.revokeObjectURL(a.href);
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+async function loadChanges() {
+  const list = $("changes");
+  list.replaceChildren();
+  try {
+    const answer = await api("/api/changes?k=15");
+    for (const c of answer.changes) {
+      const li = document.createElement("li");
+      li.textContent = `score ${c.score.toFixed(1)} · ${c.kind} · ${c.date_before} → ${c.date_after}`;
+      li.onclick = () => showChange(c);
+      list.append(li);
+    }
+    if (!answer.changes.length) list.textContent = "no changed places";
+  } catch (err) {
+    list.textContent = err.message;
+  }
+}
+
+function showChange(c) {
+  $("before-after").hidden = false;
+  $("before-img").src = `/api/chips/${c.before}/image`;
+  $("after-img").src = `/api/chips/${c.after}/image`;
+  $("before-cap").textContent = `before: ${c.date_before}`;
+  $("after-cap").textContent = `after: ${c.date_after} (distance ${c.distance.toFixed(3)})`;
+  changeOutline.clearLayers();
+  changeOutline.addData(c.geometry);
+  map.flyToBounds(changeOutline.getBounds(), { maxZoom: 17 });
+}
+
+async function init() {
+  let health;
+  try {
+    health = await api("/api/health");
+  } catch (err) {
+    $("versions").textContent = err.message;
+    return;
+  }
+  state.model = health.model;
+  $("versions").textContent = health.model
+    ? `model ${health.model.name}/${health.model.version} · index ${health.index_vectors} chips (${health.index_kind})`
+    : `no search index: ${health.detail}`;
+  for (const label of health.labels) $("labels").append(new Option(label, label));
+  for (const a of health.acquisitions) $("imagery").append(new Option(`${a.date} ${a.catalog_id}`, a.catalog_id));
+  if (health.bounds) {
+    const [w, s, e, n] = health.bounds;
+    imageryBounds = L.latLngBounds([s, w], [n, e]);
+  }
+  setImagery("");
+  const start = health.start || [24.94, 60.17];
+  map.setView([start[1], start[0]], GRID_MIN_ZOOM);
+  map.on("moveend", loadGrid);
+  loadGrid();
+}
+
+$("search-again").onclick = search;
+$("clear").onclick = () => {
+  state.positives = []; state.negatives = []; state.hits = [];
+  queryOutline.clearLayers();
+  render();
+  setStatus("");
+};
+$("export").onclick = exportGeoJSON;
+$("load-changes").onclick = loadChanges;
+$("imagery").onchange = (e) => setImagery(e.target.value);
+window.imagesim = { map, state, search, startSearch };
+init();
