@@ -9,7 +9,7 @@ PIP_FLAGS ?= --disable-pip-version-check --no-input --progress-bar off
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench ui clean
+.PHONY: setup demo test bench ui serve clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ bench: setup
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_index.py
 	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_service.py
+
+serve: setup
+	$(BIN)/imagesim serve
 
 ui: setup
 	mkdir -p .dagster && { test -f .dagster/dagster.yaml || cp dagster.yaml .dagster/; }

@@ -386,17 +386,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     if args.bucket:  # the Dagster jobs below build their bucket resource from the environment
         os.environ["IMAGESIM_BUCKET"] = args.bucket
-    _print("== 1/6 rendering the demo world into the ARD layout: real OpenStreetMap (Helsinki, Kotka) and a "
+    _print("== 1/7 rendering the demo world into the ARD layout: real OpenStreetMap (Helsinki, Kotka) and a "
            "procedural land-use area ==")
     _build_world(args, bucket)
-    _print("== 2/6 discovering cells and registering them as Dagster partitions ==")
+    _print("== 2/7 discovering cells and registering them as Dagster partitions ==")
     found = discover_bucket(bucket)
     added = register_cells(found.cell_ids)
     _print(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
-    _print("== 3/6 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
+    _print("== 3/7 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
            "for every cell ==")
     failures = run_cells(found.cell_ids, progress=_print)
-    _print("== 4/6 building the training dataset (dataset_job: training_dataset and its checks) ==")
+    _print("== 4/7 building the training dataset (dataset_job: training_dataset and its checks) ==")
     dataset_ok = run_job("dataset_job", progress=_print)
     if dataset_ok:
         from imagesim_pipeline.dataset.stats import dataset_stats, format_stats
@@ -404,16 +404,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print(format_stats(dataset_stats(bucket)))
     model_ok = False
     if dataset_ok and not args.no_train:
-        _print("== 5/6 training the SMLC on cached backbone features, exporting ONNX (train_job: smlc_model, "
+        _print("== 5/7 training the SMLC on cached backbone features, exporting ONNX (train_job: smlc_model, "
                "onnx_model and their checks) ==")
         model_ok = run_job("train_job", progress=_print)
         model_ok = model_ok and _print_model(bucket)
     search_ok = False
     if model_ok:
-        _print("== 6/6 encoding every chip with the ONNX model (embedding_job per cell), then the similarity index "
+        _print("== 6/7 encoding every chip with the ONNX model (embedding_job per cell), then the similarity index "
                "and the change scores (search_job) ==")
         failed = run_cells(found.cell_ids, job_name="embedding_job", progress=_print)
         search_ok = not failed and run_job("search_job", progress=_print) and _print_search(bucket)
+    if search_ok:
+        _print("== 7/7 checking the search service (imagesim serve) over the demo bucket: API, tiles, page ==")
+        search_ok = _check_service(bucket)
     home = dagster_home()
     _print("")
     _print("Done." if not failures else f"Finished with {len(failures)} failed cell(s): {', '.join(failures)}")
@@ -428,6 +431,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"  embeddings and index:     {bucket.uri}/embeddings/<model version>/<zone>/<cell>.parquet, "
            f"{bucket.uri}/index/<model version>/; `imagesim search --chip CHIP_ID`")
     _print(f"  changes:                  {bucket.uri}/changes/<model version>/changes.parquet; `imagesim changes`")
+    _print("  search page and API:      make serve   then open http://127.0.0.1:8000/ (API docs: /docs)")
     _print(f"  Dagster instance (runs):  {home}")
     _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets: ard_tile, osm_data, "
            "chips with a contact sheet, nodata_index, chip_labels, training_dataset with plots, smlc_model with "
@@ -454,6 +458,56 @@ def _print_search(bucket) -> bool:
     _print(_hits_table(engine.by_chip(chip, k=8, spread=True)))
     _print("")
     return cmd_changes(argparse.Namespace(bucket=bucket.uri, version="", name=engine.name, top=8, bbox=None)) == 0
+
+
+def _check_service(bucket) -> bool:
+    """Start the search service on a free 127.0.0.1 port for a moment and ask it what a page would."""
+    import http.client
+    import socket
+    import threading
+
+    import mercantile
+    import uvicorn
+
+    from imagesim_pipeline.service.app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(bucket)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def get(path: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        health = json.loads(get("/api/health")[1])
+        if health["status"] != "ok":
+            _print(f"error: the search service has no index: {health['detail']}")
+            return False
+        lon, lat = health["start"]
+        chip = app.state.engines.get().chips[0]
+        status, body = get(f"/api/search/chip/{chip}?k=10")
+        answer = json.loads(body)
+        tile = mercantile.tile(lon, lat, 16)
+        tile_status, png = get(f"/tiles/{tile.z}/{tile.x}/{tile.y}.png")
+        page_status, _ = get("/")
+        ok = status == 200 and tile_status == 200 and page_status == 200 and len(answer["hits"]) == 10
+        _print(f"model {health['model']['version']}, {health['index_vectors']} indexed chips; search by chip: "
+               f"{len(answer.get('hits', []))} results in {answer.get('took_ms', 0):.1f} ms; tile 16/{tile.x}/"
+               f"{tile.y}: {tile_status} ({len(png)} bytes PNG); page: {page_status}")
+        return ok
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 # --- parser ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 from imagesim_pipeline.cli import build_parser, main
 
 SUBCOMMANDS = ["ingest", "discover", "materialize", "chip", "samples", "grid", "dataset", "model", "search", "changes",
-               "demo"]
+               "serve", "demo"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -63,3 +63,14 @@ def test_model_report_without_a_model_says_what_to_run(tmp_path, capsys):
     assert main(["model", "report", "--bucket", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no latest model" in err and "train_job" in err
+
+
+def test_serve_on_a_port_in_use_says_so(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--bucket", str(tmp_path), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -155,7 +155,7 @@ def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Pro
                  f"({len(reuse)} unchanged, reused)")
     lost = set(unreadable)
     keep = [i for i, r in enumerate(rows) if r["chip"] not in lost]
-    table = _table([rows[i] for i in keep], embeddings[keep], probs[keep], encoder)
+    table = cell_table([rows[i] for i in keep], embeddings[keep], probs[keep], encoder)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     bucket.write_bytes(embeddings_key(encoder.version, cell_id), buffer.getvalue())
@@ -163,7 +163,9 @@ def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Pro
                           unreadable=unreadable, seconds=time.perf_counter() - started)
 
 
-def _table(rows: list[dict], embeddings: np.ndarray, probs: np.ndarray, encoder: OnnxEncoder) -> pa.Table:
+def cell_table(rows: list[dict], embeddings: np.ndarray, probs: np.ndarray, encoder: OnnxEncoder) -> pa.Table:
+    """A cell's GeoParquet table from its chip rows (chip, cell, catalog_id, date, bytes), embeddings and
+    probabilities; ``encoder`` gives the model name, version, labels and thresholds kept in its metadata."""
     names = [ChipName.parse(r["chip"]) for r in rows]
     dim, n_labels = embeddings.shape[1], probs.shape[1]
     table = pa.Table.from_arrays([
@@ -189,5 +191,5 @@ def vectors(table: pa.Table, column: str = "embedding") -> np.ndarray:
     return np.asarray(col.flatten(), np.float32).reshape(-1, width)
 
 
-__all__ = ["CellEmbeddings", "EMBEDDINGS_PREFIX", "EmbeddingsError", "embed_cell", "embeddings_key",
+__all__ = ["CellEmbeddings", "EMBEDDINGS_PREFIX", "EmbeddingsError", "cell_table", "embed_cell", "embeddings_key",
            "iter_embeddings", "kept_chips", "read_cell_embeddings", "schema", "vectors", "version_prefix"]

@@ -1,0 +1,70 @@
+"""End to end: `imagesim serve` over the indexed demo world, driven in Debian's headless chromium."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from imagesim_pipeline.chips.naming import ChipName
+from imagesim_pipeline.settings import PROJECT_ROOT
+from imagesim_pipeline_tests.conftest import CHROMIUM_ARGS, chromium, free_port, stop_process_group, wait_for_port
+
+RESULT_CHIPS = "() => [...document.querySelectorAll('#results li.result')].map(li => li.dataset.chip)"
+THUMBNAILS_DRAWN = """(n) => {
+  const imgs = [...document.querySelectorAll('#results li.result img')];
+  return imgs.length >= n && imgs.slice(0, n).every(i => i.complete && i.naturalWidth > 0);
+}"""
+TILES_DRAWN = """() => [...document.querySelectorAll('img.leaflet-tile-loaded')]
+  .filter(i => i.src.includes('/tiles/') && i.naturalWidth === 256).length >= 2"""
+
+
+def test_click_a_chip_search_mark_a_negative_and_search_again(demo_index, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    root, version = demo_index
+    browser_path = chromium()
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "imagesim"), "serve", "--port", str(port), "--bucket", str(root),
+         "--version", version], cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={k: v for k, v in os.environ.items() if k != "IMAGESIM_BUCKET"})
+    try:
+        wait_for_port(port, server, timeout=120)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            failed_scripts: list[str] = []
+            page.on("requestfailed", lambda r: failed_scripts.append(r.url) if r.resource_type == "script" else None)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function(TILES_DRAWN, timeout=60_000)  # the ARD imagery is the base layer
+            assert version in page.inner_text("#versions")
+            page.wait_for_selector("path.chip-outline", timeout=30_000)
+            outlines = page.locator("path.chip-outline")
+            outlines.nth(outlines.count() // 2).click(force=True)
+            page.wait_for_function(THUMBNAILS_DRAWN, arg=5, timeout=30_000)
+            first = page.evaluate(RESULT_CHIPS)
+            query = page.evaluate("() => window.imagesim.state.positives[0]")
+            assert len(first) >= 5 and ChipName.parse(query).cell.id not in {ChipName.parse(c).cell.id for c in first}
+            assert "results in" in page.inner_text("#status") and version in page.inner_text("#status")
+
+            negative = first[0]
+            page.locator("#results li.result").nth(0).locator("button.mark-negative").click()
+            assert page.locator("#examples .example.neg").count() == 1
+            page.click("#search-again")
+            page.wait_for_function(f"(before) => {{ const now = ({RESULT_CHIPS})(); "
+                                   "return now.length >= 5 && JSON.stringify(now) !== JSON.stringify(before); }",
+                                   arg=first, timeout=30_000)
+            page.wait_for_function(THUMBNAILS_DRAWN, arg=5, timeout=30_000)
+            second = page.evaluate(RESULT_CHIPS)
+            assert ChipName.parse(negative).cell.id not in {ChipName.parse(c).cell.id for c in second}
+            assert page.locator("path.result-outline").count() == len(second)
+            page.screenshot(path=str(tmp_path / "search-page.png"))
+            assert not failed_scripts
+            browser.close()
+    finally:
+        stop_process_group(server)
+        log.close()
+    assert server.poll() is not None
