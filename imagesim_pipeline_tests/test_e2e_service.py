@@ -61,6 +61,15 @@ def test_click_a_chip_search_mark_a_negative_and_search_again(demo_index, tmp_pa
             second = page.evaluate(RESULT_CHIPS)
             assert ChipName.parse(negative).cell.id not in {ChipName.parse(c).cell.id for c in second}
             assert page.locator("path.result-outline").count() == len(second)
+            # a changed place: before and after side by side
+            page.click("#load-changes")
+            page.locator("#changes li").first.click()
+            page.wait_for_function("() => ['before-img', 'after-img'].every(id => { const i = document.getElementById(id);"
+                                   " return i.complete && i.naturalWidth > 0; })", timeout=30_000)
+            before, after = page.evaluate("() => [document.getElementById('before-img').src, "
+                                          "document.getElementById('after-img').src]")
+            assert ChipName.parse(before.rsplit("/", 2)[1]).cell == ChipName.parse(after.rsplit("/", 2)[1]).cell
+            assert before != after
             page.screenshot(path=str(tmp_path / "search-page.png"))
             assert not failed_scripts
             browser.close()

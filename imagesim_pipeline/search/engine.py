@@ -32,7 +32,7 @@ from imagesim_pipeline.embeddings.cell_embeddings import read_cell_embeddings, v
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.models.registry import DEFAULT_NAME, get_pointer
 from imagesim_pipeline.search.catalog import load_index
-from imagesim_pipeline.search.index import normalise, search
+from imagesim_pipeline.search.index import normalise, search, stored_vector
 from imagesim_pipeline.storage import Bucket
 
 MAX_K = 1000
@@ -118,11 +118,16 @@ class SearchEngine:
 
     # -- query vectors ---------------------------------------------------------------------
     def vector_of_chip(self, chip: str) -> np.ndarray:
-        """The chip's exact embedding, from its cell's embeddings file (the last few cells read are kept)."""
+        """The chip's embedding: from the index when it stores it losslessly (float32, float16), otherwise
+        from its cell's embeddings file (the last few cells read are kept)."""
         try:
             name = ChipName.parse(chip)
         except ChipNameError as exc:
             raise UnknownChipError(f"unknown chip id {chip!r}: {exc}") from None
+        if chip in self.row_of:
+            stored = stored_vector(self.index, self.row_of[chip])
+            if stored is not None:
+                return stored
         cell = self._cell_vectors(name.tile.id) if chip in self.row_of else None
         if cell is None or chip not in cell:
             raise UnknownChipError(f"unknown chip id {chip!r}: not among the {len(self)} chips indexed for model "
@@ -227,12 +232,11 @@ class SearchEngine:
         if negatives:
             q = q - beta * normalise(np.stack([self._vector(e) for e in negatives])).mean(axis=0)
         q = normalise(q[None].astype(np.float32))
-        allowed = self.mask(filters)
+        # Without filters no mask at all: the examples' places are dropped from the candidates
+        # instead, so a query costs no O(n) work at millions of chips.
+        allowed = self.mask(filters) if filters.active() else None
         examples = {ChipName.parse(e.chip).cell.id for e in (*positives, *negatives) if e.chip is not None}
-        codes = [self.place_code[p] for p in examples if p in self.place_code]
-        if codes:
-            allowed &= ~np.isin(self.place_codes, codes)  # integer codes: fast at millions of chips
-        return self._collect(q, k, allowed, spread, spread_zoom)
+        return self._collect(q, k, allowed, spread, spread_zoom, examples)
 
     def by_chip(self, chip: str, k: int = 10, filters: Filters = Filters(), spread: bool = False) -> list[Hit]:
         return self.query([Example(chip=chip)], k=k, filters=filters, spread=spread)
@@ -241,14 +245,16 @@ class SearchEngine:
                  name: str = "image") -> list[Hit]:
         return self.query([Example(image=image, name=name)], k=k, filters=filters, spread=spread)
 
-    def _collect(self, q: np.ndarray, k: int, allowed: np.ndarray, spread: bool, spread_zoom: int) -> list[Hit]:
-        """Search with a growing candidate count until ``k`` distinct places (and neighbourhoods) are found."""
-        available = int(allowed.sum())
-        fetch = min(available, k * (4 if spread else 2))
+    def _collect(self, q: np.ndarray, k: int, allowed: np.ndarray | None, spread: bool, spread_zoom: int,
+                 excluded: set[str] = frozenset()) -> list[Hit]:
+        """Search with a growing candidate count until ``k`` distinct places (and neighbourhoods), none of
+        them ``excluded``, are found."""
+        available = int(allowed.sum()) if allowed is not None else len(self)
+        fetch = min(available, k * (4 if spread else 2) + 4 * len(excluded))
         hits: list[Hit] = []
         while fetch > 0:
             scores, ids = search(self.index, q, fetch, allowed=allowed)
-            hits, seen_places, seen_blocks = [], set(), set()
+            hits, seen_places, seen_blocks = [], set(excluded), set()
             for score, i in zip(scores[0], ids[0]):
                 if i < 0:
                     break

@@ -234,6 +234,17 @@ def index_kind(index: faiss.Index) -> str:
     raise TypeError(f"not an index built by imagesim: {type(concrete).__name__}")
 
 
+LOSSLESS_KINDS = ("flat", "hnsw_flat", "hnsw_fp16")  # stored vectors within float16 rounding of the input
+
+
+def stored_vector(index: faiss.Index, i: int) -> np.ndarray | None:
+    """Vector ``i`` as the index stores it, when that is the embedding itself (float32 or float16
+    kinds); None for the 8-bit kinds, whose decoded vectors are only approximations."""
+    if index_kind(index) not in LOSSLESS_KINDS:
+        return None
+    return index.reconstruct(int(i))
+
+
 def _bytes_per_vector(index: faiss.Index, kind: str) -> float:
     d = index.d
     if kind == "flat":

@@ -217,12 +217,10 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
     def health() -> Health:
         """The model and index versions in use, labels, the acquisitions and bounds of the imagery."""
         engine = engines.get()
-        manifest_kind = ""
-        if engine is not None:
-            manifest_kind = type(engine.index).__name__
         return Health(status="ok" if engine else "no_index", detail=engines.problem,
                       model=ModelRef(name=engine.name, version=engine.version) if engine else None,
-                      index_vectors=len(engine) if engine else 0, index_kind=manifest_kind,
+                      index_vectors=len(engine) if engine else 0,
+                      index_kind=type(engine.index).__name__ if engine else "",
                       labels=engine.labels if engine else [], acquisitions=mosaic.acquisitions(),
                       bounds=mosaic.bounds(), start=mosaic.start(), bucket=bucket.url(""))
 
@@ -265,7 +263,7 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
                               until: date | None = None, catalog_id: Annotated[list[str], Query()] = [],
                               spread: bool = False, format: Format = "json") -> Any:
         """The chips that look most like an uploaded image (multipart field ``file``)."""
-        engine = engines.require()
+        engine = await _in_thread(engines.require)  # may load a newly promoted index: not on the event loop
         filters = _query_filters(bbox, label, since, until, catalog_id)
         name, data = await _read_upload(request)
         check_image(data, name)
