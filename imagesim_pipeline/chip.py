@@ -36,8 +36,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.filename:
             print("error: --chip-dir needs --filename (where to write the index)", file=sys.stderr)
             return 2
-        index, problems = classify_chip_folder(
-            args.chip_dir, args.filename, progress=lambda i, n: print(f"classified {i}/{n} chips", flush=True))
+        try:
+            index, problems = classify_chip_folder(
+                args.chip_dir, args.filename, progress=lambda i, n: print(f"classified {i}/{n} chips", flush=True))
+        except OSError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         for problem in problems:
             print(f"warning: skipped {problem}", file=sys.stderr)
         print(f"{args.filename}: {len(index)} chips {class_histogram(index.values())}")

@@ -1,30 +1,62 @@
-"""Chip every acquisition of one delivery cell into the bucket, atomically per cell.
+"""Chip every acquisition of one delivery cell into the bucket: all of the cell's chips change together.
 
-Chips are written to ``chips/<zone>/<name>.jpg`` (each write atomic); then chips of the cell
-left from an earlier run and no longer produced are deleted; last, the cell's manifest
-``chips/<zone>/_manifests/<cell>.json`` (chip, class, fractions, bytes) is written. The
-manifest is the completion marker: readers use it, never a bare listing, so a re-run that
-fails half-way leaves the previous manifest describing chips that still exist or were
-replaced by identical names.
+Chips are first written to the cell's staging area ``chips/<zone>/_staging/<cell>/``; a run that
+fails there (a truncated re-delivery, a kill) leaves the published chips, manifest and nodata
+index untouched. Then the commit: the new manifest is written to the staging area as
+``COMMIT.json`` (the journal), each staged chip is moved to ``chips/<zone>/<name>.jpg``, chips of
+the cell no longer produced are deleted, the manifest ``chips/<zone>/_manifests/<cell>.json`` is
+written and the staging area removed. The next run of the cell first finishes a commit that a
+crash interrupted (its journal says what to publish) or discards an unfinished staging area and
+the temporaries of interrupted writes. Readers use the manifest, never a bare listing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from imagesim_pipeline.ard.discovery import CellDelivery
-from imagesim_pipeline.chips.chipper import ChipJob, chip_acquisition, classify
+from imagesim_pipeline.chips.chipper import ChipError, ChipJob, chip_acquisition, classify
 from imagesim_pipeline.chips.naming import ChipName, chip_key
 from imagesim_pipeline.storage import Bucket
 
 MANIFEST_DIR = "_manifests"
+STAGING_DIR = "_staging"
+JOURNAL = "COMMIT.json"
 
 
 def manifest_key(cell_id: str) -> str:
     return f"chips/{cell_id[1:3]}/{MANIFEST_DIR}/{cell_id}.json"
+
+
+def staging_prefix(cell_id: str) -> str:
+    return f"chips/{cell_id[1:3]}/{STAGING_DIR}/{cell_id}/"
+
+
+def _published_prefix(cell_id: str) -> str:
+    return f"chips/{cell_id[1:3]}/{cell_id}"
+
+
+@dataclass
+class Recovery:
+    """What the start of a cell's run found left by an earlier one."""
+
+    finished_commit: bool = False  # a commit interrupted by a crash, completed now
+    discarded_staged: int = 0  # chips of a run that never committed
+    temporaries: int = 0  # files of interrupted atomic writes
+
+    def __str__(self) -> str:
+        parts = []
+        if self.finished_commit:
+            parts.append("finished the commit an interrupted run left")
+        if self.discarded_staged:
+            parts.append(f"discarded {self.discarded_staged} staged chip(s) of a run that did not finish")
+        if self.temporaries:
+            parts.append(f"removed {self.temporaries} temporary file(s) of interrupted writes")
+        return "; ".join(parts) or "nothing to recover"
 
 
 @dataclass
@@ -34,6 +66,7 @@ class CellChips:
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     deleted_stale: int = 0
+    recovery: Recovery = field(default_factory=Recovery)
 
     @property
     def written(self) -> int:
@@ -62,7 +95,28 @@ def chip_cell(bucket: Bucket, delivery: CellDelivery, *, zoom: int = 17, quality
               progress: Callable[[str], None] | None = None) -> CellChips:
     """Chip all acquisitions of ``delivery`` into ``bucket``; returns the manifest rows."""
     started = time.perf_counter()
-    result = CellChips(delivery.cell.id, zoom)
+    cell_id = delivery.cell.id
+    result = CellChips(cell_id, zoom)
+    result.recovery = recover_cell(bucket, cell_id)
+    staging = staging_prefix(cell_id)
+    try:
+        _stage(bucket, delivery, result, zoom, quality, size, processes, write_empty, progress)
+    except BaseException:
+        with contextlib.suppress(Exception):  # nothing published changed; a kill leaves this to the next run
+            bucket.delete_prefix(staging)
+        raise
+    manifest = {"cell": cell_id, "zoom": zoom, "quality": quality, "size": size, "chips": result.rows}
+    bucket.write_text(staging + JOURNAL, json.dumps(manifest))  # from here on the commit is decided
+    result.deleted_stale = _publish(bucket, cell_id, manifest)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _stage(bucket: Bucket, delivery: CellDelivery, result: CellChips, zoom: int, quality: int, size: int | None,
+           processes: int, write_empty: bool, progress: Callable[[str], None] | None) -> None:
+    """Chip every acquisition into the cell's staging area, appending the manifest rows to ``result``."""
+    cell_id = delivery.cell.id
+    staging = staging_prefix(cell_id)
     options = tuple(bucket.gdal_options().items())
     for acq in sorted(delivery.acquisitions, key=lambda a: (a.date, a.catalog_id)):
         job = ChipJob(bucket.gdal_path(acq.visual_key), delivery.cell, acq.catalog_id, zoom, quality, size,
@@ -70,26 +124,52 @@ def chip_cell(bucket: Bucket, delivery: CellDelivery, *, zoom: int = 17, quality
         with bucket.rasterio_env():
             for chip in chip_acquisition(job, processes):
                 if chip.jpeg is not None:
-                    bucket.write_bytes(chip_key(ChipName.parse(chip.name)), chip.jpeg)
+                    bucket.write_bytes(staging + chip.name, chip.jpeg)
                 result.rows.append({
-                    "chip": chip.name, "cell": delivery.cell.id, "catalog_id": acq.catalog_id,
+                    "chip": chip.name, "cell": cell_id, "catalog_id": acq.catalog_id,
                     "date": acq.date.isoformat(), "zoom": zoom, "class": classify(chip.valid_fraction),
                     "valid_fraction": round(chip.valid_fraction, 6),
                     "cloud_fraction": None if chip.cloud_fraction is None else round(chip.cloud_fraction, 6),
                     "bytes": len(chip.jpeg) if chip.jpeg else 0, "written": chip.jpeg is not None,
                 })
         if progress:
-            progress(f"{delivery.cell.id} {acq.catalog_id}: {sum(r['written'] for r in result.rows)} chips so far")
-    produced = {r["chip"] for r in result.rows if r["written"]}
-    prefix = f"chips/{delivery.cell.zone:02d}/{delivery.cell.id}"
-    for obj in list(bucket.list(prefix)):
+            progress(f"{cell_id} {acq.catalog_id}: {sum(r['written'] for r in result.rows)} chips so far")
+
+
+def _publish(bucket: Bucket, cell_id: str, manifest: dict[str, Any]) -> int:
+    """Move the staged chips into place, delete stale ones, write the manifest, drop the staging area.
+
+    Idempotent: run again after a crash it completes what is left. Returns the stale chips deleted."""
+    staging = staging_prefix(cell_id)
+    staged = {obj.key.rsplit("/", 1)[1] for obj in bucket.list(staging)}
+    produced = {r["chip"] for r in manifest["chips"] if r["written"]}
+    for name in sorted(produced):
+        if name in staged:
+            bucket.move(staging + name, chip_key(ChipName.parse(name)))
+        elif not bucket.exists(chip_key(ChipName.parse(name))):
+            raise ChipError(f"commit of {cell_id}: chip {name} is neither staged nor published; "
+                            f"materialize chips for {cell_id} again")
+    stale = 0
+    for obj in list(bucket.list(_published_prefix(cell_id))):
         if obj.key.endswith(".jpg") and obj.key.rsplit("/", 1)[1] not in produced:
             bucket.delete(obj.key)
-            result.deleted_stale += 1
-    result.seconds = time.perf_counter() - started
-    bucket.write_text(manifest_key(delivery.cell.id), json.dumps(
-        {"cell": delivery.cell.id, "zoom": zoom, "quality": quality, "size": size, "chips": result.rows}))
-    return result
+            stale += 1
+    bucket.write_text(manifest_key(cell_id), json.dumps(manifest))
+    bucket.delete_prefix(staging)
+    return stale
+
+
+def recover_cell(bucket: Bucket, cell_id: str) -> Recovery:
+    """Finish or discard what an interrupted run of ``cell_id`` left; see the module docstring."""
+    recovery = Recovery()
+    staging = staging_prefix(cell_id)
+    recovery.temporaries = bucket.clean_temporaries(_published_prefix(cell_id)) + bucket.clean_temporaries(staging)
+    if bucket.exists(staging + JOURNAL):
+        _publish(bucket, cell_id, json.loads(bucket.read_text(staging + JOURNAL)))
+        recovery.finished_commit = True
+    else:
+        recovery.discarded_staged = bucket.delete_prefix(staging)
+    return recovery
 
 
 def read_manifest(bucket: Bucket, cell_id: str) -> dict[str, Any]:

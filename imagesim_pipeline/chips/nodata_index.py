@@ -108,7 +108,10 @@ def classify_chip_folder(chip_dir: str | os.PathLike[str], out_file: str | os.Pa
     Returns (index, problems); unreadable files are problems, not failures.
     """
     folder = Path(chip_dir)
-    names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".jpg")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such chip folder (give the folder the chips were written to)")
+    # hidden files are never chips: ``.imagesim-tmp-*`` are writes a killed run left behind
+    names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".jpg" and not p.name.startswith("."))
     index: dict[str, str] = {}
     problems: list[str] = []
     for i, name in enumerate(names, 1):

@@ -56,7 +56,11 @@ def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketRes
         result = chip_cell(store, delivery, zoom=config.zoom, quality=config.quality, size=config.size,
                            processes=config.processes, write_empty=config.write_empty, progress=context.log.info)
     except (ChipError, StorageError) as exc:
-        raise Failure(description=str(exc)) from None
+        raise Failure(description=f"{exc} The published chips, manifest and nodata index of {cell.id} are "
+                                  "unchanged (new chips are only published once every acquisition is chipped).") \
+            from None
+    if str(result.recovery) != "nothing to recover":
+        context.log.warning(f"{cell.id}: {result.recovery}")
     written = [r for r in result.rows if r["written"]]
     sample = [(r["chip"], store.read_bytes(chip_key(ChipName.parse(r["chip"])))) for r in written[:: max(1, len(written) // 18)][:18]]
     metadata = {
@@ -67,6 +71,7 @@ def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketRes
         "chips_per_second": round(len(result.rows) / max(result.seconds, 1e-9), 1),
         "megabytes": round(sum(r["bytes"] for r in written) / 1e6, 2),
         "stale_chips_deleted": result.deleted_stale,
+        "recovered": str(result.recovery),
         "location": store.url(f"chips/{cell.zone:02d}/{cell.id}*"),
     }
     if sample:

@@ -40,10 +40,7 @@ REMOTE_COG_OPTIONS = {
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff",
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": str(64 * 1024 * 1024),
-    "GDAL_HTTP_TIMEOUT": "30",
-    "GDAL_HTTP_MAX_RETRY": "3",
-    "GDAL_HTTP_RETRY_DELAY": "0.5",
-}
+}  # timeouts and retries come with the bucket's own GDAL options
 
 
 class TileError(ImagesimError):

@@ -21,6 +21,9 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 
+TMP_PREFIX = ".imagesim-tmp-"  # a local atomic write in flight: never listed, cleaned by the next run
+
+
 class StorageError(RuntimeError):
     """A bucket operation failed; the message names the URI and what to do."""
 
@@ -103,6 +106,15 @@ class Bucket(ABC):
             self.delete(key)
         return len(keys)
 
+    def move(self, src: str, dst: str) -> None:
+        """Move ``src`` to ``dst`` (``dst`` appears whole or not at all; ``src`` is gone afterwards)."""
+        self.write_bytes(dst, self.read_bytes(src))
+        self.delete(src)
+
+    def clean_temporaries(self, prefix: str) -> int:
+        """Remove what interrupted writes left under ``prefix``; returns how many. Nothing by default."""
+        return 0
+
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         """A local file holding ``key``'s bytes for the duration of the block."""
@@ -133,7 +145,7 @@ class LocalBucket(Bucket):
             rel_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
             rel_dir = "" if rel_dir == "." else rel_dir + "/"
             for name in sorted(filenames):
-                if name.startswith(".imagesim-tmp-"):
+                if name.startswith(TMP_PREFIX):
                     continue  # an atomic write in flight (or one that crashed)
                 key = rel_dir + name
                 if not key.startswith(prefix):
@@ -155,7 +167,7 @@ class LocalBucket(Bucket):
     def _atomic_target(self, key: str) -> Iterator[Path]:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".imagesim-tmp-{uuid.uuid4().hex}-{path.name}"
+        tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
         try:
             yield tmp
             os.replace(tmp, path)
@@ -188,6 +200,26 @@ class LocalBucket(Bucket):
     def gdal_path(self, key: str) -> str:
         return str(self._path(key))
 
+    def move(self, src: str, dst: str) -> None:
+        target = self._path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(self._path(src), target)  # atomic within the bucket's file system
+        except FileNotFoundError:
+            raise StorageError(f"{self.url(src)} does not exist") from None
+
+    def clean_temporaries(self, prefix: str) -> int:
+        """Delete ``.imagesim-tmp-*`` files (atomic writes a killed process left) for keys under ``prefix``."""
+        prefix = _clean_key(prefix)
+        folder = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        name_prefix = prefix.rsplit("/", 1)[-1]
+        removed = 0
+        for path in folder.glob(f"{TMP_PREFIX}*") if folder.is_dir() else ():
+            if path.name[len(TMP_PREFIX) + 33:].startswith(name_prefix):  # <uuid hex>-<name>
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         path = self._path(key)
@@ -214,19 +246,24 @@ class S3Bucket(Bucket):
         self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
             "AWS_ENDPOINT_URL"
         )
-        if client is None:
-            import boto3
-
-            client = boto3.client("s3", endpoint_url=self.endpoint_url)
-        self.client = client
+        self.client = _bounded_client(client, self.endpoint_url)
 
     def _key(self, key: str) -> str:
         key = _clean_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, action: str, key: str, exc: Exception) -> StorageError:
+        from botocore.exceptions import ConnectionError as BotoConnectionError, ReadTimeoutError
+
+        endpoint = self.client.meta.endpoint_url
+        if isinstance(exc, (ReadTimeoutError, BotoConnectionError)):
+            return StorageError(
+                f"{action} {self.url(key)} failed: the S3 endpoint {endpoint} did not answer "
+                f"({type(exc).__name__}, {S3_ATTEMPTS} attempts, {S3_READ_TIMEOUT_S:.0f} s read timeout each). "
+                "Check that the server is up and reachable (AWS_ENDPOINT_URL names an S3-compatible one), then "
+                "re-run: completed writes are kept.")
         return StorageError(
-            f"{action} {self.url(key)} failed: {exc}. Check the bucket name, the credentials "
+            f"{action} {self.url(key)} failed at {endpoint}: {exc}. Check the bucket name, the credentials "
             "(AWS_PROFILE / AWS_ACCESS_KEY_ID) and, for an S3-compatible server, AWS_ENDPOINT_URL."
         )
 
@@ -305,8 +342,26 @@ class S3Bucket(Bucket):
     def gdal_path(self, key: str) -> str:
         return f"/vsis3/{self.bucket}/{self._key(key)}"
 
+    def move(self, src: str, dst: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:  # a server-side copy: the new object appears whole, then the source goes
+            self.client.copy_object(Bucket=self.bucket, Key=self._key(dst),
+                                    CopySource={"Bucket": self.bucket, "Key": self._key(src)})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise StorageError(f"{self.url(src)} does not exist") from None
+            raise self._error("moving", src, exc) from exc
+        except BotoCoreError as exc:
+            raise self._error("moving", src, exc) from exc
+        self.delete(src)
+
     def gdal_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+        options: dict[str, Any] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+                                   # bounded like the boto3 client: a stalled endpoint fails, never hangs
+                                   "GDAL_HTTP_CONNECTTIMEOUT": str(int(S3_CONNECT_TIMEOUT_S)),
+                                   "GDAL_HTTP_TIMEOUT": str(int(S3_READ_TIMEOUT_S)),
+                                   "GDAL_HTTP_MAX_RETRY": str(S3_ATTEMPTS - 1), "GDAL_HTTP_RETRY_DELAY": "1"}
         if self.endpoint_url:
             endpoint = urlparse(self.endpoint_url)
             options["AWS_HTTPS"] = "YES" if endpoint.scheme == "https" else "NO"
@@ -329,6 +384,34 @@ class S3Bucket(Bucket):
             endpoint_url=urlparse(self.endpoint_url).netloc if self.endpoint_url else None,
         )
         return rasterio.Env(session=session, **self.gdal_options())
+
+
+# Every S3 call is bounded: a stalled endpoint fails a step in well under a minute, not after
+# botocore's defaults (60 s per read, legacy retries: minutes per call).
+S3_CONNECT_TIMEOUT_S = 5.0
+S3_READ_TIMEOUT_S = 10.0
+S3_ATTEMPTS = 3  # botocore "standard" retry mode: exponential backoff with jitter between attempts
+
+
+def _bounded_client(client: Any, endpoint_url: str | None) -> Any:
+    """An S3 client with imagesim's timeouts and retries; ``client`` (e.g. from dagster-aws's
+    ``S3Resource``) gives the credentials, region and endpoint when passed."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_READ_TIMEOUT_S,
+                    retries={"mode": "standard", "max_attempts": S3_ATTEMPTS})
+    if client is None:
+        return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+    credentials = client._request_signer._credentials
+    frozen = credentials.get_frozen_credentials() if credentials is not None else None
+    return boto3.client(
+        "s3", endpoint_url=client.meta.endpoint_url, region_name=client.meta.region_name,
+        config=client.meta.config.merge(config),
+        aws_access_key_id=frozen.access_key if frozen else None,
+        aws_secret_access_key=frozen.secret_key if frozen else None,
+        aws_session_token=frozen.token if frozen else None,
+    )
 
 
 def open_bucket(uri: str | os.PathLike[str] | None = None, *, client: Any = None,
