@@ -136,6 +136,34 @@ def _select(table: pa.Table, config: DatasetConfig) -> tuple[pa.Table, Counter]:
     return table.filter(pc.and_(eligible, wanted)), dropped
 
 
+def _verify_chips(bucket: Bucket, cell: str, table: pa.Table) -> tuple[pa.Table, dict[str, list[str]]]:
+    """Keep the chips that are published as the cell's chip manifest describes them (present, with the
+    manifest's byte count: one listing of the cell, no reads); the others by reason."""
+    from imagesim_pipeline.chips.cell_chips import read_manifest as read_chip_manifest
+
+    try:
+        rows = read_chip_manifest(bucket, cell)["chips"]
+    except StorageError:
+        rows = []
+    expected = {r["chip"]: r["bytes"] for r in rows if r["written"]}
+    zone = cell[1:3]
+    present = {o.key.rsplit("/", 1)[1]: o.size for o in bucket.list(f"chips/{zone}/{cell}")}
+    bad: dict[str, list[str]] = {}
+    keep = []
+    for chip in table.column("chip").to_pylist():
+        name = chip if chip.endswith(".jpg") else f"{chip}.jpg"
+        if name not in present:
+            reason = "chip_missing"
+        elif expected.get(name) != present[name]:
+            reason = "chip_size_differs_from_manifest"
+        else:
+            keep.append(True)
+            continue
+        keep.append(False)
+        bad.setdefault(reason, []).append(name)
+    return (table.filter(pa.array(keep, pa.bool_())) if bad else table), bad
+
+
 def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
                   progress: Callable[[str], None] = lambda _: None) -> DatasetResult:
     """Build (or rebuild) a dataset version from the bucket's label tables."""
@@ -171,8 +199,14 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
                     skipped.append({"cell": cell, "reason": f"labelled with vocabulary {fingerprint_of(table)}, not "
                                     f"{vocabulary.fingerprint}: materialize chip_labels for {cell} again"})
                     continue
-                inputs.append({"cell": cell, "chips": table.num_rows, "sha256": digest})
                 selected, why = _select(table, config)
+                selected, unverified = _verify_chips(bucket, cell, selected)
+                for reason, chips in unverified.items():
+                    why[reason] = len(chips)
+                    progress(f"{cell}: {len(chips)} chip(s) dropped, {reason.replace('_', ' ')}: "
+                             f"{', '.join(chips[:3])}{' …' if len(chips) > 3 else ''}")
+                inputs.append({"cell": cell, "chips": table.num_rows, "sha256": digest}
+                              | ({"unverified": unverified} if unverified else {}))
                 no_cloud_mask += why.pop("cloud_unknown_kept")
                 dropped.update(why)
                 footprint = selected.column("footprint").to_pylist()
@@ -262,7 +296,8 @@ def _same_content(manifest: dict[str, Any], vocabulary: Vocabulary, config: Data
 
 def _auto_version(vocabulary: Vocabulary, config: DatasetConfig, inputs: list[dict[str, Any]]) -> str:
     key = json.dumps({"vocabulary": vocabulary.fingerprint, "config": config.selection(),
-                      "inputs": [(i["cell"], i["sha256"]) for i in inputs]}, sort_keys=True)
+                      "inputs": [(i["cell"], i["sha256"]) + ((i["unverified"],) if "unverified" in i else ())
+                                 for i in inputs]}, sort_keys=True)
     return "ds-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
