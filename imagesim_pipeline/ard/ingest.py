@@ -43,7 +43,7 @@ from shapely.geometry import box, mapping, shape
 from shapely.ops import unary_union
 
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, cell_size, cells_covering
-from imagesim_pipeline.storage import Bucket
+from imagesim_pipeline.storage import Bucket, StorageError
 
 PIXEL_MULTIPLE = 128  # 2 ** (19 - 12): cells down to zoom 19 are whole pixel windows
 NODATA = 0
@@ -313,6 +313,9 @@ def ingest(source: str | Path, bucket: Bucket, catalog_id: str, acquired: date, 
         cells = cells_covering(footprint, crs, TILE_ZOOM)
         say(f"{Path(path).name}: {len(cells)} level-12 cell(s) to cut")
         with tempfile.TemporaryDirectory(prefix="imagesim-ingest-") as tmp:
+            # 1. Cut every cell locally: a corrupt or truncated source fails here, before anything
+            #    reaches the bucket.
+            ready = []
             for i, cell in enumerate(cells, 1):
                 out = _write_cell(src, path, cell, bands, stretch, resolution, Resampling[resampling], Path(tmp))
                 if out is None:
@@ -320,19 +323,26 @@ def ingest(source: str | Path, bucket: Bucket, catalog_id: str, acquired: date, 
                     say(f"  [{i}/{len(cells)}] {cell.id}: only no-data pixels, not written")
                     continue
                 cog, cell_footprint, valid_fraction, res = out
-                folder = f"ard/{cell.path}/{acquired.isoformat()}"
                 mask_path = Path(tmp) / f"{cell.id}-data-mask.gpkg"
                 _write_mask(cell_footprint, cell, catalog_id, mask_path)
                 n = round(cell.size / res)
                 item = stac_item(cell, catalog_id, acquired, cell_footprint, res, n, Path(path).name, valid_fraction)
+                ready.append((cell, cog, mask_path, item, valid_fraction, res))
+                say(f"  [{i}/{len(cells)}] {cell.id}: cut, {valid_fraction:.1%} valid at {res:.3f} m")
+            # 2. Publish cell by cell, the STAC item last (its presence says the acquisition is complete).
+            for cell, cog, mask_path, item, valid_fraction, res in ready:
+                folder = f"ard/{cell.path}/{acquired.isoformat()}"
                 keys = [f"{folder}/{catalog_id}-data-mask.gpkg", f"{folder}/{catalog_id}-visual.tif",
                         f"{folder}/{catalog_id}.json"]
-                # The STAC item goes last: its presence says the acquisition is complete.
-                bucket.upload_file(mask_path, keys[0])
-                bucket.upload_file(cog, keys[1])
-                bucket.write_text(keys[2], json.dumps(item, indent=2))
+                try:
+                    bucket.upload_file(mask_path, keys[0])
+                    bucket.upload_file(cog, keys[1])
+                    bucket.write_text(keys[2], json.dumps(item, indent=2))
+                except StorageError as exc:
+                    done = ", ".join(w.cell for w in result.written) or "none"
+                    raise IngestError(f"{path}: writing {cell.id} failed ({exc}). Cells written completely: {done}; "
+                                      f"{cell.id} and the rest were not (run the ingest again)") from None
                 cog.unlink()
                 mask_path.unlink()
                 result.written.append(CellWritten(cell.id, keys, valid_fraction, res))
-                say(f"  [{i}/{len(cells)}] {cell.id}: {valid_fraction:.1%} valid at {res:.3f} m")
     return result
