@@ -548,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a job (default: cell_job) once per cell partition in the Dagster "
                                    "instance at DAGSTER_HOME; runs appear in the UI.")
     p.add_argument("cells", nargs="*", help="cell ids (default: every registered partition)")
-    p.add_argument("--job", default="cell_job", help="job to run (default: cell_job)")
+    p.add_argument("--job", default="cell_job", choices=["cell_job", "embedding_job"],
+                   help="the per-cell job to run (default: cell_job)")
     p.set_defaults(func=cmd_materialize)
 
     from imagesim_pipeline import chip as chip_cli
@@ -655,8 +656,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from imagesim_pipeline.errors import ImagesimError
+    from imagesim_pipeline.storage import StorageError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ImagesimError, StorageError) as exc:  # one line, never a traceback: the message says what to do
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

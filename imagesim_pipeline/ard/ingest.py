@@ -31,8 +31,8 @@ import numpy as np
 import rasterio
 import rasterio.features
 import rasterio.shutil
-from pyproj import CRS
-from pyproj.exceptions import CRSError
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError, ProjError
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.transform import from_origin
@@ -108,6 +108,14 @@ def _check_georeferencing(src: rasterio.DatasetReader, path: str) -> CRS:
     if not (crs.is_projected or crs.is_geographic):
         raise IngestError(f"{path}: its CRS {crs.name!r} is a local or engineering CRS with no "
                           "relation to the earth; reproject it to a known CRS first")
+    try:
+        Transformer.from_crs(crs, 4326, always_xy=True)
+    except ProjError as exc:
+        code = crs.to_epsg(min_confidence=100)
+        raise IngestError(f"{path}: its CRS {crs.name!r}{f' (EPSG:{code})' if code else ''} cannot be related to "
+                          f"WGS84 ({exc}); "
+                          "its GeoKeys are probably wrong: set the right one with `gdal_edit.py -a_srs EPSG:xxxx`") \
+            from None
     return crs
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.orchestration.loggers import SCRIPTED_RUN_CONFIG
+from imagesim_pipeline.orchestration.runs import fail_orphaned_runs, process_tags
 from imagesim_pipeline.settings import dagster_home
 
 
@@ -27,6 +30,35 @@ def register_cells(cell_ids: list[str]) -> list[str]:
     return added
 
 
+def _clear_orphans(instance, progress: Callable[[str], None]) -> None:
+    failed = fail_orphaned_runs(instance)
+    if failed:
+        progress(f"  marked {len(failed)} run(s) failed whose process is gone (killed or crashed): "
+                 f"{', '.join(r[:8] for r in failed)}")
+
+
+def _why_unregistered(cell_id: str) -> str:
+    """Why a cell is not a partition, and what fixes it: discovery, or the delivery itself."""
+    from imagesim_pipeline.ard.discovery import discover_bucket
+    from imagesim_pipeline.ard.grid import ArdCell, GridError
+    from imagesim_pipeline.storage import open_bucket
+
+    try:
+        cell = ArdCell.parse(cell_id)
+    except GridError as exc:
+        return f"{cell_id} is not a cell id ({exc})"
+    bucket = open_bucket()
+    prefix = f"ard/{cell.path}/"
+    found = discover_bucket(bucket, prefix)
+    if cell.id in found.cells:
+        return f"{cell.id} is delivered but not registered: run `imagesim discover`"
+    if found.problems:
+        reasons = "; ".join(str(p) for p in found.problems[:3])
+        return (f"{cell.id} has no usable acquisition ({reasons}): fix or re-deliver {bucket.url(prefix)} "
+                "(`imagesim ingest`), then run `imagesim discover`")
+    return f"{cell.id} has no delivery under {bucket.url(prefix)}: ingest or deliver it, then run `imagesim discover`"
+
+
 def run_cells(cell_ids: list[str] | None = None, job_name: str = "cell_job",
               progress: Callable[[str], None] = print) -> list[str]:
     """Run ``job_name`` once per cell partition (default: all registered); returns the failed cells."""
@@ -36,15 +68,19 @@ def run_cells(cell_ids: list[str] | None = None, job_name: str = "cell_job",
     instance = _instance()
     known = instance.get_dynamic_partitions(ard_cells.name)
     cells = list(cell_ids) if cell_ids else list(known)
+    if not cells:
+        raise ImagesimError(f"no cell is registered as a partition in the Dagster instance at {dagster_home()}: "
+                            "run `imagesim discover` (it registers every delivered cell)")
     unknown = sorted(set(cells) - set(known))
     if unknown:
-        raise SystemExit(f"error: not registered as partitions: {', '.join(unknown)}. Run `imagesim discover` first.")
+        raise ImagesimError("; ".join(_why_unregistered(cell) for cell in unknown))
     job = defs.resolve_job_def(job_name)
+    _clear_orphans(instance, progress)
     failures = []
     for i, cell_id in enumerate(cells, 1):
         started = time.perf_counter()
         result = job.execute_in_process(partition_key=cell_id, instance=instance, raise_on_error=False,
-                                        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+                                        run_config=SCRIPTED_RUN_CONFIG, tags=process_tags())
         status = "ok" if result.success else "FAILED"
         progress(f"  [{i}/{len(cells)}] {cell_id}: {status} in {time.perf_counter() - started:.1f} s (run {result.run_id[:8]})")
         if not result.success:
@@ -60,10 +96,11 @@ def run_job(job_name: str, progress: Callable[[str], None] = print, run_config: 
     from imagesim_pipeline.definitions import defs
 
     instance = _instance()
+    _clear_orphans(instance, progress)
     started = time.perf_counter()
-    config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}, **(run_config or {})}
+    config = {**SCRIPTED_RUN_CONFIG, **(run_config or {})}
     result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, raise_on_error=False,
-                                                                run_config=config)
+                                                                run_config=config, tags=process_tags())
     progress(f"  {job_name}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f} s "
              f"(run {result.run_id[:8]})")
     for event in result.all_events:

@@ -53,3 +53,15 @@ def ard_delivery_sensor(context: SensorEvaluationContext, bucket: BucketResource
         dynamic_partitions_requests=[ard_cells.build_add_request(new_cells)] if new_cells else [],
         cursor=newest.isoformat() if newest else context.cursor,
     )
+
+
+@sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
+        description="Marks runs failed whose process is gone (killed, crashed), so they hold no run or pool slot; "
+                    "see imagesim_pipeline/orchestration/runs.py.")
+def orphaned_runs_sensor(context: SensorEvaluationContext) -> SkipReason:
+    from imagesim_pipeline.orchestration.runs import fail_orphaned_runs
+
+    failed = fail_orphaned_runs(context.instance)
+    for run_id in failed:
+        context.log.warning(f"run {run_id} had lost its process: marked failed")
+    return SkipReason(f"marked {len(failed)} orphaned run(s) failed" if failed else "no orphaned run")

@@ -303,9 +303,11 @@ class S3Bucket(Bucket):
     def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        from boto3.exceptions import S3UploadFailedError
+
         try:
             self.client.upload_file(str(local_path), self.bucket, self._key(key))
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
             raise self._error("uploading", key, exc) from exc
 
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
