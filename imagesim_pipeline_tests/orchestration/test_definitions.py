@@ -36,6 +36,17 @@ def test_dg_check_defs_passes(dagster_home):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_dagster_commands_work_in_the_project_folder_with_nothing_exported():
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "IMAGESIM_BUCKET")}
+    for command in (["dagster", "definitions", "validate", "-m", "imagesim_pipeline.definitions"],
+                    ["dg", "check", "defs"]):
+        proc = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+
+
 def test_definitions_hold_the_partitioned_asset_job_and_sensor():
     from imagesim_pipeline.definitions import defs
 
