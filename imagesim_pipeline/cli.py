@@ -106,7 +106,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
 def cmd_materialize(args: argparse.Namespace) -> int:
     from imagesim_pipeline.orchestration.instance import run_cells
 
-    failures = run_cells(args.cells or None, job_name=args.job, progress=_print)
+    failures = run_cells(args.cells or None, job_name=args.job, progress=_print, bucket=args.bucket)
     if failures:
         print(f"error: {len(failures)} cell(s) failed: {', '.join(failures)}. Open the Dagster UI "
               "(`make ui`) for their logs.", file=sys.stderr)
@@ -180,7 +180,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             if args.version:
                 config["version"] = args.version
             run_config = {"ops": {"training_dataset": {"config": config}}} if config else None
-            return 0 if run_job("dataset_job", progress=_print, run_config=run_config) else 1
+            return 0 if run_job("dataset_job", progress=_print, run_config=run_config, bucket=args.bucket) else 1
         if args.action == "stats":
             from imagesim_pipeline.dataset.stats import (
                 dataset_stats,
@@ -236,9 +236,8 @@ def cmd_model(args: argparse.Namespace) -> int:
     if args.action == "train":
         from imagesim_pipeline.orchestration.instance import run_job
 
-        if args.bucket:
-            os.environ["IMAGESIM_BUCKET"] = args.bucket
-        return 0 if run_job("train_job", progress=_print) and _print_model(open_bucket(args.bucket)) else 1
+        trained = run_job("train_job", progress=_print, bucket=args.bucket)
+        return 0 if trained and _print_model(open_bucket(args.bucket)) else 1
     bucket = open_bucket(args.bucket)
     try:
         version = args.version or get_pointer(bucket, args.name, "latest")
@@ -384,8 +383,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cells = _build_world(args, bucket)
         _print(f"demo world: {len(cells)} cell(s) in {bucket.uri}/ard/")
         return 0
-    if args.bucket:  # the Dagster jobs below build their bucket resource from the environment
-        os.environ["IMAGESIM_BUCKET"] = args.bucket
     _print("== 1/7 rendering the demo world into the ARD layout: real OpenStreetMap (Helsinki, Kotka) and a "
            "procedural land-use area ==")
     _build_world(args, bucket)
@@ -395,9 +392,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
     _print("== 3/7 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
            "for every cell ==")
-    failures = run_cells(found.cell_ids, progress=_print)
+    failures = run_cells(found.cell_ids, progress=_print, bucket=args.bucket)
     _print("== 4/7 building the training dataset (dataset_job: training_dataset and its checks) ==")
-    dataset_ok = run_job("dataset_job", progress=_print)
+    dataset_ok = run_job("dataset_job", progress=_print, bucket=args.bucket)
     if dataset_ok:
         from imagesim_pipeline.dataset.stats import dataset_stats, format_stats
 
@@ -406,14 +403,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if dataset_ok and not args.no_train:
         _print("== 5/7 training the SMLC on cached backbone features, exporting ONNX (train_job: smlc_model, "
                "onnx_model and their checks) ==")
-        model_ok = run_job("train_job", progress=_print)
+        model_ok = run_job("train_job", progress=_print, bucket=args.bucket)
         model_ok = model_ok and _print_model(bucket)
     search_ok = False
     if model_ok:
         _print("== 6/7 encoding every chip with the ONNX model (embedding_job per cell), then the similarity index "
                "and the change scores (search_job) ==")
-        failed = run_cells(found.cell_ids, job_name="embedding_job", progress=_print)
-        search_ok = not failed and run_job("search_job", progress=_print) and _print_search(bucket)
+        failed = run_cells(found.cell_ids, job_name="embedding_job", progress=_print, bucket=args.bucket)
+        search_ok = not failed and run_job("search_job", progress=_print, bucket=args.bucket) and _print_search(bucket)
     if search_ok:
         _print("== 7/7 checking the search service (imagesim serve) over the demo bucket: API, tiles, page ==")
         search_ok = _check_service(bucket)
@@ -550,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cells", nargs="*", help="cell ids (default: every registered partition)")
     p.add_argument("--job", default="cell_job", choices=["cell_job", "embedding_job"],
                    help="the per-cell job to run (default: cell_job)")
+    p.add_argument("--bucket", help=bucket_help)
     p.set_defaults(func=cmd_materialize)
 
     from imagesim_pipeline import chip as chip_cli

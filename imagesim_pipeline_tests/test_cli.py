@@ -74,3 +74,18 @@ def test_serve_on_a_port_in_use_says_so(tmp_path, capsys):
         port = taken.getsockname()[1]
         assert main(["serve", "--bucket", str(tmp_path), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_bucket_option_reaches_the_dagster_jobs(kotka_bucket, tmp_path, dagster_home, monkeypatch, capsys):
+    from imagesim_pipeline.labels import label_cell, load_vocabulary
+    from imagesim_pipeline.storage import open_bucket
+    from imagesim_pipeline_tests.conftest import KOTKA_CELLS
+
+    bucket = open_bucket(kotka_bucket)
+    for cell in KOTKA_CELLS:
+        label_cell(bucket, cell, load_vocabulary())
+    elsewhere = tmp_path / "configured-bucket"
+    monkeypatch.setenv("IMAGESIM_BUCKET", str(elsewhere))  # the configured bucket is not the one asked for
+    assert main(["dataset", "build", "--bucket", str(kotka_bucket)]) == 0, capsys.readouterr()
+    assert bucket.exists("datasets/latest.json")
+    assert not (elsewhere / "datasets").exists()

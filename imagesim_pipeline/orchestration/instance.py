@@ -37,7 +37,7 @@ def _clear_orphans(instance, progress: Callable[[str], None]) -> None:
                  f"{', '.join(r[:8] for r in failed)}")
 
 
-def _why_unregistered(cell_id: str) -> str:
+def _why_unregistered(cell_id: str, bucket_uri: str | None = None) -> str:
     """Why a cell is not a partition, and what fixes it: discovery, or the delivery itself."""
     from imagesim_pipeline.ard.discovery import discover_bucket
     from imagesim_pipeline.ard.grid import ArdCell, GridError
@@ -47,7 +47,7 @@ def _why_unregistered(cell_id: str) -> str:
         cell = ArdCell.parse(cell_id)
     except GridError as exc:
         return f"{cell_id} is not a cell id ({exc})"
-    bucket = open_bucket()
+    bucket = open_bucket(bucket_uri)
     prefix = f"ard/{cell.path}/"
     found = discover_bucket(bucket, prefix)
     if cell.id in found.cells:
@@ -59,9 +59,19 @@ def _why_unregistered(cell_id: str) -> str:
     return f"{cell.id} has no delivery under {bucket.url(prefix)}: ingest or deliver it, then run `imagesim discover`"
 
 
+def scripted_run_config(bucket: str | None = None, run_config: dict | None = None) -> dict:
+    """Run config of a scripted run: the one-line console logger, ``bucket`` for every asset's bucket
+    resource when given (else the resource's own setting), and ``run_config`` on top."""
+    config = {**SCRIPTED_RUN_CONFIG, **(run_config or {})}
+    if bucket is not None:
+        config["resources"] = {**config.get("resources", {}), "bucket": {"config": {"uri": str(bucket)}}}
+    return config
+
+
 def run_cells(cell_ids: list[str] | None = None, job_name: str = "cell_job",
-              progress: Callable[[str], None] = print) -> list[str]:
-    """Run ``job_name`` once per cell partition (default: all registered); returns the failed cells."""
+              progress: Callable[[str], None] = print, bucket: str | None = None) -> list[str]:
+    """Run ``job_name`` once per cell partition (default: all registered) over ``bucket`` (default: the
+    configured one); returns the failed cells."""
     from imagesim_pipeline.definitions import defs
     from imagesim_pipeline.orchestration.partitions import ard_cells
 
@@ -73,14 +83,14 @@ def run_cells(cell_ids: list[str] | None = None, job_name: str = "cell_job",
                             "run `imagesim discover` (it registers every delivered cell)")
     unknown = sorted(set(cells) - set(known))
     if unknown:
-        raise ImagesimError("; ".join(_why_unregistered(cell) for cell in unknown))
+        raise ImagesimError("; ".join(_why_unregistered(cell, bucket) for cell in unknown))
     job = defs.resolve_job_def(job_name)
     _clear_orphans(instance, progress)
     failures = []
     for i, cell_id in enumerate(cells, 1):
         started = time.perf_counter()
         result = job.execute_in_process(partition_key=cell_id, instance=instance, raise_on_error=False,
-                                        run_config=SCRIPTED_RUN_CONFIG, tags=process_tags())
+                                        run_config=scripted_run_config(bucket), tags=process_tags())
         status = "ok" if result.success else "FAILED"
         progress(f"  [{i}/{len(cells)}] {cell_id}: {status} in {time.perf_counter() - started:.1f} s (run {result.run_id[:8]})")
         if not result.success:
@@ -91,16 +101,18 @@ def run_cells(cell_ids: list[str] | None = None, job_name: str = "cell_job",
     return failures
 
 
-def run_job(job_name: str, progress: Callable[[str], None] = print, run_config: dict | None = None) -> bool:
-    """Run an unpartitioned job once (e.g. ``dataset_job``); returns whether it succeeded."""
+def run_job(job_name: str, progress: Callable[[str], None] = print, run_config: dict | None = None,
+            bucket: str | None = None) -> bool:
+    """Run an unpartitioned job once (e.g. ``dataset_job``) over ``bucket`` (default: the configured one);
+    returns whether it succeeded."""
     from imagesim_pipeline.definitions import defs
 
     instance = _instance()
     _clear_orphans(instance, progress)
     started = time.perf_counter()
-    config = {**SCRIPTED_RUN_CONFIG, **(run_config or {})}
-    result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, raise_on_error=False,
-                                                                run_config=config, tags=process_tags())
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=scripted_run_config(bucket, run_config),
+        tags=process_tags())
     progress(f"  {job_name}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f} s "
              f"(run {result.run_id[:8]})")
     for event in result.all_events:
