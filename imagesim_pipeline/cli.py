@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import date
@@ -160,7 +159,9 @@ def _build_world(args: argparse.Namespace, bucket) -> list[str]:
         cells = build_world(bucket, regions, seed=args.seed, progress=_print, workers=WORKERS)
     # osm_data reads the synthetic area's OSM from the bucket after the real extracts (its default list),
     # unless IMAGESIM_OSM_PBF names other extracts.
-    custom = os.environ.get("IMAGESIM_OSM_PBF", "")
+    from imagesim_pipeline.settings import settings
+
+    custom = settings().osm_pbf
     if km > 0 and custom and SYNTHETIC_PBF_KEY not in custom.split(","):
         _print(f"note: the synthetic area's OSM is {bucket.url(SYNTHETIC_PBF_KEY)}; osm_data reads it only when "
                f"IMAGESIM_OSM_PBF lists it, e.g. IMAGESIM_OSM_PBF={custom},{SYNTHETIC_PBF_KEY}")

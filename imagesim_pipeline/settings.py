@@ -1,12 +1,8 @@
-"""Project-wide settings, read from the environment with project-local defaults.
+"""imagesim's settings: one typed object, read from the environment (``IMAGESIM_`` prefix), the only place
+a setting is read. Every resource and default is built from it; README's "Settings" table lists them.
 
-* ``IMAGESIM_BUCKET``: the bucket root, a folder path or ``s3://bucket/prefix``
-  (default: ``data/bucket`` in the project).
-* ``DAGSTER_HOME``: the Dagster instance folder (default: ``.dagster`` in the project, holding
-  a link to the project's ``dagster.yaml``).
-* ``IMAGESIM_DATA``: where offline sample data is fetched to (default: ``data/`` in the project).
-* ``IMAGESIM_RUNS``: local training runs: checkpoints to resume from, TensorBoard logs
-  (default: ``data/runs``).
+The object is built anew on each ``settings()`` call (it is cheap), so a changed environment, as in
+tests or a long-lived code server after a restart, is seen at once.
 """
 
 from __future__ import annotations
@@ -14,29 +10,70 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+class Settings(BaseSettings):
+    """Every setting of imagesim; the environment variable of a field is ``IMAGESIM_<FIELD>``
+    unless noted."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGESIM_", extra="ignore", populate_by_name=True,
+                                      env_ignore_empty=True)
+
+    data: Path = Field(PROJECT_ROOT / "data", description="where offline sample data is fetched to")
+    bucket: str = Field("", description="the bucket root: a folder or s3://bucket/prefix (default: <data>/bucket)")
+    runs: Path | None = Field(None, description="local training runs: checkpoints, TensorBoard logs "
+                                                "(default: <data>/runs)")
+    s3_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("IMAGESIM_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        description="an S3-compatible endpoint (MinIO, moto); also AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL")
+    osm_pbf: str = Field("", description="comma-separated .osm.pbf extracts (paths or bucket keys) for osm_data "
+                                         "(default: the sample extracts and the demo's synthetic one)")
+    overpass_url: str = Field("", description="an Overpass API endpoint: when set, osm_data queries it "
+                                              "instead of reading extracts")
+    vocabulary: str = Field("", description="a YAML/JSON label vocabulary (default: the built-in 13 labels)")
+    faiss_threads: int | None = Field(None, ge=1, description="FAISS's OpenMP threads (default: the usable CPUs)")
+    dagster_home: Path | None = Field(None, validation_alias=AliasChoices("DAGSTER_HOME"),
+                                      description="the Dagster instance folder (DAGSTER_HOME; default: .dagster "
+                                                  "in the project)")
+
+    @property
+    def bucket_uri(self) -> str:
+        return self.bucket or str(self.data.expanduser() / "bucket")
+
+    @property
+    def runs_dir(self) -> Path:
+        return (self.runs or self.data / "runs").expanduser()
+
+
+def settings() -> Settings:
+    """The current settings."""
+    return Settings()
+
+
 def data_dir() -> Path:
-    return Path(os.environ.get("IMAGESIM_DATA", PROJECT_ROOT / "data")).expanduser()
+    return settings().data.expanduser()
 
 
 def runs_dir() -> Path:
-    """Where training runs keep their checkpoints and logs: ``IMAGESIM_RUNS`` or ``data/runs``."""
-    return Path(os.environ.get("IMAGESIM_RUNS") or data_dir() / "runs").expanduser()
+    """Where training runs keep their checkpoints and logs."""
+    return settings().runs_dir
 
 
 def bucket_uri() -> str:
     """The bucket root URI: ``IMAGESIM_BUCKET`` or the project's ``data/bucket`` folder."""
-    return os.environ.get("IMAGESIM_BUCKET") or str(data_dir() / "bucket")
+    return settings().bucket_uri
 
 
 def dagster_home() -> Path:
     """The Dagster instance folder, created with the project's ``dagster.yaml`` if missing.
 
-    Sets ``DAGSTER_HOME`` for this process when it was not set.
+    Sets ``DAGSTER_HOME`` for this process when it was not set (Dagster reads it from there).
     """
-    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster").expanduser().resolve()
+    home = (settings().dagster_home or PROJECT_ROOT / ".dagster").expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     project_config = PROJECT_ROOT / "dagster.yaml"
@@ -44,3 +81,20 @@ def dagster_home() -> Path:
         config.write_text(project_config.read_text())
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (README's "Settings")."""
+    rows = ["| variable | default | what |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names = list(alias.choices) if isinstance(alias, AliasChoices) else [f"IMAGESIM_{name.upper()}"]
+        default = field.default if field.default not in (None, "") else "—"
+        if isinstance(default, Path):
+            default = str(default.relative_to(PROJECT_ROOT)) if default.is_relative_to(PROJECT_ROOT) else str(default)
+        rows.append(f"| `{names[0]}` | {default} | {field.description} |")
+    return "\n".join(rows)
+
+
+__all__ = ["PROJECT_ROOT", "Settings", "bucket_uri", "dagster_home", "data_dir", "runs_dir", "settings",
+           "settings_table"]

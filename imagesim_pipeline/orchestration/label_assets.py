@@ -1,7 +1,6 @@
 """The ``chip_labels`` asset per ARD cell and the unpartitioned ``training_dataset``."""
 
 import base64
-import os
 
 from dagster import (
     AssetCheckResult,
@@ -45,12 +44,13 @@ from imagesim_pipeline.orchestration.partitions import ard_cells
 from imagesim_pipeline.orchestration.resources import BucketResource
 from imagesim_pipeline.osm import OsmError
 from imagesim_pipeline.storage import StorageError
+from imagesim_pipeline.settings import settings
 
 
 class LabelsResource(ConfigurableResource):
     """The label vocabulary shared by ``chip_labels`` and ``training_dataset``."""
 
-    vocabulary: str = Field(default_factory=lambda: os.environ.get("IMAGESIM_VOCABULARY", ""),
+    vocabulary: str = Field(default_factory=lambda: settings().vocabulary,
                             description="YAML/JSON vocabulary file (default: IMAGESIM_VOCABULARY, else the "
                                         "built-in 13 labels)")
 

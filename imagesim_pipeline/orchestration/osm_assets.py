@@ -1,6 +1,5 @@
 """The ``osm_data`` asset: OpenStreetMap around each ARD cell, from a PBF extract or Overpass."""
 
-import os
 import time
 from typing import Any
 
@@ -32,25 +31,25 @@ from imagesim_pipeline.osm import (
 from imagesim_pipeline.osm.cache import choose_extract, osm_for_cell
 from imagesim_pipeline.osm.overpass import DEFAULT_ENDPOINT
 from imagesim_pipeline.demo.world import SYNTHETIC_PBF_KEY
-from imagesim_pipeline.settings import data_dir
+from imagesim_pipeline.settings import data_dir, settings
 
 
 def _default_pbf() -> str:
     """IMAGESIM_OSM_PBF, else the sample extracts and the demo world's synthetic extract in the bucket."""
     samples = data_dir() / "samples"
-    return os.environ.get("IMAGESIM_OSM_PBF") or ",".join(
+    return settings().osm_pbf or ",".join(
         [str(samples / "Helsinki.osm.pbf"), str(samples / "test.osm.pbf"), SYNTHETIC_PBF_KEY])
 
 
 class OsmSourceResource(ConfigurableResource):
     """Where OSM comes from: a .osm.pbf extract (default) or the Overpass API."""
 
-    source: str = Field(default_factory=lambda: "overpass" if os.environ.get("IMAGESIM_OVERPASS_URL") else "pbf",
+    source: str = Field(default_factory=lambda: "overpass" if settings().overpass_url else "pbf",
                         description="'pbf' (IMAGESIM_OSM_PBF) or 'overpass' (IMAGESIM_OVERPASS_URL)")
     pbf: str = Field(default_factory=_default_pbf,
                      description="a .osm.pbf (local path or bucket key); several, comma-separated: each cell "
                                  "uses the first whose bounding box covers it")
-    overpass_url: str = Field(default_factory=lambda: os.environ.get("IMAGESIM_OVERPASS_URL", DEFAULT_ENDPOINT))
+    overpass_url: str = Field(default_factory=lambda: settings().overpass_url or DEFAULT_ENDPOINT)
     timeout: int = Field(default=180, description="Overpass [timeout:] in seconds")
     maxsize_mb: int = Field(default=512, description="Overpass [maxsize:] in MiB")
     retries: int = 5

@@ -1,11 +1,11 @@
 """Dagster resources: the bucket, built on dagster-aws's S3 resource for ``s3://`` URIs."""
 
 
-from dagster import ConfigurableResource, EnvVar
+from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from imagesim_pipeline.settings import bucket_uri
+from imagesim_pipeline.settings import bucket_uri, settings
 from imagesim_pipeline.storage import Bucket, open_bucket
 
 
@@ -25,10 +25,6 @@ class BucketResource(ConfigurableResource):
 
 
 def default_bucket_resource() -> BucketResource:
-    """The bucket named by ``IMAGESIM_BUCKET`` (read when the code location loads)."""
-    import os
-
-    return BucketResource(
-        uri=EnvVar("IMAGESIM_BUCKET") if os.environ.get("IMAGESIM_BUCKET") else bucket_uri(),
-        endpoint_url=EnvVar("AWS_ENDPOINT_URL") if os.environ.get("AWS_ENDPOINT_URL") else None,
-    )
+    """The bucket of the settings (read when the code location loads; a run's config may name another)."""
+    current = settings()
+    return BucketResource(uri=current.bucket_uri, endpoint_url=current.s3_endpoint_url)

@@ -117,8 +117,9 @@ def set_threads(n: int | None = None) -> int:
     """
     global _threads_set
     if n is None:
-        env = os.environ.get("IMAGESIM_FAISS_THREADS", "").strip()
-        n = int(env) if env else available_cpus()
+        from imagesim_pipeline.settings import settings
+
+        n = settings().faiss_threads or available_cpus()
     n = max(1, int(n))
     faiss.omp_set_num_threads(n)
     _threads_set = True

@@ -243,9 +243,11 @@ class S3Bucket(Bucket):
         self.uri = uri.rstrip("/")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
-        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
-            "AWS_ENDPOINT_URL"
-        )
+        if endpoint_url is None:
+            from imagesim_pipeline.settings import settings
+
+            endpoint_url = settings().s3_endpoint_url
+        self.endpoint_url = endpoint_url
         self.client = _bounded_client(client, self.endpoint_url)
 
     def _key(self, key: str) -> str:
