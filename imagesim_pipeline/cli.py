@@ -72,7 +72,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from imagesim_pipeline.storage import open_bucket
 
     bucket = open_bucket(args.bucket)
-    prefix = f"ard/{args.zone:02d}/" if args.zone else "ard/"
+    from imagesim_pipeline.storage import layout
+
+    prefix = f"{layout.ARD}{args.zone:02d}/" if args.zone else layout.ARD
     started = time.perf_counter()
     found = discover_bucket(bucket, prefix)
     elapsed = time.perf_counter() - started

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Iterable
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, GridError
 from imagesim_pipeline.storage import Bucket, ObjectInfo
 
-ARD_PREFIX = "ard/"
+ARD_PREFIX = layout.ARD
 ASSET_SUFFIXES = {
     "-visual.tif": "visual",
     "-pan.tif": "pan",

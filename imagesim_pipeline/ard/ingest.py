@@ -42,6 +42,7 @@ from rasterio.windows import Window, from_bounds
 from shapely.geometry import box, mapping, shape
 from shapely.ops import unary_union
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, cell_size, cells_covering
 from imagesim_pipeline.storage import Bucket, StorageError
 
@@ -339,7 +340,7 @@ def ingest(source: str | Path, bucket: Bucket, catalog_id: str, acquired: date, 
                 say(f"  [{i}/{len(cells)}] {cell.id}: cut, {valid_fraction:.1%} valid at {res:.3f} m")
             # 2. Publish cell by cell, the STAC item last (its presence says the acquisition is complete).
             for cell, cog, mask_path, item, valid_fraction, res in ready:
-                folder = f"ard/{cell.path}/{acquired.isoformat()}"
+                folder = layout.ard_cell_prefix(cell.id) + acquired.isoformat()
                 keys = [f"{folder}/{catalog_id}-data-mask.gpkg", f"{folder}/{catalog_id}-visual.tif",
                         f"{folder}/{catalog_id}.json"]
                 try:

@@ -24,11 +24,12 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.embeddings.cell_embeddings import iter_embeddings, vectors
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.storage import Bucket
 
-CHANGES_PREFIX = "changes/"
+CHANGES_PREFIX = layout.CHANGES
 MIN_GROUP = 30
 Progress = Callable[[str], None]
 
@@ -37,8 +38,7 @@ class ChangesError(ImagesimError):
     """Change detection has nothing to work on; the message says what to materialize."""
 
 
-def changes_key(version: str) -> str:
-    return f"{CHANGES_PREFIX}{version}/changes.parquet"
+changes_key = layout.changes_key
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

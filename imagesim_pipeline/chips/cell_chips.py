@@ -18,26 +18,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.discovery import CellDelivery
 from imagesim_pipeline.chips.chipper import ChipError, ChipJob, chip_acquisition, classify
 from imagesim_pipeline.chips.naming import ChipName, chip_key
 from imagesim_pipeline.storage import Bucket
 
-MANIFEST_DIR = "_manifests"
-STAGING_DIR = "_staging"
 JOURNAL = "COMMIT.json"
 
 
-def manifest_key(cell_id: str) -> str:
-    return f"chips/{cell_id[1:3]}/{MANIFEST_DIR}/{cell_id}.json"
-
-
-def staging_prefix(cell_id: str) -> str:
-    return f"chips/{cell_id[1:3]}/{STAGING_DIR}/{cell_id}/"
-
-
-def _published_prefix(cell_id: str) -> str:
-    return f"chips/{cell_id[1:3]}/{cell_id}"
+manifest_key = layout.chip_manifest_key
+staging_prefix = layout.chip_staging_prefix
+_published_prefix = layout.chip_cell_prefix
 
 
 @dataclass

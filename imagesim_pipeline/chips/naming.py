@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, GridError
 
 MIN_ZOOM, MAX_ZOOM = 13, 19
@@ -58,7 +59,7 @@ class ChipName:
 
 def chip_key(name: ChipName) -> str:
     """The chip's key in the bucket: ``chips/<zone>/<name>``."""
-    return f"chips/{name.cell.zone:02d}/{name.name}"
+    return layout.chip_key(name.name)
 
 
 def get_cog_path_from_chip(chip_name: str, ard_root: str | Path) -> Path:

@@ -22,11 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import simplejpeg
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.chips.chipper import classify
 from imagesim_pipeline.storage import Bucket
 
-INDEX_PREFIX = "nodata-index/"
-INDEX_JSON = "nodata-index.json"
+INDEX_PREFIX = layout.NODATA_INDEX
+INDEX_JSON = layout.NODATA_INDEX_JSON
 SCHEMA = pa.schema([
     ("chip", pa.string()), ("cell", pa.string()), ("catalog_id", pa.string()), ("date", pa.string()),
     ("zoom", pa.int8()), ("class", pa.string()), ("valid_fraction", pa.float32()),
@@ -34,8 +35,7 @@ SCHEMA = pa.schema([
 ])
 
 
-def cell_index_key(cell_id: str) -> str:
-    return f"{INDEX_PREFIX}{cell_id[1:3]}/{cell_id}.parquet"
+cell_index_key = layout.nodata_index_key
 
 
 def write_cell_index(bucket: Bucket, manifest: dict[str, Any]) -> tuple[str, pa.Table]:

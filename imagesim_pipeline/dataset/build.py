@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.chips.nodata_index import INDEX_PREFIX
 from imagesim_pipeline.dataset.splits import (
     SPLITS,
@@ -49,8 +50,8 @@ from imagesim_pipeline.labels.encoding import HEADER_LINE, csv_line
 from imagesim_pipeline.labels.vocabulary import Vocabulary
 from imagesim_pipeline.storage import Bucket, StorageError
 
-DATASETS_PREFIX = "datasets/"
-LATEST_KEY = "datasets/latest.json"
+DATASETS_PREFIX = layout.DATASETS
+LATEST_KEY = layout.DATASETS_LATEST
 ALL_CHIPS_CSV = "sparse_label_encodings.csv"  # the reference's file: every kept chip
 DATASET_SCHEMA = CHIP_SCHEMA.append(pa.field("zone", pa.int8())).append(pa.field("block", pa.string())) \
     .append(pa.field("split", pa.string()))
@@ -100,8 +101,7 @@ class DatasetResult:
     unchanged: bool = False  # the stored version already held exactly this content
 
 
-def dataset_key(version: str, name: str) -> str:
-    return f"{DATASETS_PREFIX}{version}/{name}"
+dataset_key = layout.dataset_key
 
 
 def indexed_cells(bucket: Bucket) -> list[str]:
@@ -146,8 +146,7 @@ def _verify_chips(bucket: Bucket, cell: str, table: pa.Table) -> tuple[pa.Table,
     except StorageError:
         rows = []
     expected = {r["chip"]: r["bytes"] for r in rows if r["written"]}
-    zone = cell[1:3]
-    present = {o.key.rsplit("/", 1)[1]: o.size for o in bucket.list(f"chips/{zone}/{cell}")}
+    present = {o.key.rsplit("/", 1)[1]: o.size for o in bucket.list(layout.chip_cell_prefix(cell))}
     bad: dict[str, list[str]] = {}
     keep = []
     for chip in table.column("chip").to_pylist():

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import wgs84_quads
 
 from imagesim_pipeline.chips.cell_chips import read_manifest
@@ -34,7 +35,7 @@ from imagesim_pipeline.embeddings.encoder import OnnxEncoder
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.storage import Bucket, StorageError
 
-EMBEDDINGS_PREFIX = "embeddings/"
+EMBEDDINGS_PREFIX = layout.EMBEDDINGS
 Progress = Callable[[str], None]
 
 
@@ -42,12 +43,8 @@ class EmbeddingsError(ImagesimError):
     """A cell's embeddings cannot be made or read; the message names the cell and what to run."""
 
 
-def embeddings_key(version: str, cell_id: str) -> str:
-    return f"{EMBEDDINGS_PREFIX}{version}/{cell_id[1:3]}/{cell_id}.parquet"
-
-
-def version_prefix(version: str) -> str:
-    return f"{EMBEDDINGS_PREFIX}{version}/"
+embeddings_key = layout.embeddings_key
+version_prefix = layout.embeddings_prefix
 
 
 @dataclass

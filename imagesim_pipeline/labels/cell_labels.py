@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.chips.naming import ChipName
 from imagesim_pipeline.chips.nodata_index import cell_index_key
@@ -33,7 +34,7 @@ from imagesim_pipeline.labels.vocabulary import Vocabulary, vocabulary_from_json
 from imagesim_pipeline.osm.store import read_osm_data
 from imagesim_pipeline.storage import Bucket, StorageError
 
-LABELS_PREFIX = "labels/"
+LABELS_PREFIX = layout.LABELS
 VOCAB_META = b"imagesim.vocabulary"
 FINGERPRINT_META = b"imagesim.vocabulary_fingerprint"
 
@@ -54,15 +55,15 @@ class LabelError(RuntimeError):
 
 
 def labels_key(cell_id: str) -> str:
-    return f"{LABELS_PREFIX}{cell_id[1:3]}/{cell_id}.parquet"
+    return layout.labels_key(cell_id)
 
 
 def coverage_key(cell_id: str) -> str:
-    return f"{LABELS_PREFIX}{cell_id[1:3]}/{cell_id}.coverage.parquet"
+    return layout.labels_key(cell_id, "coverage.parquet")
 
 
 def csv_key(cell_id: str) -> str:
-    return f"{LABELS_PREFIX}{cell_id[1:3]}/{cell_id}.csv"
+    return layout.labels_key(cell_id, "csv")
 
 
 @dataclass

@@ -23,18 +23,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.dataset.splits import SPLITS
 from imagesim_pipeline.models.backbones import build_backbone, default_weights, weights_fingerprint
 from imagesim_pipeline.models.data import ChipImages, LabelledChips, collate_skipping
 from imagesim_pipeline.models.preprocess import Preprocessing
 
-FEATURES_PREFIX = "features/"
+FEATURES_PREFIX = layout.FEATURES
 AUGMENTATIONS = ("none", "d4")
 Progress = Callable[[str], None]
 
 
-def features_key(key: str, name: str) -> str:
-    return f"{FEATURES_PREFIX}{key}/{name}"
+features_key = layout.features_key
 
 
 def cache_key(dataset_version: str, backbone: str, weights: str, prep: Preprocessing, augmentation: str) -> str:

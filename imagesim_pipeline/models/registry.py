@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.storage import Bucket, StorageError
 
-MODELS_PREFIX = "models/"
+MODELS_PREFIX = layout.MODELS
 DEFAULT_NAME = "smlc"
 CHECKPOINT, ONNX, METRICS, CARD = "model.ckpt", "model.onnx", "metrics.json", "model_card.md"
 
@@ -24,13 +25,8 @@ class ModelNotFoundError(ImagesimError):
     """No such model version in the bucket; the message says what to run."""
 
 
-def model_key(name: str, version: str, file: str) -> str:
-    return f"{MODELS_PREFIX}{name}/{version}/{file}"
-
-
-def pointer_key(name: str, which: str) -> str:
-    """``trained`` or ``latest``."""
-    return f"{MODELS_PREFIX}{name}/{which}.json"
+model_key = layout.model_key
+pointer_key = layout.model_pointer_key
 
 
 def set_pointer(bucket: Bucket, name: str, which: str, version: str, **extra: Any) -> None:

@@ -13,6 +13,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.discovery import discover_bucket
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.chips import (
@@ -49,7 +50,7 @@ def _sheet_markdown(png: bytes) -> str:
 def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketResource) -> MaterializeResult:
     cell = ArdCell.parse(context.partition_key)
     store = bucket.get_bucket()
-    delivery = discover_bucket(store, f"ard/{cell.path}/").cells.get(cell.id)
+    delivery = discover_bucket(store, layout.ard_cell_prefix(cell.id)).cells.get(cell.id)
     if delivery is None:
         raise Failure(description=f"No delivery for {cell.id} in {store.uri}; materialize ard_tile to see why.")
     try:
@@ -72,7 +73,7 @@ def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketRes
         "megabytes": round(sum(r["bytes"] for r in written) / 1e6, 2),
         "stale_chips_deleted": result.deleted_stale,
         "recovered": str(result.recovery),
-        "location": store.url(f"chips/{cell.zone:02d}/{cell.id}*"),
+        "location": store.url(layout.chip_cell_prefix(cell.id) + "*"),
     }
     if sample:
         metadata["contact_sheet"] = MetadataValue.md(_sheet_markdown(contact_sheet(sample)))

@@ -41,14 +41,14 @@ def _why_unregistered(cell_id: str, bucket_uri: str | None = None) -> str:
     """Why a cell is not a partition, and what fixes it: discovery, or the delivery itself."""
     from imagesim_pipeline.ard.discovery import discover_bucket
     from imagesim_pipeline.ard.grid import ArdCell, GridError
-    from imagesim_pipeline.storage import open_bucket
+    from imagesim_pipeline.storage import layout, open_bucket
 
     try:
         cell = ArdCell.parse(cell_id)
     except GridError as exc:
         return f"{cell_id} is not a cell id ({exc})"
     bucket = open_bucket(bucket_uri)
-    prefix = f"ard/{cell.path}/"
+    prefix = layout.ard_cell_prefix(cell.id)
     found = discover_bucket(bucket, prefix)
     if cell.id in found.cells:
         return f"{cell.id} is delivered but not registered: run `imagesim discover`"

@@ -16,6 +16,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.discovery import discover_bucket
 from imagesim_pipeline.ard.grid import ArdCell, GridError
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
@@ -89,7 +90,7 @@ def osm_data(context: AssetExecutionContext, bucket: BucketResource, osm: OsmSou
         if osm.source == "overpass":
             date = None
             if osm.match_acquisition_date:
-                delivery = discover_bucket(store, f"ard/{cell.path}/").cells.get(cell.id)
+                delivery = discover_bucket(store, layout.ard_cell_prefix(cell.id)).cells.get(cell.id)
                 if delivery and delivery.dates:
                     date = f"{delivery.dates[0]}T00:00:00Z"
             data = osm.client().fetch_cell(cell, margin=osm.margin_deg, date=date)

@@ -15,12 +15,13 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.osm.elements import OsmError
 from imagesim_pipeline.osm.pbf import cells_in_extract, extract_cells
 from imagesim_pipeline.storage import Bucket, StorageError
 
-CACHE_PREFIX = "osm/pbf-cache"
+CACHE_PREFIX = layout.OSM_CACHE
 
 
 @contextlib.contextmanager

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.osm.elements import OsmError, tag_summary
 from imagesim_pipeline.storage import Bucket, StorageError, open_bucket
 
 
 def osm_key(cell: ArdCell) -> str:
-    return f"ard/{cell.path}/osm_data.json"
+    return layout.osm_key(cell.id)
 
 
 def write_osm_data(bucket: Bucket, cell: ArdCell, data: dict[str, Any]) -> str:
@@ -38,7 +39,7 @@ def fetch_osm_by_quadkey(zone: int, data_path: str, quadkey: str | None = None) 
     (or only ``quadkey``), ``{"nodes": {"count", "top_tags"}, "ways": ..., "relations": ...}``.
     """
     bucket = open_bucket(data_path)
-    prefix = f"ard/{zone:02d}/" + (f"{quadkey}/" if quadkey else "")
+    prefix = f"{layout.ARD}{zone:02d}/" + (f"{quadkey}/" if quadkey else "")
     result: dict[str, Any] = {}
     for obj in bucket.list(prefix):
         if obj.key.endswith("/osm_data.json"):

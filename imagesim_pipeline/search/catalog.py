@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.embeddings.cell_embeddings import read_cell_embeddings, vectors, version_prefix
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.search.index import (
@@ -40,7 +41,7 @@ from imagesim_pipeline.search.index import (
 )
 from imagesim_pipeline.storage import Bucket, StorageError
 
-INDEX_PREFIX = "index/"
+INDEX_PREFIX = layout.INDEX
 INDEX_FILE, ITEMS_FILE, MANIFEST_FILE = "index.faiss", "items.parquet", "manifest.json"
 Progress = Callable[[str], None]
 
@@ -49,8 +50,7 @@ class IndexNotFoundError(ImagesimError):
     """A model version has no (complete) similarity index; the message says what to materialize."""
 
 
-def index_key(version: str, file: str) -> str:
-    return f"{INDEX_PREFIX}{version}/{file}"
+index_key = layout.index_key
 
 
 @dataclass

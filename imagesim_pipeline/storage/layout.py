@@ -1,0 +1,112 @@
+"""The bucket's key layout: every prefix and key imagesim reads or writes, in one place.
+
+Keys are plain strings built from ids (cell ``Z<zone>-<quadkey12>``, chip file name, versions), so
+this module imports nothing else of imagesim. README's "Layout of the bucket" shows the same tree.
+
+```
+ard/<zone>/<quadkey12>/<YYYY-MM-DD>/<catalog>-visual.tif, -data-mask.gpkg, .json   deliveries
+ard/<zone>/<quadkey12>/osm_data.json                                                OSM per cell
+osm/pbf-cache/<fingerprint>/...                                                     PBF extraction cache
+chips/<zone>/<chip>.jpg, chips/<zone>/_manifests/<cell>.json, chips/<zone>/_staging/<cell>/
+nodata-index/<zone>/<cell>.parquet, nodata-index.json
+labels/<zone>/<cell>.parquet, .coverage.parquet, .csv
+datasets/<version>/<file>, datasets/latest.json
+features/<cache key>/<file>
+models/<name>/<version>/<file>, models/<name>/<trained|latest>.json
+embeddings/<model version>/<zone>/<cell>.parquet
+index/<model version>/<file>
+changes/<model version>/changes.parquet
+demo/...
+```
+"""
+
+from __future__ import annotations
+
+ARD = "ard/"
+OSM_CACHE = "osm/pbf-cache"
+CHIPS = "chips/"
+NODATA_INDEX = "nodata-index/"
+NODATA_INDEX_JSON = "nodata-index.json"
+LABELS = "labels/"
+DATASETS = "datasets/"
+DATASETS_LATEST = f"{DATASETS}latest.json"
+FEATURES = "features/"
+MODELS = "models/"
+EMBEDDINGS = "embeddings/"
+INDEX = "index/"
+CHANGES = "changes/"
+DEMO = "demo/"
+PREFIXES = (ARD, "osm/", CHIPS, NODATA_INDEX, LABELS, DATASETS, FEATURES, MODELS, EMBEDDINGS, INDEX, CHANGES, DEMO)
+
+
+def _zone(cell_id: str) -> str:
+    """``"35"`` of ``"Z35-0131..."`` (the zone folder, zero-padded as in the id)."""
+    return cell_id[1:3]
+
+
+def ard_cell_prefix(cell_id: str) -> str:
+    return f"{ARD}{_zone(cell_id)}/{cell_id[4:]}/"
+
+
+def osm_key(cell_id: str) -> str:
+    return f"{ard_cell_prefix(cell_id)}osm_data.json"
+
+
+def chip_key(chip: str) -> str:
+    """A chip file ``Z<zone>-<quadkey>_<catalog>.jpg``."""
+    return f"{CHIPS}{_zone(chip)}/{chip}"
+
+
+def chip_cell_prefix(cell_id: str) -> str:
+    """The prefix of a level-12 cell's published chips."""
+    return f"{CHIPS}{_zone(cell_id)}/{cell_id}"
+
+
+def chip_manifest_key(cell_id: str) -> str:
+    return f"{CHIPS}{_zone(cell_id)}/_manifests/{cell_id}.json"
+
+
+def chip_staging_prefix(cell_id: str) -> str:
+    return f"{CHIPS}{_zone(cell_id)}/_staging/{cell_id}/"
+
+
+def nodata_index_key(cell_id: str) -> str:
+    return f"{NODATA_INDEX}{_zone(cell_id)}/{cell_id}.parquet"
+
+
+def labels_key(cell_id: str, kind: str = "parquet") -> str:
+    """The cell's label table (``parquet``), its coverage table (``coverage.parquet``) or sparse CSV (``csv``)."""
+    return f"{LABELS}{_zone(cell_id)}/{cell_id}.{kind}"
+
+
+def dataset_key(version: str, name: str) -> str:
+    return f"{DATASETS}{version}/{name}"
+
+
+def features_key(cache: str, name: str) -> str:
+    return f"{FEATURES}{cache}/{name}"
+
+
+def model_key(name: str, version: str, file: str) -> str:
+    return f"{MODELS}{name}/{version}/{file}"
+
+
+def model_pointer_key(name: str, which: str) -> str:
+    """``trained`` or ``latest``."""
+    return f"{MODELS}{name}/{which}.json"
+
+
+def embeddings_prefix(version: str) -> str:
+    return f"{EMBEDDINGS}{version}/"
+
+
+def embeddings_key(version: str, cell_id: str) -> str:
+    return f"{embeddings_prefix(version)}{_zone(cell_id)}/{cell_id}.parquet"
+
+
+def index_key(version: str, file: str) -> str:
+    return f"{INDEX}{version}/{file}"
+
+
+def changes_key(version: str) -> str:
+    return f"{CHANGES}{version}/changes.parquet"
