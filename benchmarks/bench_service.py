@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
 import os
 import shutil
@@ -42,13 +41,12 @@ from types import SimpleNamespace
 
 import mercantile
 import numpy as np
-import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import CELL_ROWS, EmbeddingModel, make_corpus  # noqa: E402
 
 from imagesim_pipeline.ard.grid import ArdCell  # noqa: E402
-from imagesim_pipeline.embeddings.cell_embeddings import cell_table, embeddings_key  # noqa: E402
+from imagesim_pipeline.embeddings.cell_embeddings import cell_table, write_cell_embeddings  # noqa: E402
 from imagesim_pipeline.search.catalog import build_similarity_index, read_manifest  # noqa: E402
 from imagesim_pipeline.search.engine import SearchEngine  # noqa: E402
 from imagesim_pipeline.service.tiles import ArdMosaic  # noqa: E402
@@ -85,10 +83,7 @@ def build_bucket(root: Path, cells: int, seed: int = 7) -> None:
                  "bytes": 12_000} for chip in chips]
         sl = slice(c * CELL_ROWS, (c + 1) * CELL_ROWS)
         probs = rng.random((CELL_ROWS, len(LABELS)), dtype=np.float32)
-        table = cell_table(rows, x[sl], probs, info)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        bucket.write_bytes(embeddings_key(VERSION, cell.id), buffer.getvalue())
+        write_cell_embeddings(bucket, VERSION, cell.id, cell_table(rows, x[sl], probs, info))
         if c % 64 == 63:
             log(f"  wrote {c + 1}/{cells} cells")
     del x

@@ -109,6 +109,19 @@ def world(tmp_path_factory, samples) -> tuple[Path, list[str]]:
     return root, cells
 
 
+def world_site(world_root: Path, work: Path) -> tuple[Path, dict[str, str]]:
+    """(bucket, env): a copy of the demo world under ``work`` and the environment of commands run over it
+    with a fresh Dagster instance (``work/dagster_home``)."""
+    from imagesim_pipeline.settings import PROJECT_ROOT
+
+    bucket = work / "bucket"
+    shutil.copytree(world_root, bucket)
+    home = work / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    return bucket, {**os.environ, "IMAGESIM_BUCKET": str(bucket), "DAGSTER_HOME": str(home)}
+
+
 @pytest.fixture(scope="session")
 def demo_dataset(world, tmp_path_factory) -> Path:
     """A bucket holding the demo world after cell_job and dataset_job (through the CLI): a training dataset.
@@ -117,14 +130,7 @@ def demo_dataset(world, tmp_path_factory) -> Path:
     """
     from imagesim_pipeline.settings import PROJECT_ROOT
 
-    root, _ = world
-    work = tmp_path_factory.mktemp("demo-dataset")
-    bucket = work / "bucket"
-    shutil.copytree(root, bucket)
-    home = work / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, "IMAGESIM_BUCKET": str(bucket), "DAGSTER_HOME": str(home)}
+    bucket, env = world_site(world[0], tmp_path_factory.mktemp("demo-dataset"))
     imagesim = str(Path(sys.executable).parent / "imagesim")
     for args in (["discover"], ["materialize"], ["dataset", "build"]):
         run = subprocess.run([imagesim, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Iterable
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, GridError
-from imagesim_pipeline.storage import Bucket, ObjectInfo
+from imagesim_pipeline.storage import Bucket, ObjectInfo, layout
 
 ARD_PREFIX = layout.ARD
 ASSET_SUFFIXES = {

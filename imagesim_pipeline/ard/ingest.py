@@ -42,9 +42,8 @@ from rasterio.windows import Window, from_bounds
 from shapely.geometry import box, mapping, shape
 from shapely.ops import unary_union
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, cell_size, cells_covering
-from imagesim_pipeline.storage import Bucket, StorageError
+from imagesim_pipeline.storage import Bucket, StorageError, layout
 
 PIXEL_MULTIPLE = 128  # 2 ** (19 - 12): cells down to zoom 19 are whole pixel windows
 NODATA = 0

@@ -24,10 +24,9 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.embeddings.cell_embeddings import iter_embeddings, vectors
 from imagesim_pipeline.errors import ImagesimError
-from imagesim_pipeline.storage import Bucket
+from imagesim_pipeline.storage import Bucket, layout
 
 CHANGES_PREFIX = layout.CHANGES
 MIN_GROUP = 30

@@ -18,11 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.discovery import CellDelivery
 from imagesim_pipeline.chips.chipper import ChipError, ChipJob, chip_acquisition, classify
 from imagesim_pipeline.chips.naming import ChipName, chip_key
-from imagesim_pipeline.storage import Bucket
+from imagesim_pipeline.storage import Bucket, layout
 
 JOURNAL = "COMMIT.json"
 

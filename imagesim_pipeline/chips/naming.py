@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, GridError
+from imagesim_pipeline.storage import layout
 
 MIN_ZOOM, MAX_ZOOM = 13, 19
 # The first '_' ends the quadkey; catalog ids may hold '_' and '.' themselves.

@@ -22,9 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import simplejpeg
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.chips.chipper import classify
-from imagesim_pipeline.storage import Bucket
+from imagesim_pipeline.storage import Bucket, layout
 
 INDEX_PREFIX = layout.NODATA_INDEX
 INDEX_JSON = layout.NODATA_INDEX_JSON

@@ -30,7 +30,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.chips.nodata_index import INDEX_PREFIX
 from imagesim_pipeline.dataset.splits import (
     SPLITS,
@@ -48,7 +47,7 @@ from imagesim_pipeline.labels.cell_labels import (
 )
 from imagesim_pipeline.labels.encoding import HEADER_LINE, csv_line
 from imagesim_pipeline.labels.vocabulary import Vocabulary
-from imagesim_pipeline.storage import Bucket, StorageError
+from imagesim_pipeline.storage import Bucket, StorageError, layout
 
 DATASETS_PREFIX = layout.DATASETS
 LATEST_KEY = layout.DATASETS_LATEST

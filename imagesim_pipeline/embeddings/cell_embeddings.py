@@ -25,7 +25,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import wgs84_quads
 
 from imagesim_pipeline.chips.cell_chips import read_manifest
@@ -33,7 +32,7 @@ from imagesim_pipeline.chips.chipper import ALL_DATA
 from imagesim_pipeline.chips.naming import ChipName, chip_key
 from imagesim_pipeline.embeddings.encoder import OnnxEncoder
 from imagesim_pipeline.errors import ImagesimError
-from imagesim_pipeline.storage import Bucket, StorageError
+from imagesim_pipeline.storage import Bucket, StorageError, layout
 
 EMBEDDINGS_PREFIX = layout.EMBEDDINGS
 Progress = Callable[[str], None]
@@ -153,11 +152,18 @@ def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Pro
     lost = set(unreadable)
     keep = [i for i, r in enumerate(rows) if r["chip"] not in lost]
     table = cell_table([rows[i] for i in keep], embeddings[keep], probs[keep], encoder)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    bucket.write_bytes(embeddings_key(encoder.version, cell_id), buffer.getvalue())
+    write_cell_embeddings(bucket, encoder.version, cell_id, table)
     return CellEmbeddings(cell_id, encoder.version, table, encoded=len(todo) - len(unreadable), reused=len(reuse),
                           unreadable=unreadable, seconds=time.perf_counter() - started)
+
+
+def write_cell_embeddings(bucket: Bucket, version: str, cell_id: str, table: pa.Table) -> str:
+    """Publish a cell's table (one atomic object write); its key."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    key = embeddings_key(version, cell_id)
+    bucket.write_bytes(key, buffer.getvalue())
+    return key
 
 
 def cell_table(rows: list[dict], embeddings: np.ndarray, probs: np.ndarray, encoder: OnnxEncoder) -> pa.Table:
@@ -189,4 +195,5 @@ def vectors(table: pa.Table, column: str = "embedding") -> np.ndarray:
 
 
 __all__ = ["CellEmbeddings", "EMBEDDINGS_PREFIX", "EmbeddingsError", "cell_table", "embed_cell", "embeddings_key",
-           "iter_embeddings", "kept_chips", "read_cell_embeddings", "schema", "vectors", "version_prefix"]
+           "iter_embeddings", "kept_chips", "read_cell_embeddings", "schema", "vectors", "version_prefix",
+           "write_cell_embeddings"]

@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.chips.naming import ChipName
 from imagesim_pipeline.chips.nodata_index import cell_index_key
@@ -32,7 +31,7 @@ from imagesim_pipeline.labels.labeller import FootprintLabels, label_footprints
 from imagesim_pipeline.labels.osm_geometry import osm_features
 from imagesim_pipeline.labels.vocabulary import Vocabulary, vocabulary_from_json
 from imagesim_pipeline.osm.store import read_osm_data
-from imagesim_pipeline.storage import Bucket, StorageError
+from imagesim_pipeline.storage import Bucket, StorageError, layout
 
 LABELS_PREFIX = layout.LABELS
 VOCAB_META = b"imagesim.vocabulary"

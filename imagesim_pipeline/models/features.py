@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.dataset.splits import SPLITS
 from imagesim_pipeline.models.backbones import build_backbone, default_weights, weights_fingerprint
 from imagesim_pipeline.models.data import ChipImages, LabelledChips, collate_skipping
 from imagesim_pipeline.models.preprocess import Preprocessing
+from imagesim_pipeline.storage import layout
 
 FEATURES_PREFIX = layout.FEATURES
 AUGMENTATIONS = ("none", "d4")

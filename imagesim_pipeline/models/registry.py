@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.errors import ImagesimError
-from imagesim_pipeline.storage import Bucket, StorageError
+from imagesim_pipeline.storage import Bucket, StorageError, layout
 
 MODELS_PREFIX = layout.MODELS
 DEFAULT_NAME = "smlc"

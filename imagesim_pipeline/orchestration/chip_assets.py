@@ -13,7 +13,6 @@ from dagster import (
 )
 from pydantic import Field
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.discovery import discover_bucket
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.chips import (
@@ -29,7 +28,7 @@ from imagesim_pipeline.chips.nodata_index import class_histogram, write_cell_ind
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
 from imagesim_pipeline.orchestration.partitions import ard_cells
 from imagesim_pipeline.orchestration.resources import BucketResource
-from imagesim_pipeline.storage import StorageError
+from imagesim_pipeline.storage import StorageError, layout
 
 
 class ChipsConfig(Config):

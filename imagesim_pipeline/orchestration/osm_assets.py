@@ -16,7 +16,6 @@ from dagster import (
 )
 from pydantic import Field
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.discovery import discover_bucket
 from imagesim_pipeline.ard.grid import ArdCell, GridError
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
@@ -33,6 +32,7 @@ from imagesim_pipeline.osm.cache import choose_extract, osm_for_cell
 from imagesim_pipeline.osm.overpass import DEFAULT_ENDPOINT
 from imagesim_pipeline.demo.world import SYNTHETIC_PBF_KEY
 from imagesim_pipeline.settings import data_dir, settings
+from imagesim_pipeline.storage import layout
 
 
 def _default_pbf() -> str:

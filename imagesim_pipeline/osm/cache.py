@@ -15,11 +15,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.osm.elements import OsmError
 from imagesim_pipeline.osm.pbf import cells_in_extract, extract_cells
-from imagesim_pipeline.storage import Bucket, StorageError
+from imagesim_pipeline.storage import Bucket, StorageError, layout
 
 CACHE_PREFIX = layout.OSM_CACHE
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.osm.elements import OsmError, tag_summary
-from imagesim_pipeline.storage import Bucket, StorageError, open_bucket
+from imagesim_pipeline.storage import Bucket, StorageError, layout, open_bucket
 
 
 def osm_key(cell: ArdCell) -> str:

@@ -27,7 +27,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.embeddings.cell_embeddings import read_cell_embeddings, vectors, version_prefix
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.search.index import (
@@ -39,7 +38,7 @@ from imagesim_pipeline.search.index import (
     normalise,
     to_bytes,
 )
-from imagesim_pipeline.storage import Bucket, StorageError
+from imagesim_pipeline.storage import Bucket, StorageError, layout
 
 INDEX_PREFIX = layout.INDEX
 INDEX_FILE, ITEMS_FILE, MANIFEST_FILE = "index.faiss", "items.parquet", "manifest.json"

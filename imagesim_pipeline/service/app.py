@@ -38,6 +38,7 @@ from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from imagesim_pipeline.changes.detect import ChangesError, read_changes
 from imagesim_pipeline.chips.naming import ChipName, ChipNameError, chip_key
@@ -263,12 +264,12 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
                               until: date | None = None, catalog_id: Annotated[list[str], Query()] = [],
                               spread: bool = False, format: Format = "json") -> Any:
         """The chips that look most like an uploaded image (multipart field ``file``)."""
-        engine = await _in_thread(engines.require)  # may load a newly promoted index: not on the event loop
+        engine = await run_in_threadpool(engines.require)  # may load a newly promoted index: not on the event loop
         filters = _query_filters(bbox, label, since, until, catalog_id)
         name, data = await _read_upload(request)
         check_image(data, name)
         started = time.perf_counter()
-        hits = await _in_thread(engine.by_image, data, k=k, filters=filters, spread=spread, name=name)
+        hits = await run_in_threadpool(engine.by_image, data, k=k, filters=filters, spread=spread, name=name)
         return _search_answer(engine, hits, time.perf_counter() - started, k, format, {"image": name})
 
     # -- chips and places ----------------------------------------------------------------------
@@ -375,12 +376,6 @@ async def _read_upload(request: Request) -> tuple[str, bytes]:
         raise UploadError(422, "the form has no file in the field 'file'")
     data = await upload.read(MAX_UPLOAD_BYTES + 1)
     return (upload.filename or "upload")[:120], data
-
-
-async def _in_thread(fn, *args, **kwargs):
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(fn, *args, **kwargs)
 
 
 __all__ = ["EngineHolder", "create_app"]

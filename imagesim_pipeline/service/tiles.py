@@ -8,13 +8,12 @@ acquisition. No-data pixels come back transparent (PNG alpha from the COGs' mask
 
 The listing of ``ard/`` is cached for ``refresh_s`` seconds, so new deliveries appear without a
 restart. Over S3 the COGs are read through GDAL's ``/vsis3/`` with the bucket's credentials and
-the usual settings for remote COGs (no directory listing on open, merged range requests, a
-block cache).
+its settings for remote COGs (``S3Bucket.gdal_options``: no directory listing on open, merged
+range requests, a block cache, timeouts).
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -30,17 +29,6 @@ TILE_SIZE = 256
 MIN_ZOOM = 10  # below this a tile meets too many 5 km cells to read interactively
 MAX_ZOOM = 20  # chips are zoom-17 cells of ~1.2 m pixels; 20 is already magnified
 MAX_ASSETS = 64  # the most COGs one tile may read
-
-# GDAL settings for reading COGs over HTTP(S) (TiTiler's recommendations).
-REMOTE_COG_OPTIONS = {
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "GDAL_HTTP_MULTIPLEX": "YES",
-    "GDAL_HTTP_VERSION": "2",
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff",
-    "VSI_CACHE": "TRUE",
-    "VSI_CACHE_SIZE": str(64 * 1024 * 1024),
-}  # timeouts and retries come with the bucket's own GDAL options
 
 
 class TileError(ImagesimError):
@@ -151,7 +139,7 @@ class ArdMosaic:
 
         def read(asset: MosaicAsset, tx: int, ty: int, tz: int):
             # GDAL settings are per thread: every read opens its own environment.
-            with self.bucket.rasterio_env(), _remote_options(self.bucket):
+            with self.bucket.rasterio_env():
                 with Reader(self.bucket.gdal_path(asset.key), tms=tms) as cog:
                     return cog.tile(tx, ty, tz, tilesize=TILE_SIZE, indexes=(1, 2, 3))
 
@@ -169,12 +157,6 @@ class ArdMosaic:
                 "minzoom": MIN_ZOOM, "maxzoom": MAX_ZOOM, "bounds": list(bounds),
                 "center": [(w + e) / 2, (s + n) / 2, min(max(14, MIN_ZOOM), MAX_ZOOM)],
                 "attribution": "Maxar ARD deliveries in the imagesim bucket"}
-
-
-def _remote_options(bucket: Bucket) -> contextlib.AbstractContextManager:
-    import rasterio
-
-    return rasterio.Env(**REMOTE_COG_OPTIONS) if bucket.gdal_path("x").startswith("/vs") else contextlib.nullcontext()
 
 
 __all__ = ["ArdMosaic", "MAX_ZOOM", "MIN_ZOOM", "MosaicAsset", "TILE_SIZE", "TileError"]

@@ -14,7 +14,6 @@ import io
 import json
 import re
 import shutil
-from pathlib import Path
 
 import nbformat
 import pytest
