@@ -15,6 +15,7 @@ from shapely.ops import unary_union
 
 from imagesim_pipeline.ard.discovery import Acquisition, CellDelivery
 from imagesim_pipeline.storage import Bucket, StorageError
+from imagesim_pipeline.errors import ImagesimError
 
 
 @dataclass
@@ -47,7 +48,7 @@ class DeliverySummary:
         return transform_geom(f"EPSG:{self.epsg}", "EPSG:4326", mapping(self.footprint))
 
 
-class DeliveryError(ValueError):
+class DeliveryError(ImagesimError, ValueError):
     """A delivered file is unusable; the message names the key and the reason."""
 
 

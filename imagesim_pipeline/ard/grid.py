@@ -28,6 +28,7 @@ import shapely
 from pyproj import CRS, Transformer
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
+from imagesim_pipeline.errors import ImagesimError
 
 MAP_SIZE = 10_240_000
 FALSE_EASTING = 500_000
@@ -39,7 +40,7 @@ _ID_RE = re.compile(r"^Z(?P<zone>\d{1,2})-(?P<quadkey>[0-3]+)$")
 _PATH_RE = re.compile(r"^(?P<zone>\d{1,2})/(?P<quadkey>[0-3]+)$")
 
 
-class GridError(ValueError):
+class GridError(ImagesimError, ValueError):
     """A cell id, zone, quadkey or zoom that is not part of the ARD grid."""
 
 

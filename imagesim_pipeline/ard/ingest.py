@@ -44,6 +44,7 @@ from shapely.ops import unary_union
 
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, cell_size, cells_covering
 from imagesim_pipeline.storage import Bucket, StorageError, layout
+from imagesim_pipeline.errors import ImagesimError
 
 PIXEL_MULTIPLE = 128  # 2 ** (19 - 12): cells down to zoom 19 are whole pixel windows
 NODATA = 0
@@ -62,7 +63,7 @@ VISUAL_PROFILE = {
 }
 
 
-class IngestError(ValueError):
+class IngestError(ImagesimError, ValueError):
     """The source image cannot be ingested; the message names the file and the reason."""
 
 

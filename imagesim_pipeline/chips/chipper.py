@@ -23,6 +23,7 @@ from rasterio.windows import Window
 
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.chips.naming import MAX_ZOOM, MIN_ZOOM, ChipName
+from imagesim_pipeline.errors import ImagesimError
 
 NO_DATA, PARTIAL, ALL_DATA = "no data", "partial data", "all data"
 # GDAL's block cache per process (rasterio takes an int as bytes). A row of chips of a 16k ARD
@@ -30,7 +31,7 @@ NO_DATA, PARTIAL, ALL_DATA = "no data", "partial data", "all data"
 CACHE_BYTES = 128 * 2**20
 
 
-class ChipError(ValueError):
+class ChipError(ImagesimError, ValueError):
     """A tile cannot be chipped; the message names the file and the reason."""
 
 

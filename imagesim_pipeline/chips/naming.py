@@ -8,13 +8,14 @@ from pathlib import Path
 
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, GridError
 from imagesim_pipeline.storage import layout
+from imagesim_pipeline.errors import ImagesimError
 
 MIN_ZOOM, MAX_ZOOM = 13, 19
 # The first '_' ends the quadkey; catalog ids may hold '_' and '.' themselves.
 _NAME_RE = re.compile(r"^(?P<cell>Z\d{2}-[0-3]+)_(?P<catalog>[A-Za-z0-9_.]+)\.jpg$")
 
 
-class ChipNameError(ValueError):
+class ChipNameError(ImagesimError, ValueError):
     pass
 
 

@@ -32,6 +32,7 @@ from imagesim_pipeline.labels.osm_geometry import osm_features
 from imagesim_pipeline.labels.vocabulary import Vocabulary, vocabulary_from_json
 from imagesim_pipeline.osm.store import read_osm_data
 from imagesim_pipeline.storage import Bucket, StorageError, layout
+from imagesim_pipeline.errors import ImagesimError
 
 LABELS_PREFIX = layout.LABELS
 VOCAB_META = b"imagesim.vocabulary"
@@ -49,7 +50,7 @@ COVERAGE_SCHEMA = pa.schema([
 ])
 
 
-class LabelError(RuntimeError):
+class LabelError(ImagesimError):
     """A cell could not be labelled; the message names the cell and what to do."""
 
 

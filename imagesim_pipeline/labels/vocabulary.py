@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from imagesim_pipeline.errors import ImagesimError
 
 KINDS = ("polygon", "line", "point")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -25,7 +26,7 @@ _KEY = re.compile(r"^[A-Za-z0-9_:.\-]+$")
 _LABEL_FIELDS = {"name", "tags", "exclude", "geometry", "min_area_share", "min_length_m", "min_count"}
 
 
-class VocabularyError(ValueError):
+class VocabularyError(ImagesimError, ValueError):
     """The vocabulary configuration is invalid; the message names the label and the field."""
 
 

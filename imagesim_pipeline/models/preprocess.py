@@ -17,9 +17,10 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image
 
 from imagesim_pipeline.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from imagesim_pipeline.errors import ImagesimError
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(ImagesimError, ValueError):
     """Bytes that are not a decodable image."""
 
 

@@ -25,13 +25,18 @@ from typing import Any, Iterable
 from shapely.geometry import LineString, box
 
 from imagesim_pipeline.ard.grid import ArdCell
+from imagesim_pipeline.errors import ImagesimError, TransientError
 
 DEFAULT_MARGIN_DEG = 0.0005  # ~50 m: features just outside the cell still reach its chips
 PRECISION = 7  # OSM stores coordinates with 7 decimals
 
 
-class OsmError(RuntimeError):
+class OsmError(ImagesimError):
     """OSM data could not be obtained; the message names the cell or file and what to do."""
+
+
+class OverpassUnavailableError(OsmError, TransientError):
+    """The Overpass API kept timing out or refusing (busy): worth retrying later."""
 
 
 @dataclass(frozen=True)

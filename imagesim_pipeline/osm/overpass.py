@@ -25,6 +25,7 @@ from imagesim_pipeline.osm.elements import (
     DEFAULT_MARGIN_DEG,
     CellBox,
     OsmError,
+    OverpassUnavailableError,
     empty_osm_data,
     incomplete_geometry,
     sort_elements,
@@ -125,7 +126,7 @@ class OverpassClient:
                 self.sleep(min(wait, self.max_wait))
             except OsmError as exc:
                 raise OsmError(f"{what}: Overpass at {self.endpoint} refused the query: {exc}") from None
-        raise OsmError(f"{what}: Overpass at {self.endpoint} failed after {self.retries} tries (last: {reason}). "
+        raise OverpassUnavailableError(f"{what}: Overpass at {self.endpoint} failed after {self.retries} tries (last: {reason}). "
                        "Try again later, raise the timeout, or use a .osm.pbf extract instead.")
 
     def fetch_cell(self, cell: ArdCell, *, margin: float = DEFAULT_MARGIN_DEG, date: str | None = None

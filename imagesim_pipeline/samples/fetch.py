@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagesim_pipeline.settings import data_dir
+from imagesim_pipeline.errors import ImagesimError
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ SAMPLE_INGESTS = [
 ]
 
 
-class SampleError(RuntimeError):
+class SampleError(ImagesimError):
     pass
 
 

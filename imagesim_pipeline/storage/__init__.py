@@ -6,7 +6,9 @@ from imagesim_pipeline.storage.bucket import (
     ObjectInfo,
     S3Bucket,
     StorageError,
+    StorageUnavailableError,
     open_bucket,
 )
 
-__all__ = ["Bucket", "LocalBucket", "ObjectInfo", "S3Bucket", "StorageError", "open_bucket"]
+__all__ = ["Bucket", "LocalBucket", "ObjectInfo", "S3Bucket", "StorageError", "StorageUnavailableError",
+           "open_bucket"]

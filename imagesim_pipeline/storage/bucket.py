@@ -20,12 +20,18 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
+from imagesim_pipeline.errors import ImagesimError, TransientError
+
 
 TMP_PREFIX = ".imagesim-tmp-"  # a local atomic write in flight: never listed, cleaned by the next run
 
 
-class StorageError(RuntimeError):
+class StorageError(ImagesimError):
     """A bucket operation failed; the message names the URI and what to do."""
+
+
+class StorageUnavailableError(StorageError, TransientError):
+    """The S3 endpoint did not answer (timeouts, refused connections): worth retrying later."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +265,7 @@ class S3Bucket(Bucket):
 
         endpoint = self.client.meta.endpoint_url
         if isinstance(exc, (ReadTimeoutError, BotoConnectionError)):
-            return StorageError(
+            return StorageUnavailableError(
                 f"{action} {self.url(key)} failed: the S3 endpoint {endpoint} did not answer "
                 f"({type(exc).__name__}, {S3_ATTEMPTS} attempts, {S3_READ_TIMEOUT_S:.0f} s read timeout each). "
                 "Check that the server is up and reachable (AWS_ENDPOINT_URL names an S3-compatible one), then "

@@ -16,6 +16,7 @@ models/<name>/<version>/<file>, models/<name>/<trained|latest>.json
 embeddings/<model version>/<zone>/<cell>.parquet
 index/<model version>/<file>
 changes/<model version>/changes.parquet
+ops/run-failures/<YYYY-MM-DD>/<job>-<run id>.md                                     failed runs, summarised
 demo/...
 ```
 """
@@ -35,8 +36,10 @@ MODELS = "models/"
 EMBEDDINGS = "embeddings/"
 INDEX = "index/"
 CHANGES = "changes/"
+OPS = "ops/"
 DEMO = "demo/"
-PREFIXES = (ARD, "osm/", CHIPS, NODATA_INDEX, LABELS, DATASETS, FEATURES, MODELS, EMBEDDINGS, INDEX, CHANGES, DEMO)
+PREFIXES = (ARD, "osm/", CHIPS, NODATA_INDEX, LABELS, DATASETS, FEATURES, MODELS, EMBEDDINGS, INDEX, CHANGES, OPS,
+            DEMO)
 
 
 def _zone(cell_id: str) -> str:
@@ -110,3 +113,8 @@ def index_key(version: str, file: str) -> str:
 
 def changes_key(version: str) -> str:
     return f"{CHANGES}{version}/changes.parquet"
+
+
+def run_failure_key(day: str, job: str, run_id: str) -> str:
+    """The readable summary of a failed run (``day`` as YYYY-MM-DD)."""
+    return f"{OPS}run-failures/{day}/{job}-{run_id}.md"

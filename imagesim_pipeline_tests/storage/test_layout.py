@@ -27,6 +27,7 @@ def test_every_key_has_its_documented_form_and_a_known_prefix():
         layout.embeddings_key("v1", CELL): f"embeddings/v1/05/{CELL}.parquet",
         layout.index_key("v1", "index.faiss"): "index/v1/index.faiss",
         layout.changes_key("v1"): "changes/v1/changes.parquet",
+        layout.run_failure_key("2026-11-24", "datamaker_job", "abc"): "ops/run-failures/2026-11-24/datamaker_job-abc.md",
     }
     for built, expected in keys.items():
         assert built == expected
