@@ -43,13 +43,14 @@ bench: setup
 	$(BIN)/python benchmarks/bench_index.py
 	$(BIN)/python benchmarks/bench_retrieval.py
 	$(BIN)/python benchmarks/bench_service.py
+	$(BIN)/python benchmarks/bench_delivery_sensor.py
 
 serve: setup
 	$(BIN)/imagesim serve
 
+PORT ?= 3000
 ui: setup
-	mkdir -p .dagster && { test -f .dagster/dagster.yaml || cp dagster.yaml .dagster/; }
-	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/imagesim ui --port $(PORT)
 
 clean:
 	rm -rf $(VENV) .dagster data/bucket

@@ -107,12 +107,32 @@ def cmd_discover(args: argparse.Namespace) -> int:
 def cmd_materialize(args: argparse.Namespace) -> int:
     from imagesim_pipeline.orchestration.instance import run_cells
 
-    failures = run_cells(args.cells or None, job_name=args.job, progress=_print, bucket=args.bucket)
+    failures = run_cells(args.cells or None, job_name=args.job, progress=_print, bucket=args.bucket,
+                         one_run=args.job == "encoder_job")
     if failures:
         print(f"error: {len(failures)} cell(s) failed: {', '.join(failures)}. Open the Dagster UI "
               "(`make ui`) for their logs.", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.orchestration.backfills import daemon_running, launch_zone_backfill, wait_for_backfill
+    from imagesim_pipeline.orchestration.instance import open_instance
+
+    instance = open_instance()
+    launched = launch_zone_backfill(instance, args.zone, args.assets)
+    _print(f"backfill {launched.backfill_id}: {', '.join(launched.assets)} over {len(launched.cells)} cell(s) of "
+           f"zone {args.zone} ({launched.cells[0]} … {launched.cells[-1]})")
+    _print(f"  follow it in the UI: Runs → Backfills → {launched.backfill_id} (`make ui`, http://127.0.0.1:3000"
+           f"/runs/b/{launched.backfill_id})")
+    if not daemon_running(instance):
+        _print("  no dagster-daemon is running for this instance: the backfill waits until one starts "
+               "(`make ui` starts one; on AWS the daemon service runs it)")
+    if not args.wait:
+        return 0
+    status = wait_for_backfill(instance, launched.backfill_id, _print)
+    return 0 if status in ("COMPLETED", "COMPLETED_SUCCESS") else 1
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
@@ -183,7 +203,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             if args.version:
                 config["version"] = args.version
             run_config = {"ops": {"training_dataset": {"config": config}}} if config else None
-            return 0 if run_job("dataset_job", progress=_print, run_config=run_config, bucket=args.bucket) else 1
+            return 0 if run_job("trainer_job", progress=_print, run_config=run_config, bucket=args.bucket,
+                                assets=["training_dataset"]) else 1
         if args.action == "stats":
             from imagesim_pipeline.dataset.stats import (
                 dataset_stats,
@@ -239,7 +260,7 @@ def cmd_model(args: argparse.Namespace) -> int:
     if args.action == "train":
         from imagesim_pipeline.orchestration.instance import run_job
 
-        trained = run_job("train_job", progress=_print, bucket=args.bucket)
+        trained = run_job("trainer_job", progress=_print, bucket=args.bucket, assets=["smlc_model", "onnx_model"])
         return 0 if trained and _print_model(open_bucket(args.bucket)) else 1
     bucket = open_bucket(args.bucket)
     try:
@@ -311,22 +332,98 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be listened on; if not, say so in one line (the caller exits 2)."""
     import socket
 
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port} ({exc.strerror}): another server holds it; stop it or "
+              "choose another --port", file=sys.stderr)
+        return False
+    return True
+
+
+def _exec_dagster(command: str, *args: str) -> None:
+    """Replace this process with Dagster's ``command`` over the project's workspace, once the instance opens
+    (its storage checked: an unreachable PostgreSQL is one line) and imagesim's pools are set."""
+    import os
+    import shutil
+
+    from imagesim_pipeline.orchestration.instance import open_instance
+    from imagesim_pipeline.settings import PROJECT_ROOT
+
+    open_instance().dispose()
+    program = shutil.which(command, path=str(Path(sys.executable).parent)) or command
+    os.chdir(PROJECT_ROOT)
+    os.execv(program, [program, *args, "-w", "workspace.yaml"])
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.settings import dagster_home
+
+    if not _port_free(args.host, args.port):
+        return 2
+    _print(f"Dagster UI (webserver and daemon) on http://{args.host}:{args.port}, instance {dagster_home()}")
+    _exec_dagster("dagster", "dev", "-h", args.host, "-p", str(args.port))
+    return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.errors import ImagesimError
+    from imagesim_pipeline.orchestration.compute import aws_problems
+    from imagesim_pipeline.settings import settings
+
+    current = settings()
+    problems = aws_problems(current) if current.deployment == "aws" else []
+    if problems:
+        raise ImagesimError("the AWS deployment is missing settings: " + "; ".join(problems))
+    _exec_dagster("dagster-daemon", "run")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """What this deployment uses, and every problem with it at once."""
+    from imagesim_pipeline.errors import ImagesimError
+    from imagesim_pipeline.orchestration.compute import aws_problems, deployment_executor
+    from imagesim_pipeline.orchestration.deployment import check_instance_storage
+    from imagesim_pipeline.settings import dagster_home, settings
+    from imagesim_pipeline.storage import open_bucket
+
+    current, problems = settings(), []
+    _print(f"deployment: {current.deployment} (executor: {deployment_executor(current).name})")
+    if current.deployment == "aws":
+        problems += aws_problems(current)
+    try:
+        _print(f"Dagster instance: {check_instance_storage(dagster_home())}")
+    except ImagesimError as exc:
+        problems.append(str(exc))
+    try:
+        bucket = open_bucket(args.bucket)
+        first = next(iter(bucket.list("ard/")), None)
+        _print(f"bucket: {bucket.uri} ({'holds deliveries' if first else 'no delivery under ard/ yet'})")
+    except ImagesimError as exc:
+        problems.append(str(exc))
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    _print(f"GPUs: {gpus}" + ("" if gpus else " (training runs on the CPU here; the trainer profile has GPUs)"))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from imagesim_pipeline.errors import ImagesimError
     from imagesim_pipeline.service.app import create_app
     from imagesim_pipeline.storage import open_bucket
 
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((args.host, args.port))
-    except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port} ({exc.strerror}): choose another --port",
-              file=sys.stderr)
+    if not _port_free(args.host, args.port):
         return 2
     try:
         bucket = open_bucket(args.bucket)
@@ -393,27 +490,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     found = discover_bucket(bucket)
     added = register_cells(found.cell_ids)
     _print(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
-    _print("== 3/7 running the main job (cell_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
+    _print("== 3/7 running the main job (datamaker_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
            "for every cell ==")
     failures = run_cells(found.cell_ids, progress=_print, bucket=args.bucket)
-    _print("== 4/7 building the training dataset (dataset_job: training_dataset and its checks) ==")
-    dataset_ok = run_job("dataset_job", progress=_print, bucket=args.bucket)
+    _print("== 4/7 building the training dataset (trainer_job: training_dataset and its checks) ==")
+    dataset_ok = run_job("trainer_job", progress=_print, bucket=args.bucket, assets=["training_dataset"])
     if dataset_ok:
         from imagesim_pipeline.dataset.stats import dataset_stats, format_stats
 
         _print(format_stats(dataset_stats(bucket)))
     model_ok = False
     if dataset_ok and not args.no_train:
-        _print("== 5/7 training the SMLC on cached backbone features, exporting ONNX (train_job: smlc_model, "
+        _print("== 5/7 training the SMLC on cached backbone features, exporting ONNX (trainer_job: smlc_model, "
                "onnx_model and their checks) ==")
-        model_ok = run_job("train_job", progress=_print, bucket=args.bucket)
+        model_ok = run_job("trainer_job", progress=_print, bucket=args.bucket, assets=["smlc_model", "onnx_model"])
         model_ok = model_ok and _print_model(bucket)
     search_ok = False
     if model_ok:
-        _print("== 6/7 encoding every chip with the ONNX model (embedding_job per cell), then the similarity index "
-               "and the change scores (search_job) ==")
-        failed = run_cells(found.cell_ids, job_name="embedding_job", progress=_print, bucket=args.bucket)
-        search_ok = not failed and run_job("search_job", progress=_print, bucket=args.bucket) and _print_search(bucket)
+        _print("== 6/7 encoding every chip with the ONNX model, then the similarity index and the change scores "
+               "(encoder_job: one run over every cell) ==")
+        failed = run_cells(None, job_name="encoder_job", progress=_print, bucket=args.bucket, one_run=True)
+        search_ok = not failed and _print_search(bucket)
     if search_ok:
         _print("== 7/7 checking the search service (imagesim serve) over the demo bucket: API, tiles, page ==")
         search_ok = _check_service(bucket)
@@ -544,12 +641,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the delivery as JSON")
     p.set_defaults(func=cmd_discover)
 
+    p = sub.add_parser("ui", help="the Dagster UI with its daemon (dagster dev) on the project's instance",
+                       description="Start `dagster dev` (webserver and daemon) over workspace.yaml with "
+                                   "DAGSTER_HOME (default .dagster/); a port in use is one line, not a traceback.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("daemon", help="the Dagster daemon on the instance of DAGSTER_HOME (the AWS daemon service)",
+                       description="Check the deployment's settings and the instance's storage, give the trainer "
+                                   "and index pools their one slot, then run `dagster-daemon run` over "
+                                   "workspace.yaml (sensors, schedules, the run queue, backfills).")
+    p.set_defaults(func=cmd_daemon)
+
+    p = sub.add_parser("check", help="show the deployment this environment configures and every problem with it",
+                       description="The deployment (IMAGESIM_DEPLOYMENT) and its executor, the Dagster instance's "
+                                   "storage (PostgreSQL reachable?), the bucket, the GPUs; exit 2 naming every "
+                                   "missing setting or unreachable service.")
+    p.add_argument("--bucket", help=bucket_help)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("backfill", help="launch a Dagster backfill over every registered cell of a UTM zone",
+                       description="Store one asset backfill over every registered cell of --zone in the running "
+                                   "Dagster instance (DAGSTER_HOME); the daemon runs it, one run per cell (the "
+                                   "same as Materialize → backfill in the UI).")
+    p.add_argument("--zone", type=_parse_zone, required=True, help="the UTM zone (1-60)")
+    p.add_argument("--assets", nargs="+", metavar="ASSET",
+                   help="per-cell assets to backfill (default: every asset of datamaker_job)")
+    p.add_argument("--wait", action="store_true", help="follow the backfill until it ends; exit 1 if a run failed")
+    p.set_defaults(func=cmd_backfill)
+
     p = sub.add_parser("materialize", help="run the main job for registered cells through Dagster",
-                       description="Run a job (default: cell_job) once per cell partition in the Dagster "
-                                   "instance at DAGSTER_HOME; runs appear in the UI.")
+                       description="Run datamaker_job once per cell partition, or encoder_job once over the "
+                                   "cells' range (embeddings, then the index and changes), in the Dagster instance "
+                                   "at DAGSTER_HOME; runs appear in the UI.")
     p.add_argument("cells", nargs="*", help="cell ids (default: every registered partition)")
-    p.add_argument("--job", default="cell_job", choices=["cell_job", "embedding_job"],
-                   help="the per-cell job to run (default: cell_job)")
+    p.add_argument("--job", default="datamaker_job", choices=["datamaker_job", "encoder_job"],
+                   help="the partitioned job to run (default: datamaker_job)")
     p.add_argument("--bucket", help=bucket_help)
     p.set_defaults(func=cmd_materialize)
 
@@ -570,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("dataset", help="build the training dataset, show its statistics, export dense labels",
-                       description="`build`: run dataset_job (training_dataset and its checks) through Dagster. "
+                       description="`build`: run trainer_job's training_dataset (and its checks) through Dagster. "
                                    "`stats [VERSION]`: label frequencies per split, co-occurrence, chips per zone, "
                                    "computed out of core. `export VERSION --split S -o FILE`: dense 0/1 labels CSV.")
     p.add_argument("action", choices=["build", "stats", "export"])
@@ -587,7 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("model", help="train the SMLC through Dagster; show a model's quality",
-                       description="`imagesim model train`: run train_job (smlc_model, onnx_model) through Dagster. "
+                       description="`imagesim model train`: run trainer_job's smlc_model and onnx_model through "
+                                   "Dagster. "
                                    "`imagesim model report [VERSION]`: the figures of metrics.json of the latest "
                                    "published SMLC (or VERSION): test micro/macro F2 at 0.5 and at the val-chosen "
                                    "thresholds, mAP, per-label table, next to the baselines of the same run.")
@@ -644,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="render the demo world from real OSM and run everything on it",
                        description="`imagesim demo`: render the demo world into the bucket, register its cells and "
-                                   "run cell_job for each. `imagesim demo build`: only render the world.")
+                                   "run datamaker_job for each. `imagesim demo build`: only render the world.")
     p.add_argument("action", nargs="?", choices=["run", "build"], default="run")
     p.add_argument("--bucket", help=bucket_help)
     p.add_argument("--seed", type=int, default=7, help="random seed of the rendering (default 7)")

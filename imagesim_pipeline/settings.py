@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,21 @@ class Settings(BaseSettings):
                                               "instead of reading extracts")
     vocabulary: str = Field("", description="a YAML/JSON label vocabulary (default: the built-in 13 labels)")
     faiss_threads: int | None = Field(None, ge=1, description="FAISS's OpenMP threads (default: the usable CPUs)")
+    deployment: Literal["local", "aws"] = Field(
+        "local", description="where runs execute: `local` (multiprocess executor on this machine) or `aws` "
+                             "(every step an ECS task on the compute profile's capacity provider)")
+    ecs_cluster: str = Field("", description="aws: the ECS cluster runs and steps are launched in")
+    aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"),
+                                   description="aws: the region of the cluster and bucket (AWS_REGION or "
+                                               "AWS_DEFAULT_REGION)")
+    ecs_datamaker_capacity_provider: str = Field("imagesim-datamaker", description="aws: the ECS capacity "
+                                                 "provider of the datamaker profile (m5.xlarge)")
+    ecs_trainer_capacity_provider: str = Field("imagesim-trainer", description="aws: the ECS capacity provider "
+                                               "of the trainer profile (4 GPUs)")
+    ecs_datamaker_task_definition: str = Field("imagesim-datamaker", description="aws: the task definition "
+                                               "family of CPU steps (the datamaker/encoder image)")
+    ecs_trainer_task_definition: str = Field("imagesim-trainer", description="aws: the task definition family "
+                                             "of training steps (the CUDA trainer image)")
     dagster_home: Path | None = Field(None, validation_alias=AliasChoices("DAGSTER_HOME"),
                                       description="the Dagster instance folder (DAGSTER_HOME; default: .dagster "
                                                   "in the project)")

@@ -124,7 +124,7 @@ def world_site(world_root: Path, work: Path) -> tuple[Path, dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def demo_dataset(world, tmp_path_factory) -> Path:
-    """A bucket holding the demo world after cell_job and dataset_job (through the CLI): a training dataset.
+    """A bucket holding the demo world after datamaker_job and the dataset (through the CLI): a training dataset.
 
     Shared by the session: copy it before writing to it.
     """

@@ -7,7 +7,7 @@ import pytest
 from imagesim_pipeline.cli import build_parser, main
 
 SUBCOMMANDS = ["ingest", "discover", "materialize", "chip", "samples", "grid", "dataset", "model", "search", "changes",
-               "serve", "demo"]
+               "serve", "demo", "ui", "daemon", "check", "backfill"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -62,7 +62,7 @@ def test_ingest_reports_bad_files_and_goes_on(tmp_path, samples, capsys):
 def test_model_report_without_a_model_says_what_to_run(tmp_path, capsys):
     assert main(["model", "report", "--bucket", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "no latest model" in err and "train_job" in err
+    assert "no latest model" in err and "trainer_job" in err
 
 
 def test_serve_on_a_port_in_use_says_so(tmp_path, capsys):

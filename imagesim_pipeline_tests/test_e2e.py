@@ -84,7 +84,7 @@ def test_s3_bucket_end_to_end(samples, s3_env, dagster_home):
         assert cell.startswith("Z16-")
         assert meta["location"].value.startswith(s3_env)
         assert meta["acquisition_table"].value.count("SOLARIS01") == 1
-    # labels were written to S3 by cell_job; the dataset is built and read back from S3 too
+    # labels were written to S3 by datamaker_job; the dataset is built and read back from S3 too
     instance = DagsterInstance.get()
     labelled = instance.fetch_materializations(AssetKey("chip_labels"), limit=10).records
     assert {r.partition_key for r in labelled} == set(done)

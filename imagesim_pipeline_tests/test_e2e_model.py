@@ -1,4 +1,4 @@
-"""End to end on the demo world: train_job (smlc_model, onnx_model) through Dagster after dataset_job."""
+"""End to end on the demo world: trainer_job's smlc_model and onnx_model through Dagster after its dataset."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def dataset_bucket(demo_dataset, tmp_path_factory):
     return bucket, home, {}
 
 
-def _run_train_job(bucket, home, monkeypatch, epochs: int = 15):
+def _run_trainer_job(bucket, home, monkeypatch, epochs: int = 15):
     from imagesim_pipeline.definitions import defs
 
     monkeypatch.setenv("DAGSTER_HOME", str(home))
@@ -34,15 +34,16 @@ def _run_train_job(bucket, home, monkeypatch, epochs: int = 15):
     instance = DagsterInstance.get()
     config = {"resources": {"bucket": {"config": {"uri": str(bucket)}}},
               "ops": {"smlc_model": {"config": {"max_epochs": epochs, "num_workers": 0}}}}
-    result = defs.resolve_job_def("train_job").execute_in_process(instance=instance, run_config=config,
-                                                                  raise_on_error=False)
+    result = defs.resolve_job_def("trainer_job").execute_in_process(
+        instance=instance, run_config=config, raise_on_error=False,
+        asset_selection=[AssetKey("smlc_model"), AssetKey("onnx_model")])
     return instance, result
 
 
 @pytest.mark.e2e
-def test_train_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch):
+def test_trainer_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch):
     bucket_root, home, _ = dataset_bucket
-    instance, result = _run_train_job(bucket_root, home, monkeypatch)
+    instance, result = _run_trainer_job(bucket_root, home, monkeypatch)
     assert result.success
     bucket = open_bucket(bucket_root)
     meta = instance.get_latest_materialization_event(AssetKey("smlc_model")).asset_materialization.metadata
@@ -76,7 +77,7 @@ def test_train_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch):
         latest = None
     assert (latest == version) == promoted
     # again: the features come from the cache and the same settings give the same version
-    instance, again = _run_train_job(bucket_root, home, monkeypatch)
+    instance, again = _run_trainer_job(bucket_root, home, monkeypatch)
     assert again.success
     logs = [entry.user_message for entry in instance.all_logs(again.run_id)]
     assert any("from the cache" in m for m in logs)
@@ -85,12 +86,12 @@ def test_train_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch):
 
 
 @pytest.mark.e2e
-def test_train_job_without_a_dataset_fails_with_what_to_do(tmp_path, monkeypatch):
+def test_trainer_job_without_a_dataset_fails_with_what_to_do(tmp_path, monkeypatch):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy("dagster.yaml", home / "dagster.yaml")
     (tmp_path / "bucket").mkdir()
-    _, result = _run_train_job(tmp_path / "bucket", home, monkeypatch)
+    _, result = _run_trainer_job(tmp_path / "bucket", home, monkeypatch)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "materialize training_dataset first" in failure.step_failure_data.error.message

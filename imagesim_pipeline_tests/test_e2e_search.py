@@ -19,37 +19,36 @@ from imagesim_pipeline.storage import open_bucket
 from imagesim_pipeline_tests.conftest import chip_cells
 
 
-def _run(job: str, uri: str, version: str, partition: str | None = None):
+def _run(uri: str, version: str, cells: list[str]):
+    """encoder_job in one run over the range ``cells[0]..cells[-1]`` of registered cells."""
     from imagesim_pipeline.definitions import defs
 
     instance = DagsterInstance.get()
     ops = {op: {"config": {"version": version}} for op in ("chip_embeddings", "similarity_index", "chip_changes")}
-    if job == "embedding_job":
-        ops = {"chip_embeddings": ops["chip_embeddings"]}
-    else:
-        ops.pop("chip_embeddings")
     config = {"resources": {"bucket": {"config": {"uri": uri}}}, "ops": ops}
-    result = defs.resolve_job_def(job).execute_in_process(instance=instance, run_config=config, partition_key=partition,
-                                                          raise_on_error=False)
+    tags = {"dagster/asset_partition_range_start": cells[0], "dagster/asset_partition_range_end": cells[-1]}
+    result = defs.resolve_job_def("encoder_job").execute_in_process(instance=instance, run_config=config, tags=tags,
+                                                                    raise_on_error=False)
     return instance, result
 
 
 @pytest.mark.e2e
-def test_embedding_and_search_jobs_then_the_cli(demo_model, tmp_path, dagster_home, capsys):
+def test_encoder_job_over_every_cell_in_one_run_then_the_cli(demo_model, tmp_path, dagster_home, capsys):
     root, version = demo_model
     shutil.copytree(root, tmp_path / "bucket")
     bucket = open_bucket(tmp_path / "bucket")
     uri = str(tmp_path / "bucket")
     cells = chip_cells(bucket)
     DagsterInstance.get().add_dynamic_partitions(ard_cells.name, cells)
-    for cell in cells:
-        instance, result = _run("embedding_job", uri, version, cell)
-        assert result.success, cell
-        meta = instance.get_latest_materialization_event(AssetKey("chip_embeddings")).asset_materialization.metadata
-        assert meta["chips"].value == len(kept_chips(bucket, cell)) and meta["model_version"].value == version
-        assert bucket.exists(embeddings_key(version, cell))
-    instance, result = _run("search_job", uri, version)
+    instance, result = _run(uri, version, cells)
     assert result.success
+    # one step encoded every cell of the range, each partition materialized, then the index once
+    assert len(result.get_step_success_events()) == 3
+    assert instance.get_materialized_partitions(AssetKey("chip_embeddings")) == set(cells)
+    assert all(bucket.exists(embeddings_key(version, cell)) for cell in cells)
+    meta = instance.get_latest_materialization_event(AssetKey("chip_embeddings")).asset_materialization.metadata
+    assert meta["chips"].value == sum(len(kept_chips(bucket, c)) for c in cells)
+    assert meta["cells"].value == len(cells) and meta["model_version"].value == version
     index_meta = instance.get_latest_materialization_event(AssetKey("similarity_index")).asset_materialization.metadata
     assert index_meta["vectors"].value == sum(len(kept_chips(bucket, c)) for c in cells)
     check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
@@ -94,9 +93,7 @@ def test_embeddings_index_and_search_on_s3(demo_model, s3_env, dagster_home):
         s3.write_bytes(key, local.read_bytes(key))
     s3.write_bytes(model_key("smlc", version, "model.onnx"), local.read_bytes(model_key("smlc", version, "model.onnx")))
     DagsterInstance.get().add_dynamic_partitions(ard_cells.name, [cell])
-    _, result = _run("embedding_job", s3_env, version, cell)
-    assert result.success
-    instance, result = _run("search_job", s3_env, version)
+    instance, result = _run(s3_env, version, [cell])
     assert result.success
     meta = instance.get_latest_materialization_event(AssetKey("similarity_index")).asset_materialization.metadata
     assert meta["location"].value.startswith(s3_env)

@@ -146,7 +146,7 @@ def read_changes(bucket: Bucket, version: str) -> pa.Table:
     key = changes_key(version)
     if not bucket.exists(key):
         raise ChangesError(f"no change scores for model {version} at {bucket.url(key)}: materialize chip_changes "
-                           "(search_job)")
+                           "(encoder_job)")
     return pq.read_table(io.BytesIO(bucket.read_bytes(key)))
 
 

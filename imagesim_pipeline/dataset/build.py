@@ -48,6 +48,7 @@ from imagesim_pipeline.labels.cell_labels import (
 from imagesim_pipeline.labels.encoding import HEADER_LINE, csv_line
 from imagesim_pipeline.labels.vocabulary import Vocabulary
 from imagesim_pipeline.storage import Bucket, StorageError, layout
+from imagesim_pipeline.errors import ImagesimError
 
 DATASETS_PREFIX = layout.DATASETS
 LATEST_KEY = layout.DATASETS_LATEST
@@ -56,7 +57,7 @@ DATASET_SCHEMA = CHIP_SCHEMA.append(pa.field("zone", pa.int8())).append(pa.field
     .append(pa.field("split", pa.string()))
 
 
-class DatasetError(RuntimeError):
+class DatasetError(ImagesimError):
     """The dataset could not be built or read; the message says what to do."""
 
 
@@ -169,7 +170,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
     started = time.perf_counter()
     cells = indexed_cells(bucket)
     if not cells:
-        raise DatasetError(f"no nodata index tables under {bucket.url(INDEX_PREFIX)}: run cell_job for some cells first")
+        raise DatasetError(f"no nodata index tables under {bucket.url(INDEX_PREFIX)}: run datamaker_job for some cells first")
     counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
     chips_per_split: Counter = Counter()
     label_free: Counter = Counter()

@@ -68,7 +68,7 @@ class OnnxEncoder:
                 return cls(path, threads, batch_size)  # the session holds the model: the copy may go
         except StorageError:
             raise EncoderError(f"{bucket.url(key)} does not exist: materialize onnx_model for {name}/{version} "
-                               "(train_job)") from None
+                               "(trainer_job)") from None
 
     @property
     def dim(self) -> int:

@@ -39,7 +39,7 @@ def get_pointer(bucket: Bucket, name: str = DEFAULT_NAME, which: str = "latest")
     except (StorageError, KeyError, json.JSONDecodeError):
         step = "materialize smlc_model" if which == "trained" else "materialize smlc_model and onnx_model"
         raise ModelNotFoundError(f"no {which} model under {bucket.url(f'{MODELS_PREFIX}{name}/')}: {step} "
-                                 "(train_job), or run `python -m imagesim_pipeline.models.train_model`") from None
+                                 "(trainer_job), or run `python -m imagesim_pipeline.models.train_model`") from None
 
 
 def read_metrics(bucket: Bucket, name: str, version: str) -> dict[str, Any]:

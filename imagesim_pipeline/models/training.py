@@ -248,7 +248,7 @@ def export_and_promote(bucket: Bucket, name: str = DEFAULT_NAME, version: str = 
     return metrics, parity, checks
 
 
-__all__ = ["Benchmark", "EpochLog", "TrainOutcome", "checkpointing", "make_trainer", "tensorboard", "evaluate_model", "export_and_promote", "load_checkpoint", "model_version",
+__all__ = ["choose_device", "Benchmark", "EpochLog", "TrainOutcome", "checkpointing", "make_trainer", "tensorboard", "evaluate_model", "export_and_promote", "load_checkpoint", "model_version",
            "predict", "resumable_checkpoint", "train_and_publish"]
 
 
@@ -275,6 +275,34 @@ def checkpointing(run_dir: Path) -> L.pytorch.callbacks.ModelCheckpoint:
 
 def tensorboard(run_dir: Path) -> L.pytorch.loggers.TensorBoardLogger:
     return L.pytorch.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
+
+
+def choose_device(accelerator: str = "auto", devices: int | str = "auto") -> tuple[str, int | str, str]:
+    """The Lightning accelerator and devices to train with, and a line saying what was chosen.
+
+    ``auto`` trains on the CUDA GPUs there are, else on the CPU (and says so). Asking for ``gpu``/``cuda``
+    where there is none, or for more GPUs than there are, fails with what to do instead.
+    """
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = accelerator.lower()
+    if wanted in ("gpu", "cuda") and not gpus:
+        raise TrainingSetupError(
+            f"accelerator {accelerator!r} asks for a GPU but this machine has none (torch.cuda.is_available() is "
+            "False): run trainer_job on the trainer profile (IMAGESIM_DEPLOYMENT=aws puts it on the GPU capacity "
+            "provider), or set accelerator to 'auto' or 'cpu'")
+    if wanted in ("gpu", "cuda", "auto") and gpus:
+        if isinstance(devices, int) and devices > gpus:
+            raise TrainingSetupError(f"devices={devices} but this machine has {gpus} GPU(s): use devices='auto' "
+                                     f"or at most {gpus}")
+        names = ", ".join(sorted({torch.cuda.get_device_name(i) for i in range(gpus)}))
+        used = gpus if devices in ("auto", -1) else devices
+        return "gpu", devices, f"training on {used} of {gpus} CUDA GPU(s) ({names})"
+    if wanted == "auto":
+        return "cpu", "auto", ("no CUDA GPU on this machine: training on the CPU, which is slower (the trainer "
+                               "profile has 4 GPUs)")
+    return accelerator, devices, f"training with accelerator {accelerator!r}"
 
 
 def make_trainer(run_dir: Path, max_epochs: int = 40, accelerator: str = "auto", devices: int | str = "auto",

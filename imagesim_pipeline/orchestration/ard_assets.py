@@ -15,8 +15,9 @@ from dagster import (
 
 from imagesim_pipeline.ard.delivery import summarise_delivery
 from imagesim_pipeline.ard.discovery import ARD_PREFIX, discover_bucket
-from imagesim_pipeline.ard.grid import ArdCell
-from imagesim_pipeline.orchestration.partitions import ard_cells
+from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS
+from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
+from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
 
 
@@ -31,6 +32,8 @@ def _acquisition_table(summary) -> str:
 @asset(
     partitions_def=ard_cells,
     group_name="ard",
+    op_tags=DATAMAKER_TAGS,
+    retry_policy=TRANSIENT_RETRY,
     kinds={"geotiff"},
     check_specs=[AssetCheckSpec("delivery_readable", asset="ard_tile",
                                 description="Every acquisition's visual COG opens, is 3-band uint8 in the "
@@ -39,24 +42,26 @@ def _acquisition_table(summary) -> str:
                 "bytes. Reads COG headers and masks only; writes nothing.",
 )
 def ard_tile(context: AssetExecutionContext, bucket: BucketResource) -> MaterializeResult:
-    cell = ArdCell.parse(context.partition_key)
+    cell = registered_cell(context)
     store = bucket.get_bucket()
     prefix = f"{ARD_PREFIX}{cell.path}/"
-    found = discover_bucket(store, prefix=prefix)
+    with step_errors(f"{cell.id}: "):
+        found = discover_bucket(store, prefix=prefix)
     for problem in found.problems:
         context.log.warning(f"skipped {problem}")
     delivery = found.cells.get(cell.id)
     if delivery is None:
-        raise Failure(
+        raise Failure(allow_retries=False,
             description=f"No delivery for {cell.id}: nothing usable under {store.url(prefix)}"
                         + (f" ({len(found.problems)} malformed entries, see the warnings)" if found.problems else "")
                         + ". Check IMAGESIM_BUCKET, or remove the partition if the cell was withdrawn."
         )
-    summary = summarise_delivery(store, delivery)
+    with step_errors(f"{cell.id}: "):
+        summary = summarise_delivery(store, delivery)
     for problem in summary.problems:
         context.log.error(problem)
     if not summary.acquisitions:
-        raise Failure(description=f"No readable acquisition for {cell.id}: " + "; ".join(summary.problems))
+        raise Failure(allow_retries=False, description=f"No readable acquisition for {cell.id}: " + "; ".join(summary.problems))
     footprint = summary.footprint
     metadata = {
         "cell": cell.id,

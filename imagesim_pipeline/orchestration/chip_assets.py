@@ -14,9 +14,7 @@ from dagster import (
 from pydantic import Field
 
 from imagesim_pipeline.ard.discovery import discover_bucket
-from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.chips import (
-    ChipError,
     ChipName,
     chip_cell,
     chip_key,
@@ -26,9 +24,11 @@ from imagesim_pipeline.chips import (
 from imagesim_pipeline.chips.contact_sheet import contact_sheet
 from imagesim_pipeline.chips.nodata_index import class_histogram, write_cell_index
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
-from imagesim_pipeline.orchestration.partitions import ard_cells
+from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS
+from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
+from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
-from imagesim_pipeline.storage import StorageError, layout
+from imagesim_pipeline.storage import layout
 
 
 class ChipsConfig(Config):
@@ -43,22 +43,19 @@ def _sheet_markdown(png: bytes) -> str:
     return f"![sample chips](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-@asset(partitions_def=ard_cells, deps=[ard_tile], group_name="chips", kinds={"jpeg"},
+@asset(partitions_def=ard_cells, deps=[ard_tile], group_name="chips", kinds={"jpeg"}, op_tags=DATAMAKER_TAGS, retry_policy=TRANSIENT_RETRY,
        description="JPEG chips of every acquisition of the cell, cut exactly on the ARD grid at the chip zoom, "
                    "at `chips/<zone>/Z<zone>-<quadkey>_<catalog id>.jpg`, with a per-cell manifest.")
 def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketResource) -> MaterializeResult:
-    cell = ArdCell.parse(context.partition_key)
+    cell = registered_cell(context)
     store = bucket.get_bucket()
     delivery = discover_bucket(store, layout.ard_cell_prefix(cell.id)).cells.get(cell.id)
     if delivery is None:
-        raise Failure(description=f"No delivery for {cell.id} in {store.uri}; materialize ard_tile to see why.")
-    try:
+        raise Failure(allow_retries=False, description=f"No delivery for {cell.id} in {store.uri}; materialize ard_tile to see why.")
+    with step_errors(after=f" The published chips, manifest and nodata index of {cell.id} are unchanged (new "
+                           "chips are only published once every acquisition is chipped)."):
         result = chip_cell(store, delivery, zoom=config.zoom, quality=config.quality, size=config.size,
                            processes=config.processes, write_empty=config.write_empty, progress=context.log.info)
-    except (ChipError, StorageError) as exc:
-        raise Failure(description=f"{exc} The published chips, manifest and nodata index of {cell.id} are "
-                                  "unchanged (new chips are only published once every acquisition is chipped).") \
-            from None
     if str(result.recovery) != "nothing to recover":
         context.log.warning(f"{cell.id}: {result.recovery}")
     written = [r for r in result.rows if r["written"]]
@@ -79,18 +76,19 @@ def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketRes
     return MaterializeResult(metadata=metadata)
 
 
-@asset(partitions_def=ard_cells, deps=[chips], group_name="chips", kinds={"parquet", "json"},
+@asset(partitions_def=ard_cells, deps=[chips], group_name="chips", kinds={"parquet", "json"}, op_tags=DATAMAKER_TAGS, retry_policy=TRANSIENT_RETRY,
        description="The cell's chips classified no / partial / all data (from the raster mask at chipping time) "
                    "as `nodata-index/<zone>/<cell>.parquet`; `nodata-index.json` at the bucket root is rebuilt.")
 def nodata_index(context: AssetExecutionContext, bucket: BucketResource) -> MaterializeResult:
     store = bucket.get_bucket()
     started = time.perf_counter()
-    try:
-        manifest = read_manifest(store, context.partition_key)
-    except StorageError:
-        raise Failure(description=f"No chip manifest for {context.partition_key}: materialize chips first.") from None
-    key, table = write_cell_index(store, manifest)
-    total = rebuild_index_json(store)
+    cell = registered_cell(context)
+    if not store.exists(layout.chip_manifest_key(cell.id)):
+        raise Failure(allow_retries=False, description=f"No chip manifest for {cell.id}: materialize chips first.")
+    with step_errors(f"{cell.id}: "):
+        manifest = read_manifest(store, cell.id)
+        key, table = write_cell_index(store, manifest)
+        total = rebuild_index_json(store)
     valid = table.column("valid_fraction").to_pylist()
     return MaterializeResult(metadata={
         "chips": table.num_rows,

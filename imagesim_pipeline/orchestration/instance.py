@@ -6,23 +6,31 @@ import time
 from typing import Callable
 
 from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.orchestration.failures import step_failure_message
 from imagesim_pipeline.orchestration.loggers import SCRIPTED_RUN_CONFIG
 from imagesim_pipeline.orchestration.runs import fail_orphaned_runs, process_tags
 from imagesim_pipeline.settings import dagster_home
 
 
-def _instance():
+def open_instance():
+    """The Dagster instance of ``DAGSTER_HOME`` (the project's ``.dagster`` by default), its storage checked
+    first (an unreachable PostgreSQL is one line, not a minute of retries), with imagesim's pools set."""
     from dagster import DagsterInstance
 
-    dagster_home()
-    return DagsterInstance.get()
+    from imagesim_pipeline.orchestration.compute import configure_pools
+    from imagesim_pipeline.orchestration.deployment import check_instance_storage
+
+    check_instance_storage(dagster_home())
+    instance = DagsterInstance.get()
+    configure_pools(instance)
+    return instance
 
 
 def register_cells(cell_ids: list[str]) -> list[str]:
     """Add the cells that are not yet partitions of ``ard_cells``; returns the added ones."""
     from imagesim_pipeline.orchestration.partitions import ard_cells
 
-    instance = _instance()
+    instance = open_instance()
     existing = set(instance.get_dynamic_partitions(ard_cells.name))
     added = [c for c in cell_ids if c not in existing]
     if added:
@@ -68,14 +76,14 @@ def scripted_run_config(bucket: str | None = None, run_config: dict | None = Non
     return config
 
 
-def run_cells(cell_ids: list[str] | None = None, job_name: str = "cell_job",
-              progress: Callable[[str], None] = print, bucket: str | None = None) -> list[str]:
-    """Run ``job_name`` once per cell partition (default: all registered) over ``bucket`` (default: the
-    configured one); returns the failed cells."""
+def run_cells(cell_ids: list[str] | None = None, job_name: str = "datamaker_job",
+              progress: Callable[[str], None] = print, bucket: str | None = None, one_run: bool = False) -> list[str]:
+    """Run ``job_name`` once per cell partition (default: all registered), or in ``one_run`` over their
+    range, over ``bucket`` (default: the configured one); returns the failed cells."""
     from imagesim_pipeline.definitions import defs
     from imagesim_pipeline.orchestration.partitions import ard_cells
 
-    instance = _instance()
+    instance = open_instance()
     known = instance.get_dynamic_partitions(ard_cells.name)
     cells = list(cell_ids) if cell_ids else list(known)
     if not cells:
@@ -86,38 +94,52 @@ def run_cells(cell_ids: list[str] | None = None, job_name: str = "cell_job",
         raise ImagesimError("; ".join(_why_unregistered(cell, bucket) for cell in unknown))
     job = defs.resolve_job_def(job_name)
     _clear_orphans(instance, progress)
+    if one_run:
+        positions = sorted(known.index(cell) for cell in cells)
+        span = known[positions[0]:positions[-1] + 1]
+        if len(span) != len(set(cells)):
+            raise ImagesimError(f"one run covers a contiguous range of registered cells, and the {len(cells)} "
+                                "cells given are not one: name no cells to run them all")
+        tags = {**process_tags(), "dagster/asset_partition_range_start": span[0],
+                "dagster/asset_partition_range_end": span[-1]}
+        started = time.perf_counter()
+        result = job.execute_in_process(instance=instance, raise_on_error=False,
+                                        run_config=scripted_run_config(bucket), tags=tags)
+        return [] if _report(job_name, result, started, progress, f"{len(cells)} cells") else list(cells)
     failures = []
     for i, cell_id in enumerate(cells, 1):
         started = time.perf_counter()
         result = job.execute_in_process(partition_key=cell_id, instance=instance, raise_on_error=False,
                                         run_config=scripted_run_config(bucket), tags=process_tags())
-        status = "ok" if result.success else "FAILED"
-        progress(f"  [{i}/{len(cells)}] {cell_id}: {status} in {time.perf_counter() - started:.1f} s (run {result.run_id[:8]})")
-        if not result.success:
+        if not _report(f"[{i}/{len(cells)}] {cell_id}", result, started, progress):
             failures.append(cell_id)
-            for event in result.all_events:
-                if event.is_step_failure:
-                    progress(f"      {event.step_failure_data.error.message.strip().splitlines()[0]}")
     return failures
 
 
 def run_job(job_name: str, progress: Callable[[str], None] = print, run_config: dict | None = None,
-            bucket: str | None = None) -> bool:
-    """Run an unpartitioned job once (e.g. ``dataset_job``) over ``bucket`` (default: the configured one);
-    returns whether it succeeded."""
+            bucket: str | None = None, assets: list[str] | None = None) -> bool:
+    """Run an unpartitioned job once (``assets``: only those of it, e.g. ``training_dataset`` of
+    ``trainer_job``) over ``bucket`` (default: the configured one); returns whether it succeeded."""
+    from dagster import AssetKey
+
     from imagesim_pipeline.definitions import defs
 
-    instance = _instance()
+    instance = open_instance()
     _clear_orphans(instance, progress)
     started = time.perf_counter()
     result = defs.resolve_job_def(job_name).execute_in_process(
         instance=instance, raise_on_error=False, run_config=scripted_run_config(bucket, run_config),
-        tags=process_tags())
-    progress(f"  {job_name}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f} s "
-             f"(run {result.run_id[:8]})")
+        tags=process_tags(), asset_selection=[AssetKey(a) for a in assets] if assets else None)
+    return _report(job_name if not assets else f"{job_name} ({', '.join(assets)})", result, started, progress)
+
+
+def _report(what: str, result, started: float, progress: Callable[[str], None], scope: str = "") -> bool:
+    """Print a finished run's outcome, its failed steps' messages and failed checks; whether it succeeded."""
+    progress(f"  {what}{' over ' + scope if scope else ''}: {'ok' if result.success else 'FAILED'} in "
+             f"{time.perf_counter() - started:.1f} s (run {result.run_id[:8]})")
     for event in result.all_events:
         if event.is_step_failure:
-            progress(f"      {event.step_failure_data.error.message.strip().splitlines()[0]}")
+            progress(f"      {step_failure_message(event)}")
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
             if not evaluation.passed:

@@ -19,14 +19,12 @@ from pydantic import Field
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.dataset.build import (
     DatasetConfig,
-    DatasetError,
     build_dataset,
     dataset_key,
 )
 from imagesim_pipeline.dataset.checks import label_support, leakage_report
 from imagesim_pipeline.dataset.stats import dataset_stats, stats_plots
 from imagesim_pipeline.labels import (
-    LabelError,
     Vocabulary,
     VocabularyError,
     label_cell,
@@ -39,11 +37,11 @@ from imagesim_pipeline.labels.cell_labels import (
     read_chip_index,
 )
 from imagesim_pipeline.orchestration.chip_assets import nodata_index
+from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS
+from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
 from imagesim_pipeline.orchestration.osm_assets import osm_data
-from imagesim_pipeline.orchestration.partitions import ard_cells
+from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
-from imagesim_pipeline.osm import OsmError
-from imagesim_pipeline.storage import StorageError
 from imagesim_pipeline.settings import settings
 
 
@@ -58,7 +56,7 @@ class LabelsResource(ConfigurableResource):
         try:
             return load_vocabulary(self.vocabulary or None)
         except VocabularyError as exc:
-            raise Failure(description=f"invalid label vocabulary: {exc}") from None
+            raise Failure(allow_retries=False, description=f"invalid label vocabulary: {exc}") from None
 
 
 def _counts_table(header: tuple[str, ...], rows: list[tuple]) -> str:
@@ -75,6 +73,8 @@ def _image(png: bytes, title: str) -> str:
     partitions_def=ard_cells,
     deps=[osm_data, nodata_index],
     group_name="labels",
+    op_tags=DATAMAKER_TAGS,
+    retry_policy=TRANSIENT_RETRY,
     kinds={"parquet", "csv"},
     check_specs=[AssetCheckSpec("chip_labels_complete", asset="chip_labels",
                                 description="Every chip of the nodata index has a label row")],
@@ -87,11 +87,10 @@ def chip_labels(context: AssetExecutionContext, bucket: BucketResource, labels: 
     store = bucket.get_bucket()
     vocabulary = labels.load()
     try:
-        result = label_cell(store, context.partition_key, vocabulary)
-    except (LabelError, OsmError, StorageError) as exc:
-        raise Failure(description=str(exc)) from None
+        with step_errors():
+            result = label_cell(store, registered_cell(context).id, vocabulary)
     except ValueError as exc:  # a malformed chip name or cell id in the nodata index
-        raise Failure(description=f"cannot label {context.partition_key}: {exc}; materialize chips and "
+        raise Failure(allow_retries=False, description=f"cannot label {context.partition_key}: {exc}; materialize chips and "
                                   "nodata_index for it again") from None
     for problem in result.problems:
         context.log.warning(f"{result.cell}: {problem}")
@@ -139,6 +138,8 @@ class TrainingDatasetConfig(Config):
 @asset(
     deps=[chip_labels],
     group_name="dataset",
+    op_tags=DATAMAKER_TAGS,
+    retry_policy=TRANSIENT_RETRY,
     kinds={"parquet", "csv"},
     check_specs=[
         AssetCheckSpec("no_spatial_leakage", asset="training_dataset", blocking=True,
@@ -160,13 +161,11 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
     try:
         settings.validate()
     except ValueError as exc:
-        raise Failure(description=f"invalid training_dataset config: {exc}") from None
-    try:
+        raise Failure(allow_retries=False, description=f"invalid training_dataset config: {exc}") from None
+    with step_errors():
         result = build_dataset(store, vocabulary, settings, progress=context.log.info)
         stats = dataset_stats(store, result.version)
         leakage = leakage_report(store, result.version)
-    except (DatasetError, StorageError) as exc:
-        raise Failure(description=str(exc)) from None
     manifest = result.manifest
     for skipped in manifest["skipped_cells"]:
         context.log.warning(f"skipped {skipped['cell']}: {skipped['reason']}")

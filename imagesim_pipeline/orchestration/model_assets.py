@@ -7,21 +7,17 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     Config,
-    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 from pydantic import Field
 
-from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS, TRAINER_POOL, TRAINER_TAGS, ComputeResource
+from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
 from imagesim_pipeline.orchestration.label_assets import _image, training_dataset
 from imagesim_pipeline.orchestration.resources import BucketResource
-from imagesim_pipeline.storage import StorageError
 
-# Steps tagged for the trainer compute profile (a GPU machine in production); the pool keeps
-# one training step at a time on a machine.
-TRAINER_TAGS = {"imagesim/compute": "trainer"}
 
 
 class SmlcTrainingConfig(Config):
@@ -51,7 +47,8 @@ class SmlcTrainingConfig(Config):
     group_name="model",
     kinds={"pytorch"},
     op_tags=TRAINER_TAGS,
-    pool="trainer",
+    pool=TRAINER_POOL,
+    retry_policy=TRANSIENT_RETRY,
     check_specs=[
         AssetCheckSpec("reference_benchmark", asset="smlc_model",
                        description="The reference's benchmark on val: loss < 0.3 and accuracy > 0.85"),
@@ -62,19 +59,28 @@ class SmlcTrainingConfig(Config):
     description="The SMLC trained on the latest training dataset (frozen ImageNet backbone, MLP head): "
                 "Lightning checkpoint, `metrics.json` and a model card under `models/<name>/<version>/`.",
 )
-def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucket: BucketResource) -> MaterializeResult:
+def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucket: BucketResource,
+               compute: ComputeResource) -> MaterializeResult:
     from imagesim_pipeline.models.data import SmlcDataModule
     from imagesim_pipeline.models.registry import CARD, model_key
     from imagesim_pipeline.models.report import per_label_table, quality_table
     from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
-    from imagesim_pipeline.models.training import Benchmark, make_trainer, model_version, train_and_publish
+    from imagesim_pipeline.models.training import (
+        Benchmark,
+        make_trainer,
+        model_version,
+        train_and_publish,
+    )
     from imagesim_pipeline.settings import runs_dir
 
     import lightning as L
 
     store = bucket.get_bucket()
     L.seed_everything(config.seed, verbose=False)
-    try:
+    with step_errors("training failed: "):
+        devices = int(config.devices) if config.devices.lstrip("-").isdigit() else config.devices
+        accelerator, devices, device_note = compute.training_device(config.accelerator, devices)
+        (context.log.warning if accelerator == "cpu" and config.accelerator == "auto" else context.log.info)(device_note)
         data = SmlcDataModule(bucket=store.uri, dataset_version=config.dataset_version, input_size=config.input_size,
                               batch_size=config.batch_size, num_workers=config.num_workers,
                               cache_features=config.cache_features, augmentation=config.augmentation,
@@ -85,13 +91,10 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
                                            eta_min=config.eta_min, weight_decay=config.weight_decay)
         version = model_version(model, data, {"max_epochs": config.max_epochs, "seed": config.seed})
         run_dir = Path(runs_dir()) / config.name / version
-        devices = int(config.devices) if config.devices.lstrip("-").isdigit() else config.devices
-        trainer = make_trainer(run_dir, config.max_epochs, config.accelerator, devices, config.strategy,
+        trainer = make_trainer(run_dir, config.max_epochs, accelerator, devices, config.strategy,
                                config.precision, progress=context.log.info)
         outcome = train_and_publish(model, data, trainer, store, run_dir, config.name, version,
                                     progress=context.log.info)
-    except (ImagesimError, StorageError, ValueError) as exc:
-        raise Failure(description=f"training failed: {exc}") from None
     metrics = outcome.metrics
     test, base = metrics["test_at_thresholds"], metrics.get("baselines", {})
     passed = Benchmark().results(metrics)["reference_benchmark"]
@@ -142,7 +145,8 @@ class OnnxModelConfig(Config):
     deps=[smlc_model],
     group_name="model",
     kinds={"onnx"},
-    op_tags=TRAINER_TAGS,
+    op_tags=DATAMAKER_TAGS,  # export and parity checks run on CPU: the GPU machine can scale down
+    retry_policy=TRANSIENT_RETRY,
     check_specs=[
         AssetCheckSpec("onnx_parity", asset="onnx_model",
                        description="onnxruntime matches torch on real chips (logits and embedding)"),
@@ -159,11 +163,9 @@ def onnx_model(context: AssetExecutionContext, config: OnnxModelConfig, bucket: 
 
     store = bucket.get_bucket()
     benchmark = Benchmark(min_test_f2=config.min_test_f2, max_onnx_diff=config.max_onnx_diff)
-    try:
+    with step_errors("ONNX export failed: "):
         metrics, parity, checks = export_and_promote(store, config.name, config.version, benchmark,
                                                      progress=context.log.info)
-    except (ImagesimError, StorageError) as exc:
-        raise Failure(description=f"ONNX export failed: {exc}") from None
     version = metrics["version"]
     return MaterializeResult(
         metadata={
@@ -186,4 +188,4 @@ def onnx_model(context: AssetExecutionContext, config: OnnxModelConfig, bucket: 
     )
 
 
-__all__ = ["OnnxModelConfig", "SmlcTrainingConfig", "TRAINER_TAGS", "onnx_model", "smlc_model"]
+__all__ = ["OnnxModelConfig", "SmlcTrainingConfig", "onnx_model", "smlc_model"]

@@ -19,11 +19,12 @@ from pydantic import Field
 from imagesim_pipeline.ard.discovery import discover_bucket
 from imagesim_pipeline.ard.grid import ArdCell, GridError
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
-from imagesim_pipeline.orchestration.partitions import ard_cells
+from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS
+from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
+from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
 from imagesim_pipeline.osm import (
     DEFAULT_MARGIN_DEG,
-    OsmError,
     OverpassClient,
     top_keys,
     write_osm_data,
@@ -75,6 +76,8 @@ def _top_keys_table(data: dict[str, Any]) -> str:
     group_name="osm",
     kinds={"json"},
     pool="overpass",
+    op_tags=DATAMAKER_TAGS,
+    retry_policy=TRANSIENT_RETRY,
     check_specs=[AssetCheckSpec("osm_geometry_complete", asset="osm_data",
                                 description="Every way and relation member has all its node positions")],
     description="Raw OpenStreetMap elements around one ARD cell (Overpass 'out geom' JSON) at "
@@ -82,11 +85,11 @@ def _top_keys_table(data: dict[str, Any]) -> str:
                 "cells) or the Overpass API.",
 )
 def osm_data(context: AssetExecutionContext, bucket: BucketResource, osm: OsmSourceResource) -> MaterializeResult:
-    cell = ArdCell.parse(context.partition_key)
+    cell = registered_cell(context)
     store = bucket.get_bucket()
     started = time.perf_counter()
     extra: dict[str, Any] = {}
-    try:
+    with step_errors():
         if osm.source == "overpass":
             date = None
             if osm.match_acquisition_date:
@@ -107,9 +110,7 @@ def osm_data(context: AssetExecutionContext, bucket: BucketResource, osm: OsmSou
                                                       node_index=osm.node_index, progress=context.log.info)
             extra = {"pbf_cache_hit": cache_hit, "cells_extracted_in_this_run": extracted}
         else:
-            raise Failure(description=f"unknown OSM source {osm.source!r}: use 'pbf' or 'overpass'")
-    except OsmError as exc:
-        raise Failure(description=str(exc)) from None
+            raise Failure(allow_retries=False, description=f"unknown OSM source {osm.source!r}: use 'pbf' or 'overpass'")
     key = write_osm_data(store, cell, data)
     provenance = data["provenance"]
     for problem in provenance.get("problems", []):

@@ -9,21 +9,21 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
+    BackfillPolicy,
     Config,
-    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 from pydantic import Field
 
-from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.orchestration.chip_assets import chips
 from imagesim_pipeline.orchestration.label_assets import _counts_table, _image
 from imagesim_pipeline.orchestration.model_assets import onnx_model
-from imagesim_pipeline.orchestration.partitions import ard_cells
+from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS, INDEX_POOL
+from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
+from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
-from imagesim_pipeline.storage import StorageError
 
 
 class ModelChoice(Config):
@@ -43,35 +43,47 @@ def _version(store, config: ModelChoice) -> str:
 
 
 @asset(partitions_def=ard_cells, deps=[chips, onnx_model], group_name="search", kinds={"parquet", "onnx"},
+       op_tags=DATAMAKER_TAGS, retry_policy=TRANSIENT_RETRY, backfill_policy=BackfillPolicy.single_run(),
        description="Every all-data chip of the cell encoded by the published ONNX model: GeoParquet at "
                    "`embeddings/<model version>/<zone>/<cell>.parquet` (chip, place, catalog id, date, WGS84 "
                    "geometry, embedding, label probabilities). Unchanged chips are not encoded again.")
 def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bucket: BucketResource
                     ) -> MaterializeResult:
-    from imagesim_pipeline.embeddings.cell_embeddings import embed_cell, embeddings_key, vectors
+    from imagesim_pipeline.embeddings.cell_embeddings import embed_cell, embeddings_key, vectors, version_prefix
     from imagesim_pipeline.embeddings.encoder import OnnxEncoder
 
     store = bucket.get_bucket()
-    try:
+    # one cell, or a range of them (a backfill or a re-encode in one run)
+    cells = [registered_cell(context, key).id for key in context.partition_keys]
+    with step_errors():
         encoder = OnnxEncoder.from_bucket(store, config.name, _version(store, config), config.threads,
                                           config.batch_size)
-        result = embed_cell(store, encoder, context.partition_key, progress=context.log.info)
-    except (ImagesimError, StorageError) as exc:
-        raise Failure(description=f"{context.partition_key}: {exc}") from None
-    for chip in result.unreadable[:20]:
-        context.log.warning(f"unreadable chip left out: {chip}")
-    predicted = encoder.predicted(vectors(result.table, "probs")).sum(axis=0) if result.chips else []
+    totals = {"chips": 0, "encoded": 0, "reused_unchanged": 0, "unreadable": 0}
+    predicted = np.zeros(len(encoder.labels), dtype=np.int64)
+    seconds = 0.0
+    for n, cell in enumerate(cells, 1):
+        if len(cells) > 1:
+            context.log.info(f"[{n}/{len(cells)}] {cell}")
+        with step_errors(f"{cell}: "):
+            result = embed_cell(store, encoder, cell, progress=context.log.info)
+        for chip in result.unreadable[:20]:
+            context.log.warning(f"unreadable chip left out: {chip}")
+        if result.chips:
+            predicted += encoder.predicted(vectors(result.table, "probs")).sum(axis=0)
+        for name, value in (("chips", result.chips), ("encoded", result.encoded),
+                            ("reused_unchanged", result.reused), ("unreadable", len(result.unreadable))):
+            totals[name] += value
+        seconds += result.seconds
     histogram = {label: int(n) for label, n in zip(encoder.labels, predicted)}
     return MaterializeResult(metadata={
         "model_version": encoder.version,
-        "chips": result.chips,
-        "encoded": result.encoded,
-        "reused_unchanged": result.reused,
-        "unreadable": len(result.unreadable),
-        "chips_per_second": round(result.encoded / max(result.seconds, 1e-9), 1),
+        "cells": len(cells),
+        **totals,
+        "chips_per_second": round(totals["encoded"] / max(seconds, 1e-9), 1),
         "execution_provider": encoder.provider,
         "predicted_labels": MetadataValue.md(_counts_table(("label", "chips"), sorted(histogram.items()))),
-        "location": store.url(embeddings_key(encoder.version, context.partition_key)),
+        "location": store.url(embeddings_key(encoder.version, cells[0]) if len(cells) == 1
+                              else version_prefix(encoder.version)),
     })
 
 
@@ -80,7 +92,7 @@ class IndexConfig(ModelChoice):
     exact_below: int = Field(default=200_000, description="auto: exact search below this many vectors")
 
 
-@asset(deps=[chip_embeddings], group_name="search", kinds={"faiss"},
+@asset(deps=[chip_embeddings], group_name="search", kinds={"faiss"}, op_tags=DATAMAKER_TAGS, retry_policy=TRANSIENT_RETRY, pool=INDEX_POOL,
        check_specs=[AssetCheckSpec("finds_itself", asset="similarity_index",
                                    description="Indexed chips queried with their own embedding come back first")],
        description="A FAISS index (cosine) over every chip embedding of one model version with its items table, "
@@ -92,13 +104,11 @@ def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket
     from imagesim_pipeline.search.index import IndexParams, normalise, search
 
     store = bucket.get_bucket()
-    try:
+    with step_errors():
         version = _version(store, config)
         params = replace(IndexParams(), kind=config.kind, exact_below=config.exact_below)
         build = build_similarity_index(store, version, params, progress=context.log.info)
         engine = SearchEngine(store, config.name, version)
-    except (ImagesimError, StorageError) as exc:
-        raise Failure(description=str(exc)) from None
     rng = np.random.default_rng(0)
     sample = rng.choice(len(engine), size=min(100, len(engine)), replace=False)
     found = 0
@@ -155,7 +165,7 @@ def _histogram_png(scores: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@asset(deps=[chip_embeddings], group_name="search", kinds={"parquet"},
+@asset(deps=[chip_embeddings], group_name="search", kinds={"parquet"}, op_tags=DATAMAKER_TAGS, retry_policy=TRANSIENT_RETRY, pool=INDEX_POOL,
        description="Change scores between consecutive acquisitions of every place, from the embeddings "
                    "(cosine distance, robust z-score per acquisition pair and kind), most changed first, at "
                    "`changes/<model version>/changes.parquet`.")
@@ -164,12 +174,10 @@ def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: 
 
     store = bucket.get_bucket()
     started = time.perf_counter()
-    try:
+    with step_errors():
         version = _version(store, config)
         table = change_table(store, version, config.min_group, progress=context.log.debug)
-    except (ImagesimError, StorageError) as exc:
-        raise Failure(description=str(exc)) from None
-    key = write_changes(store, version, table)
+        key = write_changes(store, version, table)
     top = table.slice(0, config.top).to_pylist()
     scores = table.column("score").to_numpy()
     return MaterializeResult(metadata={

@@ -1,27 +1,37 @@
-"""The delivery sensor: register newly delivered cells as partitions and request their runs."""
+"""Sensors: deliveries start the datamaker, a new dataset version starts training, a promoted model
+starts re-encoding, a failed run leaves a readable summary in the bucket, and orphaned runs are freed."""
 
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from dagster import (
+    AssetKey,
     DefaultSensorStatus,
+    EventLogEntry,
+    RunFailureSensorContext,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    asset_sensor,
+    run_failure_sensor,
     sensor,
 )
 
 from imagesim_pipeline.ard.discovery import discover_bucket
-from imagesim_pipeline.orchestration.jobs import cell_job
+from imagesim_pipeline.orchestration.failures import RUN_RETRY_TAGS, step_failure_message
+from imagesim_pipeline.orchestration.jobs import datamaker_job, encoder_job, trainer_job
 from imagesim_pipeline.orchestration.partitions import ard_cells
 from imagesim_pipeline.orchestration.resources import BucketResource
 
 LOOKBACK = timedelta(hours=1)
+MAX_NEW_CELLS_PER_TICK = 2_000
+"""New cells registered per tick; a bigger delivery is taken over the next ticks (each tick stays well
+inside the sensor's 60 s evaluation limit; see benchmarks/bench_delivery_sensor.py)."""
 
 
-@sensor(job=cell_job, minimum_interval_seconds=120, default_status=DefaultSensorStatus.RUNNING,
-        description="Scans ard/ in the bucket; adds new level-12 cells as partitions and runs the cell job "
+@sensor(job=datamaker_job, minimum_interval_seconds=120, default_status=DefaultSensorStatus.RUNNING,
+        description="Scans ard/ in the bucket; adds new level-12 cells as partitions and runs datamaker_job "
                     "for new cells and for cells whose delivery changed since the last tick.")
 def ard_delivery_sensor(context: SensorEvaluationContext, bucket: BucketResource) -> SensorResult | SkipReason:
     found = discover_bucket(bucket.get_bucket())
@@ -42,17 +52,98 @@ def ard_delivery_sensor(context: SensorEvaluationContext, bucket: BucketResource
             changed_cells.append(cell_id)
     if not new_cells and not changed_cells:
         return SkipReason(f"no new or changed deliveries among {len(found.cells)} cells")
+    cursor = newest.isoformat() if newest else context.cursor
+    if len(new_cells) > MAX_NEW_CELLS_PER_TICK:
+        context.log.info(f"{len(new_cells)} new cells: registering {MAX_NEW_CELLS_PER_TICK} now, the rest on the "
+                         "next ticks")
+        new_cells, cursor = new_cells[:MAX_NEW_CELLS_PER_TICK], context.cursor
     run_requests = [
         # The run key makes a re-delivery of identical content never run twice.
         RunRequest(partition_key=cell_id, run_key=f"{cell_id}:{found.cells[cell_id].fingerprint()}",
-                   tags={"imagesim/zone": cell_id[1:3]})
+                   tags={"imagesim/zone": cell_id[1:3], **RUN_RETRY_TAGS})
         for cell_id in new_cells + changed_cells
     ]
     return SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=[ard_cells.build_add_request(new_cells)] if new_cells else [],
-        cursor=newest.isoformat() if newest else context.cursor,
+        cursor=cursor,
     )
+
+
+def _metadata_value(event: EventLogEntry, name: str):
+    materialization = event.asset_materialization
+    entry = materialization.metadata.get(name) if materialization else None
+    return entry.value if entry is not None else None
+
+
+@asset_sensor(asset_key=AssetKey("training_dataset"), job=trainer_job, default_status=DefaultSensorStatus.RUNNING,
+              minimum_interval_seconds=60,
+              description="A new training dataset version starts training (smlc_model, onnx_model) on it; the "
+                          "model is promoted only when its checks pass.")
+def dataset_version_sensor(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest | SkipReason:
+    version = _metadata_value(asset_event, "version")
+    if not version:
+        return SkipReason("the latest training_dataset materialization names no version")
+    # The run key trains each dataset version once, however often the dataset is rebuilt unchanged.
+    return RunRequest(run_key=f"train-{version}", asset_selection=[AssetKey("smlc_model"), AssetKey("onnx_model")],
+                      run_config={"ops": {"smlc_model": {"config": {"dataset_version": version}}}},
+                      tags={"imagesim/dataset_version": version, **RUN_RETRY_TAGS})
+
+
+@asset_sensor(asset_key=AssetKey("onnx_model"), job=encoder_job, default_status=DefaultSensorStatus.RUNNING,
+              minimum_interval_seconds=60,
+              description="A newly promoted model re-encodes every registered cell in one run, then rebuilds the "
+                          "similarity index and the change table for it.")
+def model_promoted_sensor(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest | SkipReason:
+    version = _metadata_value(asset_event, "version")
+    if not _metadata_value(asset_event, "promoted"):
+        return SkipReason(f"model {version} was not promoted (its checks did not pass): nothing to re-encode")
+    cells = context.instance.get_dynamic_partitions(ard_cells.name)
+    if not cells:
+        return SkipReason("no registered cell to encode")
+    return RunRequest(run_key=f"encode-{version}", tags={
+        "dagster/asset_partition_range_start": cells[0], "dagster/asset_partition_range_end": cells[-1],
+        "imagesim/model_version": str(version), **RUN_RETRY_TAGS})
+
+
+def _launched_by(tags) -> str:
+    for tag, what in (("dagster/sensor_name", "sensor"), ("dagster/schedule_name", "schedule"),
+                      ("dagster/backfill", "backfill")):
+        if tag in tags:
+            return f"{what} {tags[tag]}"
+    return "hand (UI, CLI or script)"
+
+
+def failure_summary(context: RunFailureSensorContext) -> str:
+    """A failed run in Markdown: what ran, which steps failed and why, how to run it again."""
+    run = context.dagster_run
+    partition = run.tags.get("dagster/partition")
+    lines = [f"# {run.job_name} failed", "",
+             f"- run: `{run.run_id}`" + (f" (partition `{partition}`)" if partition else ""),
+             f"- when: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC",
+             f"- launched by: {_launched_by(run.tags)}",
+             "", "## Failed steps", ""]
+    for event in context.get_step_failure_events():
+        lines.append(f"- `{event.step_key}`: {step_failure_message(event)}")
+    if not context.get_step_failure_events():
+        lines.append(f"- none: the run itself failed ({context.failure_event.message})")
+    again = f" --tags '{{\"dagster/partition\": \"{partition}\"}}'" if partition else ""
+    lines += ["", "## Next", "",
+              f"Fix the cause named above, then re-run from the failure in the UI (Runs → `{run.run_id[:8]}` → "
+              f"Re-execute from failure) or `dagster job execute -m imagesim_pipeline.definitions -j {run.job_name}{again}`."]
+    return "\n".join(lines) + "\n"
+
+
+@run_failure_sensor(default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+                    description="Writes a readable summary of every failed run to ops/run-failures/ in the bucket.")
+def run_failure_summary_sensor(context: RunFailureSensorContext, bucket: BucketResource) -> None:
+    from imagesim_pipeline.storage import layout
+
+    run = context.dagster_run
+    key = layout.run_failure_key(f"{datetime.now(timezone.utc):%Y-%m-%d}", run.job_name, run.run_id)
+    store = bucket.get_bucket()
+    store.write_bytes(key, failure_summary(context).encode())
+    context.log.info(f"summary of failed run {run.run_id} at {store.url(key)}")
 
 
 @sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,

@@ -77,7 +77,7 @@ def read_manifest(bucket: Bucket, version: str) -> dict:
         return json.loads(bucket.read_text(index_key(version, MANIFEST_FILE)))
     except (StorageError, json.JSONDecodeError):
         raise IndexNotFoundError(f"model {version} has no similarity index at {bucket.url(index_key(version, ''))}: "
-                                 "materialize chip_embeddings and similarity_index (search_job)") from None
+                                 "materialize chip_embeddings and similarity_index (encoder_job)") from None
 
 
 def _items(table: pa.Table) -> pa.Table:

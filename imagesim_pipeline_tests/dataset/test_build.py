@@ -132,7 +132,7 @@ def test_a_selection_without_chips_is_an_error_not_an_empty_version(labelled):
 
 
 def test_an_empty_bucket_says_what_to_do(tmp_path):
-    with pytest.raises(DatasetError, match="run cell_job for some cells first"):
+    with pytest.raises(DatasetError, match="run datamaker_job for some cells first"):
         build_dataset(open_bucket(tmp_path), load_vocabulary(), DatasetConfig())
     with pytest.raises(DatasetError, match="materialize training_dataset first"):
         latest_version(open_bucket(tmp_path))

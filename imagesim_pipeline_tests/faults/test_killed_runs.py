@@ -59,7 +59,7 @@ def test_the_daemon_clears_killed_runs_and_runs_the_queued_one(site):
     daemon = subprocess.Popen([BIN / "dagster-daemon", "run", "-w", "workspace.yaml"], env=env, cwd=PROJECT_ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        launch = subprocess.run([BIN / "dagster", "job", "launch", "-w", "workspace.yaml", "-j", "cell_job",
+        launch = subprocess.run([BIN / "dagster", "job", "launch", "-w", "workspace.yaml", "-j", "datamaker_job",
                                  "--tags", json.dumps({"dagster/partition": CELL})], env=env, cwd=PROJECT_ROOT,
                                 capture_output=True, text=True, timeout=300)
         assert launch.returncode == 0, launch.stderr[-2000:]

@@ -287,3 +287,22 @@ def test_export_of_a_resnet50_smlc_has_both_outputs(tmp_path):
     assert parity.max_abs < 1e-3
     shapes = {o.name: o.shape for o in session(path).get_outputs()}
     assert shapes["embedding"][1] == 512 and shapes["logits"][1] == 3
+
+
+def test_choose_device_trains_on_cpu_with_a_note_and_refuses_a_missing_gpu(monkeypatch):
+    import torch
+
+    from imagesim_pipeline.models.training import TrainingSetupError, choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    accelerator, devices, note = choose_device("auto", "auto")
+    assert (accelerator, devices) == ("cpu", "auto") and "no CUDA GPU on this machine: training on the CPU" in note
+    with pytest.raises(TrainingSetupError, match="asks for a GPU but this machine has none"):
+        choose_device("gpu", "auto")
+    # four GPUs seen (the device query is replaced: this machine has none)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "NVIDIA A10G")
+    assert choose_device("auto", "auto") == ("gpu", "auto", "training on 4 of 4 CUDA GPU(s) (NVIDIA A10G)")
+    with pytest.raises(TrainingSetupError, match="devices=8 but this machine has 4 GPU"):
+        choose_device("gpu", 8)

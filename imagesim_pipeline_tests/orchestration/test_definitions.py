@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from dagster import (
-    AssetKey,
     DagsterInstance,
     SensorResult,
     SkipReason,
@@ -39,24 +38,35 @@ def test_dg_check_defs_passes(dagster_home):
 def test_dagster_commands_work_in_the_project_folder_with_nothing_exported():
     import os
 
-    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "IMAGESIM_BUCKET")}
-    for command in (["dagster", "definitions", "validate", "-m", "imagesim_pipeline.definitions"],
-                    ["dg", "check", "defs"]):
-        proc = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                              text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "IMAGESIM_", "AWS_"))}
+    for deployment, command in (("local", ["dagster", "definitions", "validate", "-m", "imagesim_pipeline.definitions"]),
+                                ("local", ["dg", "check", "defs"]),
+                                ("aws", ["dagster", "definitions", "validate", "-m", "imagesim_pipeline.definitions"])):
+        proc = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=PROJECT_ROOT,
+                              env={**env, "IMAGESIM_DEPLOYMENT": deployment}, capture_output=True, text=True,
+                              timeout=300)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
 
 
 def test_definitions_hold_the_partitioned_asset_job_and_sensor():
     from imagesim_pipeline.definitions import defs
 
-    job = defs.resolve_job_def("cell_job")
+    job = defs.resolve_job_def("datamaker_job")
     assert job.partitions_def == ard_cells
     assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} >= {"ard_tile"}
-    assert defs.resolve_sensor_def("ard_delivery_sensor").job_name == "cell_job"
-    assert defs.resolve_job_def("cell_job").asset_layer.executable_asset_keys >= {AssetKey("chip_labels")}
-    assert defs.resolve_job_def("dataset_job").partitions_def is None
-    assert defs.resolve_schedule_def("dataset_nightly").job_name == "dataset_job"
+    assert defs.resolve_sensor_def("ard_delivery_sensor").job_name == "datamaker_job"
+
+    def keys(name):
+        return {k.to_user_string() for k in defs.resolve_job_def(name).asset_layer.executable_asset_keys}
+
+    assert keys("datamaker_job") == {"ard_tile", "osm_data", "chips", "nodata_index", "chip_labels"}
+    assert keys("trainer_job") == {"training_dataset", "smlc_model", "onnx_model"}
+    assert keys("encoder_job") == {"chip_embeddings", "similarity_index", "chip_changes"}
+    assert defs.resolve_job_def("trainer_job").partitions_def is None
+    assert defs.resolve_job_def("encoder_job").partitions_def == ard_cells
+    assert defs.resolve_schedule_def("dataset_nightly").job_name == "trainer_job"
+    assert defs.resolve_sensor_def("dataset_version_sensor").job_name == "trainer_job"
+    assert defs.resolve_sensor_def("model_promoted_sensor").job_name == "encoder_job"
 
 
 def test_sensor_registers_new_cells_and_reruns_only_changed_ones(dagster_home, bucket_copy):

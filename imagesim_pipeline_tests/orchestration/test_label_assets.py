@@ -51,4 +51,4 @@ def test_failures_name_the_cell_or_the_rule(kotka_bucket, dagster_home, tmp_path
     invalid = run([chip_labels], kotka_bucket, str(bad), KOTKA_CELLS[0])
     assert "invalid label vocabulary" in failure_message(invalid) and "'highway~primary'" in failure_message(invalid)
     empty = run([training_dataset], tmp_path / "nothing")
-    assert "run cell_job for some cells first" in failure_message(empty)
+    assert "run datamaker_job for some cells first" in failure_message(empty)

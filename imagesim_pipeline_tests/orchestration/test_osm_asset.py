@@ -75,16 +75,19 @@ def test_overpass_route_through_dagster_matches_the_pbf(samples, fake_overpass, 
 
 @pytest.mark.e2e
 def test_failing_overpass_leaves_no_partial_document(fake_overpass, tmp_path, dagster_home):
+    """A refused query fails the step at once (not retried: it would be refused again), writing nothing."""
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions(ard_cells.name, [HELSINKI.id])
     url = fake_overpass["Helsinki.osm.pbf"]
-    requests.post(f"{url}/_script", data=json.dumps([{"status": 504}] * 2), timeout=5).raise_for_status()
+    requests.post(f"{url}/_script", data=json.dumps([{"status": 400}]), timeout=5).raise_for_status()
     overpass = OsmSourceResource(source="overpass", overpass_url=url, min_interval=0, retries=2)
     result = run(instance, HELSINKI.id, tmp_path / "bucket", overpass)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "failed after 2 tries" in failure.step_failure_data.error.message
+    assert "refused the query: HTTP 400" in failure.step_failure_data.user_failure_data.description
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert list(open_bucket(tmp_path / "bucket").list()) == []
+
 
 
 @pytest.mark.e2e
