@@ -61,7 +61,8 @@ def ard_tile(context: AssetExecutionContext, bucket: BucketResource) -> Material
     for problem in summary.problems:
         context.log.error(problem)
     if not summary.acquisitions:
-        raise Failure(allow_retries=False, description=f"No readable acquisition for {cell.id}: " + "; ".join(summary.problems))
+        raise Failure(allow_retries=False,
+                      description=f"No readable acquisition for {cell.id}: " + "; ".join(summary.problems))
     footprint = summary.footprint
     metadata = {
         "cell": cell.id,

@@ -43,7 +43,8 @@ def _sheet_markdown(png: bytes) -> str:
     return f"![sample chips](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-@asset(partitions_def=ard_cells, deps=[ard_tile], group_name="chips", kinds={"jpeg"}, op_tags=DATAMAKER_TAGS, retry_policy=TRANSIENT_RETRY,
+@asset(partitions_def=ard_cells, deps=[ard_tile], group_name="chips", kinds={"jpeg"}, op_tags=DATAMAKER_TAGS,
+       retry_policy=TRANSIENT_RETRY,
        description="JPEG chips of every acquisition of the cell, cut exactly on the ARD grid at the chip zoom, "
                    "at `chips/<zone>/Z<zone>-<quadkey>_<catalog id>.jpg`, with a per-cell manifest.")
 def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketResource) -> MaterializeResult:
@@ -51,7 +52,8 @@ def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketRes
     store = bucket.get_bucket()
     delivery = discover_bucket(store, layout.ard_cell_prefix(cell.id)).cells.get(cell.id)
     if delivery is None:
-        raise Failure(allow_retries=False, description=f"No delivery for {cell.id} in {store.uri}; materialize ard_tile to see why.")
+        raise Failure(allow_retries=False,
+                      description=f"No delivery for {cell.id} in {store.uri}; materialize ard_tile to see why.")
     with step_errors(after=f" The published chips, manifest and nodata index of {cell.id} are unchanged (new "
                            "chips are only published once every acquisition is chipped)."):
         result = chip_cell(store, delivery, zoom=config.zoom, quality=config.quality, size=config.size,
@@ -76,7 +78,8 @@ def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketRes
     return MaterializeResult(metadata=metadata)
 
 
-@asset(partitions_def=ard_cells, deps=[chips], group_name="chips", kinds={"parquet", "json"}, op_tags=DATAMAKER_TAGS, retry_policy=TRANSIENT_RETRY,
+@asset(partitions_def=ard_cells, deps=[chips], group_name="chips", kinds={"parquet", "json"}, op_tags=DATAMAKER_TAGS,
+       retry_policy=TRANSIENT_RETRY,
        description="The cell's chips classified no / partial / all data (from the raster mask at chipping time) "
                    "as `nodata-index/<zone>/<cell>.parquet`; `nodata-index.json` at the bucket root is rebuilt.")
 def nodata_index(context: AssetExecutionContext, bucket: BucketResource) -> MaterializeResult:

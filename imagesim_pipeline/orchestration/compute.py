@@ -114,9 +114,6 @@ class ComputeResource(ConfigurableResource):
                 raise ImagesimError("the AWS deployment is missing settings: " + "; ".join(problems)
                                     + ". Set them in the task definitions (deploy/aws/imagesim.yaml does).")
 
-    def profile(self, name: str) -> ComputeProfile:
-        return profiles()[name]
-
     def training_device(self, accelerator: str, devices: int | str) -> tuple[str, int | str, str]:
         """The accelerator and devices a training step uses here (``models.training.choose_device``)."""
         from imagesim_pipeline.models.training import choose_device

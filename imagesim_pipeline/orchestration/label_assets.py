@@ -90,8 +90,8 @@ def chip_labels(context: AssetExecutionContext, bucket: BucketResource, labels: 
         with step_errors():
             result = label_cell(store, registered_cell(context).id, vocabulary)
     except ValueError as exc:  # a malformed chip name or cell id in the nodata index
-        raise Failure(allow_retries=False, description=f"cannot label {context.partition_key}: {exc}; materialize chips and "
-                                  "nodata_index for it again") from None
+        raise Failure(allow_retries=False, description=f"cannot label {context.partition_key}: {exc}; materialize "
+                                                       "chips and nodata_index for it again") from None
     for problem in result.problems:
         context.log.warning(f"{result.cell}: {problem}")
     histogram = result.histogram()

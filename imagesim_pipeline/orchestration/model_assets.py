@@ -80,7 +80,10 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
     with step_errors("training failed: "):
         devices = int(config.devices) if config.devices.lstrip("-").isdigit() else config.devices
         accelerator, devices, device_note = compute.training_device(config.accelerator, devices)
-        (context.log.warning if accelerator == "cpu" and config.accelerator == "auto" else context.log.info)(device_note)
+        if accelerator == "cpu" and config.accelerator == "auto":
+            context.log.warning(device_note)  # a CPU-only trainer says so, and proceeds
+        else:
+            context.log.info(device_note)
         data = SmlcDataModule(bucket=store.uri, dataset_version=config.dataset_version, input_size=config.input_size,
                               batch_size=config.batch_size, num_workers=config.num_workers,
                               cache_features=config.cache_features, augmentation=config.augmentation,

@@ -92,7 +92,8 @@ class IndexConfig(ModelChoice):
     exact_below: int = Field(default=200_000, description="auto: exact search below this many vectors")
 
 
-@asset(deps=[chip_embeddings], group_name="search", kinds={"faiss"}, op_tags=DATAMAKER_TAGS, retry_policy=TRANSIENT_RETRY, pool=INDEX_POOL,
+@asset(deps=[chip_embeddings], group_name="search", kinds={"faiss"}, op_tags=DATAMAKER_TAGS,
+       retry_policy=TRANSIENT_RETRY, pool=INDEX_POOL,
        check_specs=[AssetCheckSpec("finds_itself", asset="similarity_index",
                                    description="Indexed chips queried with their own embedding come back first")],
        description="A FAISS index (cosine) over every chip embedding of one model version with its items table, "
@@ -165,7 +166,8 @@ def _histogram_png(scores: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@asset(deps=[chip_embeddings], group_name="search", kinds={"parquet"}, op_tags=DATAMAKER_TAGS, retry_policy=TRANSIENT_RETRY, pool=INDEX_POOL,
+@asset(deps=[chip_embeddings], group_name="search", kinds={"parquet"}, op_tags=DATAMAKER_TAGS,
+       retry_policy=TRANSIENT_RETRY, pool=INDEX_POOL,
        description="Change scores between consecutive acquisitions of every place, from the embeddings "
                    "(cosine distance, robust z-score per acquisition pair and kind), most changed first, at "
                    "`changes/<model version>/changes.parquet`.")
