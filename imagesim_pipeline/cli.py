@@ -373,14 +373,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from imagesim_pipeline.errors import ImagesimError
-    from imagesim_pipeline.orchestration.compute import aws_problems
-    from imagesim_pipeline.settings import settings
+    from imagesim_pipeline.orchestration.compute import require_deployment
 
-    current = settings()
-    problems = aws_problems(current) if current.deployment == "aws" else []
-    if problems:
-        raise ImagesimError("the AWS deployment is missing settings: " + "; ".join(problems))
+    require_deployment()
     _exec_dagster("dagster-daemon", "run")
     return 0
 

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
         return self.bucket or str(self.data.expanduser() / "bucket")
 
     @property
+    def instance_dir(self) -> Path:
+        """The Dagster instance folder: DAGSTER_HOME, else the project's ``.dagster``."""
+        return (self.dagster_home or PROJECT_ROOT / ".dagster").expanduser().resolve()
+
+    @property
     def runs_dir(self) -> Path:
         return (self.runs or self.data / "runs").expanduser()
 
@@ -89,7 +94,7 @@ def dagster_home() -> Path:
 
     Sets ``DAGSTER_HOME`` for this process when it was not set (Dagster reads it from there).
     """
-    home = (settings().dagster_home or PROJECT_ROOT / ".dagster").expanduser().resolve()
+    home = settings().instance_dir
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     project_config = PROJECT_ROOT / "dagster.yaml"

@@ -100,25 +100,27 @@ def aws_problems(current: Settings) -> list[str]:
     return problems
 
 
+def require_deployment(deployment: str | None = None) -> None:
+    """Fail with every missing setting at once when the deployment (default: the settings') is an
+    incomplete AWS one."""
+    current = settings()
+    problems = aws_problems(current) if (deployment or current.deployment) == "aws" else []
+    if problems:
+        raise ImagesimError("the AWS deployment is missing settings: " + "; ".join(problems)
+                            + ". Set them in the task definitions (deploy/aws/imagesim.yaml does).")
+
+
 class ComputeResource(ConfigurableResource):
     """The compute of a step: the deployment's profile and, for training, the device to use."""
 
     deployment: str = Field(default_factory=lambda: settings().deployment,
                             description="local or aws (IMAGESIM_DEPLOYMENT)")
 
-    def check_deployment(self) -> None:
-        """Fail with every missing setting at once when the AWS deployment is incomplete."""
-        if self.deployment == "aws":
-            problems = aws_problems(settings())
-            if problems:
-                raise ImagesimError("the AWS deployment is missing settings: " + "; ".join(problems)
-                                    + ". Set them in the task definitions (deploy/aws/imagesim.yaml does).")
-
     def training_device(self, accelerator: str, devices: int | str) -> tuple[str, int | str, str]:
         """The accelerator and devices a training step uses here (``models.training.choose_device``)."""
         from imagesim_pipeline.models.training import choose_device
 
-        self.check_deployment()
+        require_deployment(self.deployment)
         return choose_device(accelerator, devices)
 
 
@@ -131,4 +133,4 @@ def configure_pools(instance) -> None:
 
 
 __all__ = ["ComputeProfile", "ComputeResource", "DATAMAKER_TAGS", "INDEX_POOL", "POOL_LIMITS", "TRAINER_POOL",
-           "TRAINER_TAGS", "aws_problems", "configure_pools", "deployment_executor", "profiles"]
+           "TRAINER_TAGS", "aws_problems", "configure_pools", "deployment_executor", "profiles", "require_deployment"]

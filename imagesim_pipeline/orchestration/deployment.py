@@ -1,7 +1,6 @@
 """Checks of the deployment before any Dagster work: is the instance's storage (the production PostgreSQL)
-usable? Dagster itself makes six connection attempts with backoff and then fails with a ~200-line traceback
-ending in "too many retries for DB connection": 13 s for a refused port, over 70 s for a server that never
-answers (connect_timeout: 10 in deploy/aws/dagster.yaml). ``check_instance_storage`` answers after one
+usable? Dagster itself retries the connection several times with backoff and then fails with a long
+traceback ending in "too many retries for DB connection". ``check_instance_storage`` answers after one
 attempt bounded by ``timeout_s``, in one line naming the server and what to check.
 
 Plain Python: Dagster and psycopg2 are imported inside the functions.
@@ -29,9 +28,9 @@ def _instance_home(home: Path | str | None) -> Path:
     """``home``, else DAGSTER_HOME, else imagesim's default instance folder (not created here)."""
     if home is not None:
         return Path(home).expanduser().resolve()
-    from imagesim_pipeline.settings import PROJECT_ROOT, settings
+    from imagesim_pipeline.settings import settings
 
-    return (settings().dagster_home or PROJECT_ROOT / ".dagster").expanduser().resolve()
+    return settings().instance_dir
 
 
 def _is_env_ref(value: Any) -> bool:
@@ -58,14 +57,11 @@ def _env_names(raw: dict) -> dict[str, str]:
     return {k: str(v["env"]) for k, v in raw.items() if _is_env_ref(v)}
 
 
-def _postgres_block(config: dict) -> tuple[str, dict] | None:
-    """(key path, config) of the PostgreSQL storage: ``storage.postgres`` or the legacy ``run_storage``."""
+def _postgres_block(config: dict) -> dict | None:
+    """The ``storage.postgres`` block of an instance file, if it has one."""
     storage = config.get("storage")
     if isinstance(storage, dict) and isinstance(storage.get("postgres"), dict):
-        return "storage.postgres", storage["postgres"]
-    legacy = config.get("run_storage")
-    if isinstance(legacy, dict) and "postgres" in str(legacy.get("module", "")):
-        return "run_storage.config", legacy.get("config") or {}
+        return storage["postgres"]
     return None
 
 
@@ -123,15 +119,12 @@ def check_instance_storage(home: Path | None = None, timeout_s: float = 5.0) -> 
                               "export them (in AWS the ECS task definition sets them) or use an instance "
                               "folder whose dagster.yaml does not need them")
 
-    block = _postgres_block(resolved)
-    if block is None:
-        storage = resolved.get("storage")
-        if isinstance(storage, dict) and "mysql" in storage:
-            return f"MySQL (not checked) from {config_file}"
+    pg = _postgres_block(resolved)
+    if pg is None:
         return f"SQLite in {_sqlite_dir(resolved, home)}"
-    where, pg = block
-    raw_pg = _postgres_block(config)[1]
-    return _check_postgres(pg, _env_names(raw_pg.get("postgres_db") or {}), f"{config_file} {where}", timeout_s)
+    raw_pg = _postgres_block(config)
+    return _check_postgres(pg, _env_names(raw_pg.get("postgres_db") or {}), f"{config_file} storage.postgres",
+                           timeout_s)
 
 
 def _driver_problem(url: str, names: dict[str, str]) -> str | None:

@@ -123,9 +123,10 @@ def failure_summary(context: RunFailureSensorContext) -> str:
              f"- when: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC",
              f"- launched by: {_launched_by(run.tags)}",
              "", "## Failed steps", ""]
-    for event in context.get_step_failure_events():
+    failures = context.get_step_failure_events()  # reads the run's event log
+    for event in failures:
         lines.append(f"- `{event.step_key}`: {step_failure_message(event)}")
-    if not context.get_step_failure_events():
+    if not failures:
         lines.append(f"- none: the run itself failed ({context.failure_event.message})")
     again = f" --tags '{{\"dagster/partition\": \"{partition}\"}}'" if partition else ""
     lines += ["", "## Next", "",

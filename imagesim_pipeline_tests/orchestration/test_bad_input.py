@@ -80,7 +80,7 @@ def test_an_unreachable_postgresql_is_one_line_in_seconds(tmp_path):
            "DAGSTER_COMPUTE_LOG_BUCKET": "b", "DAGSTER_COMPUTE_LOG_PREFIX": "p", "AWS_DEFAULT_REGION": "us-east-1"}
     started = time.monotonic()
     message = _one_line(_imagesim("backfill", "--zone", "33", env=env))
-    assert time.monotonic() - started < 30  # Dagster alone retries for 13 s then prints ~200 lines
+    assert time.monotonic() - started < 30  # Dagster alone retries several times, then a long traceback
     assert f"127.0.0.1:{port}" in message and "DAGSTER_PG_HOST" in message
 
 
