@@ -66,7 +66,7 @@ def build_bucket(root: Path, cells: int, seed: int = 7) -> None:
     """Write the cells' embeddings and build the index (skipped when ``root`` already holds them)."""
     bucket = open_bucket(root)
     try:
-        if read_manifest(bucket, VERSION)["vectors"] == cells * CELL_ROWS:
+        if read_manifest(bucket, VERSION).vectors == cells * CELL_ROWS:
             log(f"reusing the index of {cells * CELL_ROWS:,} chips in {root}")
             return
     except Exception:  # noqa: BLE001 - absent or partial: build it

@@ -28,11 +28,13 @@ def _parse_zone(text: str) -> int:
 
 
 def _parse_bounds(text: str) -> tuple[float, float, float, float]:
+    """WEST,SOUTH,EAST,NORTH in degrees, range-checked (``search.bbox.parse_bbox``, as the API's bbox)."""
+    from imagesim_pipeline.search.bbox import BboxError, parse_bbox
+
     try:
-        west, south, east, north = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError("bounds are WEST,SOUTH,EAST,NORTH in degrees") from None
-    return west, south, east, north
+        return parse_bbox(text)
+    except BboxError as exc:  # argparse prints it as one line and exits 2
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parse_setting(text: str) -> tuple[str, object]:
@@ -253,7 +255,7 @@ def _print_model(bucket) -> bool:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from imagesim_pipeline.models.registry import ModelNotFoundError, get_pointer, read_metrics
+    from imagesim_pipeline.models.registry import get_pointer, read_metrics, verify
     from imagesim_pipeline.models.report import per_label_table, quality_table
     from imagesim_pipeline.storage import open_bucket
 
@@ -263,12 +265,11 @@ def cmd_model(args: argparse.Namespace) -> int:
         trained = run_job("trainer_job", progress=_print, bucket=args.bucket, assets=["smlc_model", "onnx_model"])
         return 0 if trained and _print_model(open_bucket(args.bucket)) else 1
     bucket = open_bucket(args.bucket)
-    try:
-        version = args.version or get_pointer(bucket, args.name, "latest")
-        metrics = read_metrics(bucket, args.name, version)
-    except ModelNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.action == "list":
+        return _list_models(bucket, args.name)
+    version = args.version or get_pointer(bucket, args.name, "latest")
+    verify(bucket, args.name, version)  # a damaged or unpublished version: one line, exit 2
+    metrics = read_metrics(bucket, args.name, version)
     if args.json:
         _print(json.dumps(metrics, indent=2))
         return 0
@@ -282,12 +283,24 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bbox(text: str) -> tuple[float, float, float, float]:
-    try:
-        w, s, e, n = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not W,S,E,N in degrees") from None
-    return w, s, e, n
+def _list_models(bucket, name: str) -> int:
+    """Every published version, oldest first, with the pointers that name it."""
+    from datetime import datetime, timezone
+
+    from imagesim_pipeline.models.registry import published_versions, read_pointer
+
+    pointers = {which: (p.version if (p := read_pointer(bucket, name, which)) else None)
+                for which in ("latest", "serving", "trained")}
+    versions = published_versions(bucket, name)
+    if not versions:
+        _print(f"no published version of {name} in {bucket.url('models/')}: `imagesim model train`")
+        return 0
+    _print(f"{'version':<20} {'published (UTC)':<19}  {'dataset':<20} roles")
+    for m in versions:
+        roles = [which for which, v in pointers.items() if v == m.version]
+        when = datetime.fromtimestamp(m.published, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        _print(f"{m.version:<20} {when:<19}  {m.dataset_version:<20} {', '.join(roles)}")
+    return 0
 
 
 def _hits_table(hits) -> str:
@@ -301,16 +314,19 @@ def _hits_table(hits) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     from imagesim_pipeline.errors import ImagesimError
     from imagesim_pipeline.search.engine import Example, Filters, SearchEngine, hits_to_geojson
+    from imagesim_pipeline.service.uploads import check_image
     from imagesim_pipeline.storage import open_bucket
 
     positives = [Example(chip=c) for c in args.chip or []] + [Example(chip=c) for c in args.positive or []]
     negatives = [Example(chip=c) for c in args.negative or []]
     try:
-        for path in args.image or []:
+        for path in args.image or []:  # checked as the API checks an upload, before the index is opened
             try:
-                positives.append(Example(image=Path(path).read_bytes(), name=path))
+                data = Path(path).read_bytes()
             except OSError as exc:
                 raise ImagesimError(f"cannot read image {path}: {exc.strerror}") from None
+            check_image(data, path)  # UploadError: too large, a decompression bomb, not an image, ...
+            positives.append(Example(image=data, name=path))
         if not positives:
             raise ImagesimError("name a query: --chip CHIP_ID, --image FILE or --positive CHIP_ID")
         engine = SearchEngine(open_bucket(args.bucket), args.name, args.version or "")
@@ -441,12 +457,12 @@ def cmd_changes(args: argparse.Namespace) -> int:
 
     from imagesim_pipeline.changes.detect import read_changes
     from imagesim_pipeline.errors import ImagesimError
-    from imagesim_pipeline.models.registry import get_pointer
+    from imagesim_pipeline.models.registry import served_version
     from imagesim_pipeline.storage import open_bucket
 
     bucket = open_bucket(args.bucket)
     try:
-        version = args.version or get_pointer(bucket, args.name, "latest")
+        version = args.version or served_version(bucket, args.name)
         table = read_changes(bucket, version)
     except ImagesimError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -519,7 +535,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"  training dataset:         {bucket.uri}/datasets/<version>/ (latest: {bucket.uri}/datasets/latest.json); "
            "`imagesim dataset stats`")
     _print(f"  model:                    {bucket.uri}/models/smlc/<version>/ (model.onnx, model.ckpt, metrics.json, "
-           f"model_card.md; latest: {bucket.uri}/models/smlc/latest.json); `imagesim model report`")
+           f"model_card.md, manifest.json; latest published: {bucket.uri}/models/smlc/latest.json, served by "
+           f"search: {bucket.uri}/models/smlc/serving.json); `imagesim model report`, `imagesim model list`")
     _print(f"  embeddings and index:     {bucket.uri}/embeddings/<model version>/<zone>/<cell>.parquet, "
            f"{bucket.uri}/index/<model version>/; `imagesim search --chip CHIP_ID`")
     _print(f"  changes:                  {bucket.uri}/changes/<model version>/changes.parquet; `imagesim changes`")
@@ -528,6 +545,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets: ard_tile, osm_data, "
            "chips with a contact sheet, nodata_index, chip_labels, training_dataset with plots, smlc_model with "
            "F2 and PR plots, onnx_model, chip_embeddings, similarity_index, chip_changes with before/after pairs)")
+    _print("                            its sensors start no run over this bucket: every cell is registered, the "
+           "dataset has a published model and the model has its index (README: what the sensors do)")
     done = search_ok or args.no_train
     return 1 if failures or not dataset_ok or not done else 0
 
@@ -714,8 +733,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Dagster. "
                                    "`imagesim model report [VERSION]`: the figures of metrics.json of the latest "
                                    "published SMLC (or VERSION): test micro/macro F2 at 0.5 and at the val-chosen "
-                                   "thresholds, mAP, per-label table, next to the baselines of the same run.")
-    p.add_argument("action", choices=["train", "report"])
+                                   "thresholds, mAP, per-label table, next to the baselines of the same run. "
+                                   "`imagesim model list`: every published version and which one is latest "
+                                   "(newest published), serving (what search answers with) and trained.")
+    p.add_argument("action", choices=["train", "report", "list"])
     p.add_argument("version", nargs="?", help="report: model version (default: models/<name>/latest.json)")
     p.add_argument("--name", default="smlc", help="model name (default smlc)")
     p.add_argument("--bucket", help=bucket_help)
@@ -733,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positive", action="append", metavar="CHIP_ID", help="more like this chip (repeatable)")
     p.add_argument("--negative", action="append", metavar="CHIP_ID", help="less like this chip (repeatable)")
     p.add_argument("--k", type=int, default=10, help="how many results, 1..1000 (default 10)")
-    p.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="only chips meeting this box (degrees)")
+    p.add_argument("--bbox", type=_parse_bounds, metavar="W,S,E,N", help="only chips meeting this box (degrees)")
     p.add_argument("--label", action="append", help="only chips predicted to show this label (repeatable: all of them)")
     p.add_argument("--since", type=_parse_date, metavar="DATE", help="acquired on or after DATE")
     p.add_argument("--until", type=_parse_date, metavar="DATE", help="acquired on or before DATE")
@@ -749,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "embedding cosine distance and its robust z-score within the acquisition pair "
                                    "and the place's kind; most changed first.")
     p.add_argument("--top", type=int, default=20, help="rows to show (default 20)")
-    p.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="only places meeting this box (degrees)")
+    p.add_argument("--bbox", type=_parse_bounds, metavar="W,S,E,N", help="only places meeting this box (degrees)")
     _model_options(p, bucket_help)
     p.set_defaults(func=cmd_changes)
 

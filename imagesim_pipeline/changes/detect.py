@@ -45,11 +45,12 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1)
 
 
-def pair_distances(bucket: Bucket, version: str, progress: Progress = lambda m: None) -> pa.Table:
+def pair_distances(bucket: Bucket, version: str, progress: Progress = lambda m: None,
+                   warn: Progress | None = None) -> pa.Table:
     """One row per place and pair of consecutive acquisitions, with the cosine distance and the kind."""
     rows: dict[str, list] = defaultdict(list)
     labels: list[str] | None = None
-    for cell, table in iter_embeddings(bucket, version):
+    for cell, table in iter_embeddings(bucket, version, warn):
         if labels is None:
             labels = json.loads(table.schema.metadata[b"imagesim"])["labels"]
         emb, probs = _unit(vectors(table)), vectors(table, "probs")
@@ -113,10 +114,10 @@ def robust_scores(distance: np.ndarray, groups: list[np.ndarray], min_group: int
     return score
 
 
-def change_table(bucket: Bucket, version: str, min_group: int = MIN_GROUP, progress: Progress = lambda m: None
-                 ) -> pa.Table:
-    """Every pair with its distance and normalised score, most changed first."""
-    table = pair_distances(bucket, version, progress)
+def change_table(bucket: Bucket, version: str, min_group: int = MIN_GROUP, progress: Progress = lambda m: None,
+                 warn: Progress | None = None) -> pa.Table:
+    """Every pair with its distance and normalised score, most changed first (unreadable cells named via ``warn``)."""
+    table = pair_distances(bucket, version, progress, warn)
     if table.num_rows == 0:
         raise ChangesError(f"no place of model {version}'s embeddings was seen in two acquisitions")
     distance = table.column("distance").to_numpy()

@@ -41,6 +41,10 @@ Progress = Callable[[str], None]
 class EmbeddingsError(ImagesimError):
     """A cell's embeddings cannot be made or read; the message names the cell and what to run."""
 
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
 
 embeddings_key = layout.embeddings_key
 version_prefix = layout.embeddings_prefix
@@ -55,6 +59,7 @@ class CellEmbeddings:
     reused: int = 0
     unreadable: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    repaired: bool = False  # an unreadable earlier file was replaced
 
     @property
     def chips(self) -> int:
@@ -89,15 +94,24 @@ def read_cell_embeddings(bucket: Bucket, version: str, cell_id: str) -> pa.Table
         return pq.read_table(io.BytesIO(data))
     except (pa.ArrowInvalid, OSError) as exc:
         raise EmbeddingsError(f"{bucket.url(key)} is not a readable Parquet file ({exc}); materialize "
-                              f"chip_embeddings for {cell_id} again") from None
+                              f"chip_embeddings for {cell_id} again (it rebuilds the file)", str(exc)) from None
 
 
-def iter_embeddings(bucket: Bucket, version: str) -> Iterator[tuple[str, pa.Table]]:
-    """(cell, table) for every cell with embeddings of ``version``, in key order (one table in memory at a time)."""
+def iter_embeddings(bucket: Bucket, version: str, warn: Progress | None = None) -> Iterator[tuple[str, pa.Table]]:
+    """(cell, table) for every cell with embeddings of ``version``, in key order (one table in memory at a time).
+
+    With ``warn``, an unreadable cell file is named there and skipped; without, it raises.
+    """
     for obj in sorted(bucket.list(version_prefix(version)), key=lambda o: o.key):
         if obj.key.endswith(".parquet"):
             cell = obj.key.rsplit("/", 1)[1][: -len(".parquet")]
-            table = read_cell_embeddings(bucket, version, cell)
+            try:
+                table = read_cell_embeddings(bucket, version, cell)
+            except EmbeddingsError as exc:
+                if warn is None:
+                    raise
+                warn(f"{exc}; {cell} is left out until its embeddings are rebuilt")
+                continue
             if table is not None:
                 yield cell, table
 
@@ -111,12 +125,22 @@ def kept_chips(bucket: Bucket, cell_id: str) -> list[dict]:
     return [r for r in manifest["chips"] if r["written"] and r["class"] == ALL_DATA]
 
 
-def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Progress = lambda m: None
-               ) -> CellEmbeddings:
-    """Encode the cell's kept chips (reusing unchanged rows of an earlier run) and write its GeoParquet."""
+def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Progress = lambda m: None,
+               warn: Progress | None = None) -> CellEmbeddings:
+    """Encode the cell's kept chips (reusing unchanged rows of an earlier run) and write its GeoParquet.
+
+    An earlier file that cannot be read is treated as missing (every chip is encoded again) and
+    named through ``warn``.
+    """
     started = time.perf_counter()
     rows = kept_chips(bucket, cell_id)
-    old = read_cell_embeddings(bucket, encoder.version, cell_id)
+    repaired = False
+    try:
+        old = read_cell_embeddings(bucket, encoder.version, cell_id)
+    except EmbeddingsError as exc:
+        (warn or progress)(f"{bucket.url(embeddings_key(encoder.version, cell_id))} is unreadable ({exc.reason}): "
+                           f"treated as missing, encoding {cell_id} again")
+        old, repaired = None, True
     reuse: dict[str, int] = {}  # chip -> its row in the earlier table, when its JPEG is unchanged
     if old is not None and old.schema.equals(schema(encoder.dim, len(encoder.labels))):
         earlier = {c: (i, size) for i, (c, size) in enumerate(zip(old.column("chip").to_pylist(),
@@ -154,7 +178,7 @@ def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Pro
     table = cell_table([rows[i] for i in keep], embeddings[keep], probs[keep], encoder)
     write_cell_embeddings(bucket, encoder.version, cell_id, table)
     return CellEmbeddings(cell_id, encoder.version, table, encoded=len(todo) - len(unreadable), reused=len(reuse),
-                          unreadable=unreadable, seconds=time.perf_counter() - started)
+                          unreadable=unreadable, seconds=time.perf_counter() - started, repaired=repaired)
 
 
 def write_cell_embeddings(bucket: Bucket, version: str, cell_id: str, table: pa.Table) -> str:

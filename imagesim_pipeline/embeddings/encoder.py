@@ -7,6 +7,7 @@ execution provider is the best one installed (CUDA when there, else the CPU).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -19,8 +20,15 @@ import torch
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.models.export import INPUT, METADATA_KEY, session
 from imagesim_pipeline.models.preprocess import CorruptImageError, Preprocessing, decode, to_input
-from imagesim_pipeline.models.registry import DEFAULT_NAME, ONNX, get_pointer, model_key
-from imagesim_pipeline.storage import Bucket, StorageError
+from imagesim_pipeline.models.registry import (
+    DEFAULT_NAME,
+    ONNX,
+    IncompleteVersionError,
+    get_pointer,
+    model_key,
+    require_published,
+)
+from imagesim_pipeline.storage import Bucket, MissingObjectError
 
 
 class EncoderError(ImagesimError):
@@ -60,15 +68,21 @@ class OnnxEncoder:
     @classmethod
     def from_bucket(cls, bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", threads: int = 0,
                     batch_size: int = 32) -> "OnnxEncoder":
-        """The named version of a model, or the one ``models/<name>/latest.json`` points at."""
+        """A published version of a model (checked against its manifest), by default the newest (``latest.json``)."""
         version = version or get_pointer(bucket, name, "latest")
+        manifest = require_published(bucket, name, version)
         key = model_key(name, version, ONNX)
         try:
             with bucket.local_copy(key) as path:
+                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                if ONNX not in manifest.files or manifest.files[ONNX].sha256 != digest:
+                    raise IncompleteVersionError(f"{bucket.url(key)} does not match model {name}/{version}'s "
+                                                 "manifest: the version was damaged after publishing; train again "
+                                                 "with force_new and re-encode")
                 return cls(path, threads, batch_size)  # the session holds the model: the copy may go
-        except StorageError:
-            raise EncoderError(f"{bucket.url(key)} does not exist: materialize onnx_model for {name}/{version} "
-                               "(trainer_job)") from None
+        except MissingObjectError:
+            raise EncoderError(f"{bucket.url(key)} does not exist although {name}/{version} is published: the "
+                               "version was damaged; train again with force_new") from None
 
     @property
     def dim(self) -> int:

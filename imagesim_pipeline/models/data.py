@@ -7,8 +7,9 @@ Two sources of (chip, labels):
 * the reference's inputs: a chip folder and a ``sparse_label_encodings.csv`` (``chip,labels``
   with space-separated label ids), split by the same spatial blocks as the dataset builder.
 
-A chip whose JPEG is missing or corrupt is skipped and counted (``corrupt`` in each batch),
-never a crash.
+A chip whose JPEG is missing or corrupt is skipped and counted, never a crash: per split in
+:meth:`SmlcDataModule.unreadable_counts` (from the feature cache, or on the image path from the
+batches read), and per batch in the image batches.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import lightning as L
 import numpy as np
@@ -142,8 +144,14 @@ def load_reference_inputs(chip_dir: str, labels_csv: str, label_names: Sequence[
     return LabelledChips(list(label_names), splits, str(Path(chip_dir).resolve()), f"csv:{digest}")
 
 
+class Unreadable(NamedTuple):
+    """What :class:`ChipImages` gives for a chip that cannot be read or decoded: its index."""
+
+    index: int
+
+
 class ChipImages(Dataset):
-    """(normalised image, labels) per chip; ``None`` for a chip that cannot be read or decoded."""
+    """(normalised image, labels, index) per chip; :class:`Unreadable` for a chip that cannot be read or decoded."""
 
     def __init__(self, chips: Sequence[str], targets: np.ndarray, reader: Callable[[str], bytes],
                  prep: Preprocessing, train: bool = False) -> None:
@@ -152,24 +160,61 @@ class ChipImages(Dataset):
     def __len__(self) -> int:
         return len(self.chips)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int] | Unreadable:
         try:
             image = decode(self.reader(self.chips[i]))
         except (CorruptImageError, OSError, ImagesimError):
-            return None
+            return Unreadable(i)
         if self.train:
             image = augment(image)
         return to_input(image, self.prep), torch.from_numpy(self.targets[i].astype(np.float32)), i
 
 
-def collate_skipping(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """(images, labels, indices, corrupt count): unreadable chips are left out and counted."""
-    good = [item for item in items if item is not None]
+def collate_skipping(items: list[Any], report_unreadable: bool = False) -> tuple:
+    """(images, labels, indices, unreadable count): unreadable chips are left out and counted.
+
+    With ``report_unreadable`` a fifth element, the indices of the unreadable chips (a long tensor),
+    lets the loading process add them up per split (the collate runs in the loader's workers).
+    """
+    good = [item for item in items if item is not None and not isinstance(item, Unreadable)]
     corrupt = len(items) - len(good)
-    if not good:
-        return torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long), corrupt
-    images, targets, index = zip(*good)
-    return torch.stack(images), torch.stack(targets), torch.tensor(index), corrupt
+    if good:
+        images, targets, index = zip(*good)
+        batch = (torch.stack(images), torch.stack(targets), torch.tensor(index), corrupt)
+    else:
+        batch = (torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long), corrupt)
+    if report_unreadable:
+        batch += (torch.tensor([item.index for item in items if isinstance(item, Unreadable)], dtype=torch.long),)
+    return batch
+
+
+class RecordingLoader(DataLoader):
+    """A DataLoader that hands each batch to ``record`` (in the loading process) before yielding it.
+
+    Lightning re-creates it with a distributed sampler under DDP; ``record`` is kept (it is an
+    ``__init__`` argument, which Lightning saves).
+    """
+
+    def __init__(self, *args: Any, record: Callable[[Any], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.record = record
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if self.record is not None:
+                self.record(batch)
+            yield batch
+
+
+def union_over_ranks(sets: dict[str, set[int]]) -> dict[str, set[int]]:
+    """The union of each split's set over the processes of a distributed run (each reads its own shard)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sets
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, {s: sorted(v) for s, v in sets.items()})
+    return {s: set().union(*(r.get(s, ()) for r in everyone)) for s in sets}
 
 
 class FeatureSet(Dataset):
@@ -232,6 +277,7 @@ class SmlcDataModule(L.LightningDataModule):
         self.progress: Progress = lambda message: None
         self.cache_key = ""
         self.corrupt: dict[str, list[str]] = {}
+        self._unreadable: dict[str, set[int]] = {s: set() for s in SPLITS}  # image path: indices met, per split
         self._sets: dict[str, Dataset] = {}
 
     @property
@@ -263,9 +309,31 @@ class SmlcDataModule(L.LightningDataModule):
         if isinstance(data, FeatureSet):
             return DataLoader(data, batch_size=self.hparams.batch_size, shuffle=shuffle,
                               drop_last=shuffle and len(data) > self.hparams.batch_size)
-        return DataLoader(data, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_skipping, persistent_workers=self.num_workers > 0,
-                          drop_last=shuffle and len(data) > self.hparams.batch_size)
+        return RecordingLoader(data, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                               collate_fn=partial(collate_skipping, report_unreadable=True),
+                               persistent_workers=self.num_workers > 0,
+                               drop_last=shuffle and len(data) > self.hparams.batch_size,
+                               record=partial(self._record_unreadable, split))
+
+    def _record_unreadable(self, split: str, batch: tuple) -> None:
+        self._unreadable[split].update(batch[4].tolist())
+
+    def unreadable_counts(self) -> dict[str, int]:
+        """Per split, the number of distinct chips left out as unreadable.
+
+        With cached features, every chip was read to build the cache: these are all the unreadable
+        ones. On the image path, these are the ones met in the batches read so far: train and val by
+        the fit (gathered from every DDP rank at its end), val and test by
+        :func:`~imagesim_pipeline.models.training.predict`, which reads those splits whole. A chip
+        that only a dropped last partial training batch would have held is never read, so not met.
+        """
+        if self.hparams.cache_features:
+            return {s: len(self.corrupt.get(s, ())) for s in SPLITS}
+        return {s: len(self._unreadable[s]) for s in SPLITS}
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and not self.hparams.cache_features:
+            self._unreadable = union_over_ranks(self._unreadable)  # every rank ends the fit here
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -280,5 +348,6 @@ class SmlcDataModule(L.LightningDataModule):
         return self._loader(split, shuffle=False)
 
 
-__all__ = ["ChipImages", "ChipReader", "DataError", "FeatureSet", "LabelledChips", "SmlcDataModule", "SplitData",
-           "collate_skipping", "load_dataset_version", "load_reference_inputs"]
+__all__ = ["ChipImages", "ChipReader", "DataError", "FeatureSet", "LabelledChips", "RecordingLoader", "SmlcDataModule",
+           "SplitData", "Unreadable", "collate_skipping", "load_dataset_version", "load_reference_inputs",
+           "union_over_ranks"]

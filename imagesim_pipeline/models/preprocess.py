@@ -14,7 +14,7 @@ import numpy as np
 import simplejpeg
 import torch
 import torchvision.transforms.v2.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from imagesim_pipeline.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from imagesim_pipeline.errors import ImagesimError
@@ -36,22 +36,53 @@ class Preprocessing:
         return asdict(self)
 
 
-def decode(data: bytes) -> torch.Tensor:
-    """A JPEG (libjpeg-turbo) or any image Pillow reads, as a (3, H, W) uint8 tensor.
+ORIENTATION = 0x0112  # the EXIF tag; 1 is upright
 
-    Truncated or corrupt files raise :class:`CorruptImageError`.
+
+def _jpeg_has_exif(data: bytes) -> bool:
+    """Whether a JPEG has an EXIF (APP1) segment before its image data: cheap, chips have none."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # a fill byte
+            i += 1
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan, end of image: no more headers
+            return False
+        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00":
+            return True
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return False
+
+
+def decode(data: bytes) -> torch.Tensor:
+    """A JPEG (libjpeg-turbo) or any image Pillow reads, as a (3, H, W) uint8 tensor, upright.
+
+    An EXIF orientation other than 1 (a photograph taken on its side) is applied, as viewers do
+    (``ImageOps.exif_transpose``); JPEGs without one (every chip) take the fast simplejpeg path. Of
+    an animation (GIF, APNG, WebP) the first frame is the image, on purpose. Truncated or corrupt
+    files, and images over Pillow's decompression-bomb limit, raise :class:`CorruptImageError`.
     """
     if not data:
         raise CorruptImageError("empty file")
     try:
-        if data[:2] == b"\xff\xd8":
+        if data[:2] == b"\xff\xd8" and not (_jpeg_has_exif(data) and _orientation(data) != 1):
             array = simplejpeg.decode_jpeg(data, colorspace="RGB")
         else:
             with Image.open(io.BytesIO(data)) as image:
-                array = np.asarray(image.convert("RGB"))
-    except (ValueError, OSError) as exc:
+                image.seek(0)  # an animation: its first frame
+                if image.getexif().get(ORIENTATION, 1) != 1:
+                    image = ImageOps.exif_transpose(image)
+                array = np.array(image.convert("RGB"))  # writable: torch.from_numpy warns on read-only
+    except (ValueError, OSError, EOFError, Image.DecompressionBombError) as exc:
         raise CorruptImageError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+def _orientation(data: bytes) -> int:
+    """The EXIF orientation of an image (1 when it has none), from its header."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.getexif().get(ORIENTATION, 1)
 
 
 def to_input(image: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
@@ -67,4 +98,4 @@ def augment(image: torch.Tensor, generator: torch.Generator | None = None) -> to
     return torch.flip(image, dims=(-1,)) if flip % 2 else image
 
 
-__all__ = ["CorruptImageError", "Preprocessing", "augment", "decode", "to_input"]
+__all__ = ["CorruptImageError", "ORIENTATION", "Preprocessing", "augment", "decode", "to_input"]

@@ -99,6 +99,8 @@ def model_card(name: str, version: str, metrics: dict[str, Any]) -> str:
     """A short markdown model card: data, training, quality against the baselines, per label."""
     data, training = metrics["data"], metrics["training"]
     counts = ", ".join(f"{s} {n}" for s, n in data["chips"].items())
+    unreadable = ", ".join(f"{s} {n}" for s, n in data["unreadable"].items()) if "unreadable" in data \
+        else "not recorded (metrics written before they were counted per split)"
     return "\n".join([
         f"# {name} {version}",
         "",
@@ -107,7 +109,7 @@ def model_card(name: str, version: str, metrics: dict[str, Any]) -> str:
         "",
         "## Data",
         f"- dataset version `{data['dataset_version']}` ({counts} chips; splits by spatial block)",
-        f"- input {data['input_size']} px, ImageNet normalisation; unreadable chips skipped: {data['corrupt']}",
+        f"- input {data['input_size']} px, ImageNet normalisation; unreadable chips left out: {unreadable}",
         "",
         "## Training",
         f"- {training['epochs']} epochs, Adam lr {training['lr']}, cosine to {training['eta_min']}, "

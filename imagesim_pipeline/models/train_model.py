@@ -7,10 +7,12 @@
         --data.cache_features false --model.unfreeze_last_stage true --trainer.max_epochs 10
 
 It fits the model (a killed run resumes from its last checkpoint: run the same command again),
-chooses per-label thresholds on val, scores test with the baselines, publishes checkpoint,
-metrics and model card under ``models/<name>/<version>/`` in the bucket, then exports
-``model.onnx``, checks it against torch and, when every check passes, points
-``models/<name>/latest.json`` at it. Logs go to TensorBoard under the run folder
+chooses per-label thresholds on val, scores test with the baselines, stages checkpoint, metrics
+and model card, then exports ``model.onnx``, checks it against torch and, when every check
+passes, publishes the version under ``models/<name>/<version>/`` (immutable, manifest last) and
+points ``models/<name>/latest.json`` at it. Settings that match a published version train
+nothing (one line says so); ``--force-new`` trains another version beside it. Logs go to
+TensorBoard under the run folder
 (``--trainer.logger lightning.pytorch.loggers.WandbLogger`` for Weights & Biases).
 """
 
@@ -30,6 +32,11 @@ def map_gpus_flag(argv: list[str]) -> list[str]:
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
+        if arg in ("--force-new", "--force_new") and (i + 1 == len(argv) or argv[i + 1].lower() not in
+                                                      ("true", "false", "1", "0", "yes", "no")):
+            out.append("--force_new=true")  # a bare flag, as the one-line refusal says
+            i += 1
+            continue
         if arg == "--gpus" or arg.startswith("--gpus="):
             value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
             i += 1 if "=" in arg else 2
@@ -59,7 +66,10 @@ class SmlcCLI(LightningCLI):
         parser.add_argument("--name", default="smlc", help="model name: models/<name>/ in the bucket")
         parser.add_argument("--version", default="", help="model version (default: a hash of data and settings)")
         parser.add_argument("--runs", default="", help="folder of training runs (default: IMAGESIM_RUNS or data/runs)")
-        parser.add_argument("--export", type=bool, default=True, help="export ONNX and promote when checks pass")
+        parser.add_argument("--export", type=bool, default=True, help="export ONNX and publish when checks pass")
+        parser.add_argument("--force_new", type=bool, default=False,
+                            help="train another version although these settings are already published "
+                                 "(published versions are never rewritten: it becomes <id>-2, <id>-3...)")
         parser.add_argument("--min_test_f2", type=float, default=0.5, help="promotion floor: test micro F2 at thresholds")
 
 
@@ -68,11 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     from imagesim_pipeline.models.training import (
         Benchmark,
         checkpointing,
-        export_and_promote,
+        export_and_publish,
         model_version,
         tensorboard,
-        train_and_publish,
+        train_and_stage,
     )
+    from imagesim_pipeline.models.registry import AlreadyPublishedError, next_version
     from imagesim_pipeline.settings import runs_dir
     from imagesim_pipeline.storage import open_bucket
 
@@ -87,25 +98,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config, model, data, trainer = cli.config, cli.model, cli.datamodule, cli.trainer
     data.progress = print
-    version = config.version or model_version(model, data, {"max_epochs": trainer.max_epochs,
-                                                            "seed": config.seed_everything})
+    settings_id = config.version or model_version(model, data, {"max_epochs": trainer.max_epochs,
+                                                                "seed": config.seed_everything})
+    bucket = open_bucket(data.hparams.bucket or None) if not data.hparams.chip_dir else open_bucket()
+    try:
+        version = next_version(bucket, config.name, settings_id, config.force_new)
+    except AlreadyPublishedError as exc:  # nothing to do: the published version stays as it is
+        print(exc, file=sys.stderr)
+        return 0
     run_dir = Path(config.runs or runs_dir()) / config.name / version
     # Checkpoints and TensorBoard logs live in the run folder, so the same command resumes a killed run.
     trainer.callbacks.append(checkpointing(run_dir))
     if config.trainer.logger in (None, True):
         trainer.loggers = [tensorboard(run_dir)]
-    bucket = open_bucket(data.hparams.bucket or None) if not data.hparams.chip_dir else open_bucket()
     try:
-        outcome = train_and_publish(model, data, trainer, bucket, run_dir, config.name, version)
+        outcome = train_and_stage(model, data, trainer, bucket, run_dir, config.name, version, settings_id)
         if outcome is None:  # a non-zero rank of a multi-process run
             return 0
         from imagesim_pipeline.models.report import quality_table
 
         print(quality_table(outcome.metrics))
         if config.export:
-            _, _, checks = export_and_promote(bucket, config.name, version, Benchmark(min_test_f2=config.min_test_f2))
-            print("checks: " + ", ".join(f"{k} {'passed' if ok else 'FAILED'}" for k, ok in checks.items()))
-            return 0 if all(checks.values()) else 1
+            done = export_and_publish(bucket, config.name, version, Benchmark(min_test_f2=config.min_test_f2))
+            print("checks: " + ", ".join(f"{k} {'passed' if ok else 'FAILED'}" for k, ok in done.checks.items()))
+            return 0 if done.published else 1
     except ImagesimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,12 +3,17 @@
 The same two steps serve the command line (:mod:`imagesim_pipeline.models.train_model`) and the
 Dagster assets ``smlc_model`` and ``onnx_model``:
 
-1. :func:`train_and_publish` fits the model (resuming a killed run from its last checkpoint),
+1. :func:`train_and_stage` fits the model (resuming a killed run from its last checkpoint),
    picks per-label F2-optimal thresholds on val, scores val and test (and the baselines, in the
-   same run), and writes the checkpoint, ``metrics.json`` and the model card under
-   ``models/<name>/<version>/``; ``trained.json`` then names the version.
-2. :func:`export_and_promote` exports ``model.onnx``, checks it against torch on real chips,
-   records the parity, and moves ``latest.json`` to the version when every check passes.
+   same run), and stages the checkpoint, ``metrics.json`` and the model card under
+   ``models/<name>/_staging/<version>/``; ``trained.json`` then names the version.
+2. :func:`export_and_publish` exports ``model.onnx``, checks it against torch on real chips, and
+   when every check passes publishes the version (``models/<name>/<version>/``, immutable, its
+   manifest written last) and moves ``latest.json`` to it.
+
+The version id is the hash of the settings (:func:`model_version`); a run whose settings match a
+published version is refused before training (``registry.next_version``) unless asked for
+another (``force_new``), which publishes as ``<id>-2``, ``<id>-3``...
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,12 +38,16 @@ from imagesim_pipeline.models.registry import (
     CARD,
     CHECKPOINT,
     DEFAULT_NAME,
+    METRICS,
     ONNX,
     get_pointer,
+    is_published,
     model_key,
+    publish,
     read_metrics,
     set_pointer,
-    write_metrics,
+    staging_key,
+    verify,
 )
 from imagesim_pipeline.models.report import baselines, evaluate, model_card, report_plots
 from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
@@ -87,7 +96,6 @@ class TrainOutcome:
     version: str
     metrics: dict[str, Any]
     resumed_from: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def model_version(model: SkywayMultiLabelClassifier, data: SmlcDataModule, trainer_settings: dict[str, Any]) -> str:
@@ -139,12 +147,14 @@ def evaluate_model(model: SkywayMultiLabelClassifier, data: SmlcDataModule
     return figures, (test_p, test_y)
 
 
-def train_and_publish(model: SkywayMultiLabelClassifier, data: SmlcDataModule, trainer: L.Trainer, bucket: Bucket,
-                      run_dir: Path, name: str = DEFAULT_NAME, version: str = "",
-                      progress: Progress = print) -> TrainOutcome | None:
-    """Fit (resuming a killed run), evaluate on rank 0, publish checkpoint, metrics and card.
+def train_and_stage(model: SkywayMultiLabelClassifier, data: SmlcDataModule, trainer: L.Trainer, bucket: Bucket,
+                    run_dir: Path, name: str = DEFAULT_NAME, version: str = "", settings_id: str = "",
+                    progress: Progress = print) -> TrainOutcome | None:
+    """Fit (resuming a killed run), evaluate on rank 0, stage checkpoint, metrics, plots and card.
 
-    Returns None on the non-zero ranks of a multi-process run.
+    The files go to ``models/<name>/_staging/<version>/`` (never read by search); ``trained.json``
+    then names the version, which :func:`export_and_publish` checks and publishes. Returns None on
+    the non-zero ranks of a multi-process run.
     """
     check_setup(model, data)
     keep_freed_memory()  # CPU training reallocates the same buffers every step (bench_model: cached-mallopt)
@@ -167,11 +177,11 @@ def train_and_publish(model: SkywayMultiLabelClassifier, data: SmlcDataModule, t
     figures, (test_p, test_y) = evaluate_model(model, data)
     hp = model.hparams
     metrics = {
-        "name": name, "version": version, "labels": model.labels,
+        "name": name, "version": version, "settings_id": settings_id or version, "labels": model.labels,
         **figures,
         "data": {"dataset_version": data.dataset_version, "input_size": data.prep.size,
                  "chips": {s: len(data._sets[s]) for s in ("train", "val", "test")},
-                 "corrupt": {s: len(c) for s, c in data.corrupt.items()} or "counted per batch",
+                 "unreadable": data.unreadable_counts(),
                  "feature_cache": data.cache_key or None, "preprocessing": data.prep.to_dict(),
                  "source": data.data.source,
                  "parity_chips": (data.data.splits["test"].chips + data.data.splits["val"].chips)[:16]},
@@ -185,18 +195,25 @@ def train_and_publish(model: SkywayMultiLabelClassifier, data: SmlcDataModule, t
     }
     checkpoint = run_dir / "model.ckpt"
     trainer.save_checkpoint(checkpoint, weights_only=False)
-    bucket.upload_file(checkpoint, model_key(name, version, CHECKPOINT))
+    bucket.delete_prefix(staging_key(name, version, ""))  # an earlier staging of this version is replaced whole
+    bucket.upload_file(checkpoint, staging_key(name, version, CHECKPOINT))
     for plot, png in report_plots(metrics, test_p, test_y).items():
-        bucket.write_bytes(model_key(name, version, f"plots/{plot}.png"), png)
-    write_metrics(bucket, name, version, metrics)
-    bucket.write_text(model_key(name, version, CARD), model_card(name, version, metrics))
+        bucket.write_bytes(staging_key(name, version, f"plots/{plot}.png"), png)
+    bucket.write_text(staging_key(name, version, CARD), model_card(name, version, metrics))
+    bucket.write_text(staging_key(name, version, METRICS), json.dumps(metrics, indent=2))  # last: staging complete
     set_pointer(bucket, name, "trained", version)
-    progress(f"published {bucket.url(model_key(name, version, ''))} ({CHECKPOINT}, metrics.json, {CARD})")
+    progress(f"staged {bucket.url(staging_key(name, version, ''))} ({CHECKPOINT}, metrics.json, {CARD}); "
+             "onnx_model exports, checks and publishes it")
     return TrainOutcome(name, version, metrics, str(resume) if resume else None)
 
 
 def load_checkpoint(bucket: Bucket, name: str, version: str) -> SkywayMultiLabelClassifier:
-    with bucket.local_copy(model_key(name, version, CHECKPOINT)) as path:
+    """The checkpoint of a published version (checked against its manifest), else of a staged one."""
+    key = model_key(name, version, CHECKPOINT) if is_published(bucket, name, version) \
+        else staging_key(name, version, CHECKPOINT)
+    if key.startswith(model_key(name, version, "")):
+        verify(bucket, name, version)
+    with bucket.local_copy(key) as path:
         return SkywayMultiLabelClassifier.load_from_checkpoint(path, map_location="cpu").eval()
 
 
@@ -216,40 +233,79 @@ def parity_images(metrics: dict[str, Any], count: int = 16) -> torch.Tensor:
     return batch
 
 
-def export_and_promote(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "",
-                       benchmark: Benchmark | None = None, progress: Progress = print
-                       ) -> tuple[dict[str, Any], Parity, dict[str, bool]]:
-    """Export the trained version to ONNX, check parity, promote it to ``latest`` if every check passes."""
+def onnx_metadata(metrics: dict[str, Any], model: SkywayMultiLabelClassifier) -> dict[str, Any]:
+    """What ``model.onnx`` carries so that an encoder needs nothing else: labels, thresholds, preprocessing..."""
+    return {"name": metrics["name"], "version": metrics["version"], "labels": metrics["labels"],
+            "thresholds": metrics["thresholds"], "preprocessing": metrics["data"]["preprocessing"],
+            "input_size": metrics["data"]["input_size"], "backbone": metrics["training"]["backbone"],
+            "embedding_dim": model.embedding_dim, "dataset_version": metrics["data"]["dataset_version"],
+            "outputs": ["logits", "embedding"]}
+
+
+@dataclass
+class Publication:
+    """What :func:`export_and_publish` did: the version's metrics (with ``onnx`` and ``checks``), the parity,
+    the checks, and whether the version is published (now or before)."""
+
+    version: str
+    metrics: dict[str, Any]
+    parity: Parity
+    checks: dict[str, bool]
+    published: bool
+    already: bool = False
+
+
+def export_and_publish(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "",
+                       benchmark: Benchmark | None = None, progress: Progress = print) -> Publication:
+    """Export a staged version to ONNX, check it, and publish it (immutable, manifest last) if every check passes.
+
+    Publishing moves ``latest.json`` (what encoders encode); search keeps serving its version until
+    ``similarity_index`` has built the new one's index and moves ``serving.json``. A version that is
+    already published is left as it is. A version that fails a check stays staged, with its checks
+    in its staged ``metrics.json``.
+    """
     benchmark = benchmark or Benchmark()
     version = version or get_pointer(bucket, name, "trained")
+    if is_published(bucket, name, version):
+        metrics = read_metrics(bucket, name, version)
+        onnx = metrics["onnx"]
+        progress(f"{name}/{version} is already published: nothing to export (published versions are never rewritten)")
+        return Publication(version, metrics, Parity(onnx["max_abs_logits"], onnx["max_abs_embedding"], onnx["images"]),
+                           metrics["checks"], published=True, already=True)
     metrics = read_metrics(bucket, name, version)
     model = load_checkpoint(bucket, name, version)
-    size = metrics["data"]["input_size"]
-    meta = {"name": name, "version": version, "labels": metrics["labels"], "thresholds": metrics["thresholds"],
-            "preprocessing": metrics["data"]["preprocessing"], "input_size": size,
-            "backbone": metrics["training"]["backbone"], "embedding_dim": model.embedding_dim,
-            "dataset_version": metrics["data"]["dataset_version"], "outputs": ["logits", "embedding"]}
     with tempfile.TemporaryDirectory(prefix="imagesim-onnx-") as tmp:
-        path = export_onnx(model, Path(tmp) / ONNX, size, meta)
-        images = parity_images(metrics)
-        parity = check_parity(model, path, images)
-        bucket.upload_file(path, model_key(name, version, ONNX))
-        onnx_bytes = path.stat().st_size
+        path = export_onnx(model, Path(tmp) / ONNX, metrics["data"]["input_size"], onnx_metadata(metrics, model))
+        parity = check_parity(model, path, parity_images(metrics))
+        onnx_bytes = path.read_bytes()
     metrics["onnx"] = {"max_abs_diff": parity.max_abs, "max_abs_logits": parity.max_abs_logits,
-                       "max_abs_embedding": parity.max_abs_embedding, "images": parity.images, "bytes": onnx_bytes}
+                       "max_abs_embedding": parity.max_abs_embedding, "images": parity.images,
+                       "bytes": len(onnx_bytes)}
     checks = benchmark.results(metrics)
     metrics["checks"] = checks
-    write_metrics(bucket, name, version, metrics)
-    if all(checks.values()):
-        set_pointer(bucket, name, "latest", version)
-        progress(f"promoted {name}/{version} to latest ({bucket.url(model_key(name, version, ONNX))})")
-    else:
-        progress(f"{name}/{version} not promoted: failed {', '.join(k for k, ok in checks.items() if not ok)}")
-    return metrics, parity, checks
+    if not all(checks.values()):
+        bucket.write_text(staging_key(name, version, METRICS), json.dumps(metrics, indent=2))
+        progress(f"{name}/{version} not published: failed {', '.join(k for k, ok in checks.items() if not ok)} "
+                 f"(staged at {bucket.url(staging_key(name, version, ''))})")
+        return Publication(version, metrics, parity, checks, published=False)
+    files = {ONNX: onnx_bytes, METRICS: json.dumps(metrics, indent=2).encode(),
+             CARD: model_card(name, version, metrics).encode()}
+    staged = staging_key(name, version, "")
+    for obj in bucket.list(staged):
+        relative = obj.key[len(staged):]
+        if relative not in files:  # the checkpoint and the plots
+            files[relative] = bucket.read_bytes(obj.key)
+    publish(bucket, name, version, files, metrics["data"]["dataset_version"], metrics.get("settings_id", version))
+    bucket.delete_prefix(staged)
+    set_pointer(bucket, name, "latest", version)
+    progress(f"published {name}/{version} ({bucket.url(model_key(name, version, ''))}); search serves it once "
+             "chip_embeddings and similarity_index have run for it")
+    return Publication(version, metrics, parity, checks, published=True)
 
 
-__all__ = ["choose_device", "Benchmark", "EpochLog", "TrainOutcome", "checkpointing", "make_trainer", "tensorboard", "evaluate_model", "export_and_promote", "load_checkpoint", "model_version",
-           "predict", "resumable_checkpoint", "train_and_publish"]
+__all__ = ["Benchmark", "EpochLog", "Publication", "TrainOutcome", "checkpointing", "choose_device", "evaluate_model",
+           "export_and_publish", "load_checkpoint", "make_trainer", "model_version", "onnx_metadata", "predict", "resumable_checkpoint",
+           "tensorboard", "train_and_stage"]
 
 
 class EpochLog(L.Callback):

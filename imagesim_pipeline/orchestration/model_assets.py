@@ -40,6 +40,8 @@ class SmlcTrainingConfig(Config):
     strategy: str = Field(default="auto", description="Lightning strategy: auto, ddp, ...")
     precision: str = Field(default="32-true", description="32-true, bf16-mixed, 16-mixed")
     num_workers: int = Field(default=-1, description="data loader processes (-1: one less than the cores, max 4)")
+    force_new: bool = Field(default=False, description="train another version although these settings are already "
+                                                       "published (published versions are never rewritten)")
 
 
 @asset(
@@ -57,19 +59,30 @@ class SmlcTrainingConfig(Config):
                                    "baselines computed in the same run"),
     ],
     description="The SMLC trained on the latest training dataset (frozen ImageNet backbone, MLP head): "
-                "Lightning checkpoint, `metrics.json` and a model card under `models/<name>/<version>/`.",
+                "Lightning checkpoint, `metrics.json` and a model card staged under "
+                "`models/<name>/_staging/<version>/` for onnx_model. Settings that match a published version "
+                "train nothing (force_new trains another).",
 )
 def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucket: BucketResource,
                compute: ComputeResource) -> MaterializeResult:
     from imagesim_pipeline.models.data import SmlcDataModule
-    from imagesim_pipeline.models.registry import CARD, model_key
+    from imagesim_pipeline.models.registry import (
+        CARD,
+        AlreadyPublishedError,
+        model_key,
+        next_version,
+        read_metrics,
+        set_pointer,
+        staging_key,
+    )
     from imagesim_pipeline.models.report import per_label_table, quality_table
     from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
     from imagesim_pipeline.models.training import (
         Benchmark,
+        TrainOutcome,
         make_trainer,
         model_version,
-        train_and_publish,
+        train_and_stage,
     )
     from imagesim_pipeline.settings import runs_dir
 
@@ -80,10 +93,6 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
     with step_errors("training failed: "):
         devices = int(config.devices) if config.devices.lstrip("-").isdigit() else config.devices
         accelerator, devices, device_note = compute.training_device(config.accelerator, devices)
-        if accelerator == "cpu" and config.accelerator == "auto":
-            context.log.warning(device_note)  # a CPU-only trainer says so, and proceeds
-        else:
-            context.log.info(device_note)
         data = SmlcDataModule(bucket=store.uri, dataset_version=config.dataset_version, input_size=config.input_size,
                               batch_size=config.batch_size, num_workers=config.num_workers,
                               cache_features=config.cache_features, augmentation=config.augmentation,
@@ -92,23 +101,38 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
         model = SkywayMultiLabelClassifier(labels=data.labels, backbone=config.backbone, weights=config.weights,
                                            unfreeze_last_stage=config.unfreeze_last_stage, lr=config.lr,
                                            eta_min=config.eta_min, weight_decay=config.weight_decay)
-        version = model_version(model, data, {"max_epochs": config.max_epochs, "seed": config.seed})
-        run_dir = Path(runs_dir()) / config.name / version
-        trainer = make_trainer(run_dir, config.max_epochs, accelerator, devices, config.strategy,
-                               config.precision, progress=context.log.info)
-        outcome = train_and_publish(model, data, trainer, store, run_dir, config.name, version,
-                                    progress=context.log.info)
-    metrics = outcome.metrics
+        settings_id = model_version(model, data, {"max_epochs": config.max_epochs, "seed": config.seed})
+        try:
+            version = next_version(store, config.name, settings_id, config.force_new)
+        except AlreadyPublishedError as exc:
+            # Re-materializing with the same settings is a no-op: the published version stays as it is.
+            context.log.info(str(exc))
+            set_pointer(store, config.name, "trained", settings_id)
+            outcome = TrainOutcome(config.name, settings_id, read_metrics(store, config.name, settings_id))
+            run_dir, already = Path(runs_dir()) / config.name / settings_id, True
+        else:
+            if accelerator == "cpu" and config.accelerator == "auto":
+                context.log.warning(device_note)  # a CPU-only trainer says so, and proceeds
+            else:
+                context.log.info(device_note)
+            run_dir, already = Path(runs_dir()) / config.name / version, False
+            trainer = make_trainer(run_dir, config.max_epochs, accelerator, devices, config.strategy,
+                                   config.precision, progress=context.log.info)
+            outcome = train_and_stage(model, data, trainer, store, run_dir, config.name, version, settings_id,
+                                      progress=context.log.info)
+    metrics, version = outcome.metrics, outcome.version
+    key = model_key if already else staging_key
     test, base = metrics["test_at_thresholds"], metrics.get("baselines", {})
     passed = Benchmark().results(metrics)["reference_benchmark"]
     beats = all(test["f2_micro"] > b["test_at_thresholds"]["f2_micro"] and metrics["test"]["map"] > b["test"]["map"]
                 for b in base.values())
     plots = {}
     for plot in ("f2_per_label", "pr_curves"):
-        plots[f"plot_{plot}"] = MetadataValue.md(_image(store.read_bytes(model_key(config.name, version, f"plots/{plot}.png")), plot))
+        plots[f"plot_{plot}"] = MetadataValue.md(_image(store.read_bytes(key(config.name, version, f"plots/{plot}.png")), plot))
     return MaterializeResult(
         metadata={
             "version": version,
+            "already_published": already,
             "dataset_version": metrics["data"]["dataset_version"],
             "val_loss": metrics["val_loss"],
             "val_accuracy": metrics["val"]["accuracy"],
@@ -123,7 +147,7 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
             "chips": MetadataValue.json(metrics["data"]["chips"]),
             "training_seconds": round(metrics["training"]["seconds"], 1),
             "resumed_from": metrics["training"]["resumed_from"] or "none",
-            "model_card": MetadataValue.url(store.url(model_key(config.name, version, CARD))),
+            "model_card": MetadataValue.url(store.url(key(config.name, version, CARD))),
             "tensorboard": MetadataValue.path(str(run_dir / "tensorboard")),
             **plots,
         },
@@ -157,19 +181,20 @@ class OnnxModelConfig(Config):
                        description="Test micro F2 at the stored thresholds is above the configured floor"),
     ],
     description="`model.onnx` (outputs `logits` and `embedding`, dynamic batch, labels/thresholds/"
-                "normalisation in its metadata) beside the checkpoint; `models/<name>/latest.json` moves to "
-                "it when its checks and the reference benchmark pass.",
+                "normalisation in its metadata); when its checks pass the version is published, immutable, at "
+                "`models/<name>/<version>/` (manifest last) and `models/<name>/latest.json` moves to it. Search "
+                "serves it once similarity_index has built its index.",
 )
 def onnx_model(context: AssetExecutionContext, config: OnnxModelConfig, bucket: BucketResource) -> MaterializeResult:
-    from imagesim_pipeline.models.registry import ONNX, model_key, pointer_key
-    from imagesim_pipeline.models.training import Benchmark, export_and_promote
+    from imagesim_pipeline.models.registry import ONNX, model_key
+    from imagesim_pipeline.models.training import Benchmark, export_and_publish
+    from imagesim_pipeline.storage import layout
 
     store = bucket.get_bucket()
     benchmark = Benchmark(min_test_f2=config.min_test_f2, max_onnx_diff=config.max_onnx_diff)
     with step_errors("ONNX export failed: "):
-        metrics, parity, checks = export_and_promote(store, config.name, config.version, benchmark,
-                                                     progress=context.log.info)
-    version = metrics["version"]
+        done = export_and_publish(store, config.name, config.version, benchmark, progress=context.log.info)
+    metrics, parity, checks, version = done.metrics, done.parity, done.checks, done.version
     return MaterializeResult(
         metadata={
             "version": version,
@@ -177,8 +202,10 @@ def onnx_model(context: AssetExecutionContext, config: OnnxModelConfig, bucket: 
             "bytes": metrics["onnx"]["bytes"],
             "max_abs_diff": parity.max_abs,
             "parity_images": parity.images,
-            "promoted": all(checks.values()),
-            "latest": store.url(pointer_key(config.name, "latest")),
+            "published": done.published,
+            "already_published": done.already,
+            "promoted": done.published,  # kept for older sensors' cursors: same meaning as "published"
+            "latest": store.url(layout.model_pointer_key(config.name, "latest")),
             "checks": MetadataValue.json(checks),
         },
         check_results=[

@@ -28,7 +28,7 @@ from imagesim_pipeline.orchestration.resources import BucketResource
 
 class ModelChoice(Config):
     name: str = Field(default="smlc", description="model name: models/<name>/ in the bucket")
-    version: str = Field(default="", description="model version (default: the published one, latest.json)")
+    version: str = Field(default="", description="model version (default: the newest published one, latest.json)")
 
 
 class EmbeddingsConfig(ModelChoice):
@@ -49,8 +49,15 @@ def _version(store, config: ModelChoice) -> str:
                    "geometry, embedding, label probabilities). Unchanged chips are not encoded again.")
 def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bucket: BucketResource
                     ) -> MaterializeResult:
-    from imagesim_pipeline.embeddings.cell_embeddings import embed_cell, embeddings_key, vectors, version_prefix
+    from imagesim_pipeline.embeddings.cell_embeddings import (
+        EmbeddingsError,
+        embed_cell,
+        embeddings_key,
+        vectors,
+        version_prefix,
+    )
     from imagesim_pipeline.embeddings.encoder import OnnxEncoder
+    from imagesim_pipeline.errors import ImagesimError, TransientError
 
     store = bucket.get_bucket()
     # one cell, or a range of them (a backfill or a re-encode in one run)
@@ -58,14 +65,22 @@ def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bu
     with step_errors():
         encoder = OnnxEncoder.from_bucket(store, config.name, _version(store, config), config.threads,
                                           config.batch_size)
-    totals = {"chips": 0, "encoded": 0, "reused_unchanged": 0, "unreadable": 0}
+    totals = {"chips": 0, "encoded": 0, "reused_unchanged": 0, "unreadable": 0, "repaired": 0}
     predicted = np.zeros(len(encoder.labels), dtype=np.int64)
     seconds = 0.0
+    failed: dict[str, str] = {}
     for n, cell in enumerate(cells, 1):
         if len(cells) > 1:
             context.log.info(f"[{n}/{len(cells)}] {cell}")
-        with step_errors(f"{cell}: "):
-            result = embed_cell(store, encoder, cell, progress=context.log.info)
+        try:  # one bad cell never fails the others: they are written, the bad ones named at the end
+            result = embed_cell(store, encoder, cell, progress=context.log.info, warn=context.log.warning)
+        except TransientError:
+            raise
+        except ImagesimError as exc:
+            context.log.error(f"{cell}: {exc}")
+            failed[cell] = str(exc)
+            continue
+        totals["repaired"] += int(result.repaired)
         for chip in result.unreadable[:20]:
             context.log.warning(f"unreadable chip left out: {chip}")
         if result.chips:
@@ -74,6 +89,11 @@ def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bu
                             ("reused_unchanged", result.reused), ("unreadable", len(result.unreadable))):
             totals[name] += value
         seconds += result.seconds
+    if failed:
+        with step_errors():
+            raise EmbeddingsError(f"{len(failed)} of {len(cells)} cell(s) could not be encoded (the other "
+                                  f"{len(cells) - len(failed)} were written): " + "; ".join(
+                                      f"{cell}: {why}" for cell, why in list(failed.items())[:5]))
     histogram = {label: int(n) for label, n in zip(encoder.labels, predicted)}
     return MaterializeResult(metadata={
         "model_version": encoder.version,
@@ -97,18 +117,23 @@ class IndexConfig(ModelChoice):
        check_specs=[AssetCheckSpec("finds_itself", asset="similarity_index",
                                    description="Indexed chips queried with their own embedding come back first")],
        description="A FAISS index (cosine) over every chip embedding of one model version with its items table, "
-                   "at `index/<model version>/`; extended when only new cells arrived, rebuilt otherwise.")
+                   "at `index/<model version>/` (a new build folder each time, the manifest last); extended when "
+                   "only new cells arrived, rebuilt otherwise. When its check passes it moves "
+                   "`models/<name>/serving.json` to the version: search then serves it.")
 def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket: BucketResource
                      ) -> MaterializeResult:
-    from imagesim_pipeline.search.catalog import build_similarity_index, index_key
+    from imagesim_pipeline.models.registry import read_pointer, require_published, set_pointer
+    from imagesim_pipeline.search.catalog import build_similarity_index
     from imagesim_pipeline.search.engine import SearchEngine
     from imagesim_pipeline.search.index import IndexParams, normalise, search
+    from imagesim_pipeline.storage.layout import index_key, model_pointer_key
 
     store = bucket.get_bucket()
     with step_errors():
         version = _version(store, config)
+        require_published(store, config.name, version)
         params = replace(IndexParams(), kind=config.kind, exact_below=config.exact_below)
-        build = build_similarity_index(store, version, params, progress=context.log.info)
+        build = build_similarity_index(store, version, params, progress=context.log.info, warn=context.log.warning)
         engine = SearchEngine(store, config.name, version)
     rng = np.random.default_rng(0)
     sample = rng.choice(len(engine), size=min(100, len(engine)), replace=False)
@@ -117,6 +142,13 @@ def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket
         _, ids = search(engine.index, normalise(engine.vector_of_chip(engine.chips[i])[None]), 1)
         found += int(ids[0, 0] == i)
     share = found / max(len(sample), 1)
+    with step_errors():
+        serving = read_pointer(store, config.name, "serving")
+        moved = share >= 0.95 and (serving is None or serving.version != version)
+        if moved:  # the second phase of a promotion: search now serves this version
+            set_pointer(store, config.name, "serving", version)
+            context.log.info(f"search now serves {config.name}/{version} (was "
+                             f"{serving.version if serving else 'nothing'})")
     return MaterializeResult(
         metadata={
             "model_version": version,
@@ -124,6 +156,11 @@ def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket
             "vectors": build.vectors,
             "cells": build.cells,
             "added": build.added,
+            "build": build.build,
+            "left_out_cells": MetadataValue.json(list(build.left_out)),
+            "serving": version if moved or (serving and serving.version == version) else
+            (serving.version if serving else "none"),
+            "serving_pointer": store.url(model_pointer_key(config.name, "serving")),
             "seconds": round(build.seconds, 2),
             "index": MetadataValue.json(build.description),
             "location": store.url(index_key(version, "")),
@@ -178,7 +215,7 @@ def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: 
     started = time.perf_counter()
     with step_errors():
         version = _version(store, config)
-        table = change_table(store, version, config.min_group, progress=context.log.debug)
+        table = change_table(store, version, config.min_group, progress=context.log.debug, warn=context.log.warning)
         key = write_changes(store, version, table)
     top = table.slice(0, config.top).to_pylist()
     scores = table.column("score").to_numpy()

@@ -1,5 +1,10 @@
-"""Sensors: deliveries start the datamaker, a new dataset version starts training, a promoted model
-starts re-encoding, a failed run leaves a readable summary in the bucket, and orphaned runs are freed."""
+"""Sensors: deliveries start the datamaker, a new dataset version starts training, a published model
+starts re-encoding, a failed run leaves a readable summary in the bucket, and orphaned runs are freed.
+
+None of them redoes work the bucket already holds: a dataset version with a published model is not
+trained again, a model with an index is not re-encoded, registered cells are not re-chipped unless
+their delivery changed. So starting the daemon over a bucket that scripts filled (``make demo``)
+starts no run."""
 
 
 from datetime import datetime, timedelta, timezone
@@ -78,12 +83,19 @@ def _metadata_value(event: EventLogEntry, name: str):
 
 @asset_sensor(asset_key=AssetKey("training_dataset"), job=trainer_job, default_status=DefaultSensorStatus.RUNNING,
               minimum_interval_seconds=60,
-              description="A new training dataset version starts training (smlc_model, onnx_model) on it; the "
-                          "model is promoted only when its checks pass.")
-def dataset_version_sensor(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest | SkipReason:
+              description="A new training dataset version starts training (smlc_model, onnx_model) on it, unless "
+                          "a published model was already trained on it; the model is published only when its "
+                          "checks pass.")
+def dataset_version_sensor(context: SensorEvaluationContext, asset_event: EventLogEntry, bucket: BucketResource
+                           ) -> RunRequest | SkipReason:
+    from imagesim_pipeline.models.registry import published_versions
+
     version = _metadata_value(asset_event, "version")
     if not version:
         return SkipReason("the latest training_dataset materialization names no version")
+    trained = [m.version for m in published_versions(bucket.get_bucket()) if m.dataset_version == version]
+    if trained:  # e.g. the demo trained it by script, or another instance did: nothing to redo
+        return SkipReason(f"dataset {version} already has a published model ({', '.join(trained)})")
     # The run key trains each dataset version once, however often the dataset is rebuilt unchanged.
     return RunRequest(run_key=f"train-{version}", asset_selection=[AssetKey("smlc_model"), AssetKey("onnx_model")],
                       run_config={"ops": {"smlc_model": {"config": {"dataset_version": version}}}},
@@ -92,12 +104,18 @@ def dataset_version_sensor(context: SensorEvaluationContext, asset_event: EventL
 
 @asset_sensor(asset_key=AssetKey("onnx_model"), job=encoder_job, default_status=DefaultSensorStatus.RUNNING,
               minimum_interval_seconds=60,
-              description="A newly promoted model re-encodes every registered cell in one run, then rebuilds the "
-                          "similarity index and the change table for it.")
-def model_promoted_sensor(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest | SkipReason:
+              description="A newly published model re-encodes every registered cell in one run, then builds its "
+                          "similarity index (which moves search to it) and change table; a model that already has "
+                          "an index is not re-encoded.")
+def model_promoted_sensor(context: SensorEvaluationContext, asset_event: EventLogEntry, bucket: BucketResource
+                          ) -> RunRequest | SkipReason:
+    from imagesim_pipeline.search.catalog import has_index
+
     version = _metadata_value(asset_event, "version")
-    if not _metadata_value(asset_event, "promoted"):
-        return SkipReason(f"model {version} was not promoted (its checks did not pass): nothing to re-encode")
+    if not (_metadata_value(asset_event, "published") or _metadata_value(asset_event, "promoted")):
+        return SkipReason(f"model {version} was not published (its checks did not pass): nothing to re-encode")
+    if has_index(bucket.get_bucket(), str(version)):
+        return SkipReason(f"model {version} already has a similarity index: nothing to re-encode")
     cells = context.instance.get_dynamic_partitions(ard_cells.name)
     if not cells:
         return SkipReason("no registered cell to encode")

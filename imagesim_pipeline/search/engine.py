@@ -30,7 +30,7 @@ from imagesim_pipeline.chips.naming import ChipName, ChipNameError
 from imagesim_pipeline.dataset.splits import block_of
 from imagesim_pipeline.embeddings.cell_embeddings import read_cell_embeddings, vectors
 from imagesim_pipeline.errors import ImagesimError
-from imagesim_pipeline.models.registry import DEFAULT_NAME, get_pointer
+from imagesim_pipeline.models.registry import DEFAULT_NAME, served_version
 from imagesim_pipeline.search.catalog import load_index
 from imagesim_pipeline.search.index import normalise, search, stored_vector
 from imagesim_pipeline.storage import Bucket
@@ -88,15 +88,16 @@ class Example:
 
 
 class SearchEngine:
-    """Queries over ``index/<version>/`` of one model version (default: the published one)."""
+    """Queries over ``index/<version>/`` of one model version (default: the one search serves, ``serving.json``)."""
 
     def __init__(self, bucket: Bucket, name: str = DEFAULT_NAME, version: str = "") -> None:
         self.bucket = bucket
         self.name = name
-        self.version = version or get_pointer(bucket, name, "latest")
+        self.version = version or served_version(bucket, name)
         self.index, items, manifest = load_index(bucket, self.version)
-        self.labels: list[str] = manifest["labels"]
-        self.thresholds = np.asarray(manifest["thresholds"], np.float32)
+        self.build = manifest.build  # a rebuild of the same version has another
+        self.labels: list[str] = manifest.labels
+        self.thresholds = np.asarray(manifest.thresholds, np.float32)
         self.chips = np.asarray(items.column("chip").to_pylist(), dtype=object)
         self.places = np.asarray(items.column("place").to_pylist(), dtype=object)
         self.catalog_ids = np.asarray(items.column("catalog_id").to_pylist(), dtype=object)

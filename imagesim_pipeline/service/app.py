@@ -2,7 +2,7 @@
 
 ``create_app(bucket)`` builds a FastAPI app (OpenAPI docs at ``/docs``):
 
-* ``GET /api/health``: model and index versions in use, labels, acquisitions, bounds.
+* ``GET /api/health``: the model version served and the one pending, index, labels, acquisitions, bounds.
 * ``GET /api/search/chip/{chip}``, ``POST /api/search`` (positive and negative examples),
   ``POST /api/search/image`` (an uploaded image): results as JSON, or GeoJSON with
   ``format=geojson``; every answer carries ``took_ms``, the engine's time.
@@ -19,8 +19,10 @@ malformed chip ids (ids never reach a bucket key unchecked), ``k`` out of range,
 not images or too large, tiles outside every delivery, a missing index. Unexpected failures
 answer 500 with one line, the traceback going to the server log only.
 
-The engine follows the model's ``latest`` pointer (re-read every ``refresh_s`` seconds) unless a
-version is pinned, so a promoted model is served without a restart.
+The engine follows the model's ``serving`` pointer (re-read every ``refresh_s`` seconds) unless a
+version is pinned: ``similarity_index`` moves it once a published version's index is complete, so
+a new model is served without a restart and search never goes down in between; a rebuilt index of
+the same version is reloaded too. ``/api/health`` names the version served and the one pending.
 """
 
 from __future__ import annotations
@@ -43,14 +45,16 @@ from starlette.concurrency import run_in_threadpool
 from imagesim_pipeline.changes.detect import ChangesError, read_changes
 from imagesim_pipeline.chips.naming import ChipName, ChipNameError, chip_key
 from imagesim_pipeline.errors import ImagesimError
-from imagesim_pipeline.models.registry import DEFAULT_NAME, ModelNotFoundError, get_pointer
+from imagesim_pipeline.models.registry import DEFAULT_NAME, ModelNotFoundError, read_pointer, served_version
 from imagesim_pipeline.search.catalog import IndexNotFoundError
+from imagesim_pipeline.search.catalog import read_manifest as read_index_manifest
 from imagesim_pipeline.search.engine import MAX_K, Example, Filters, Hit, SearchEngine, UnknownChipError
 from imagesim_pipeline.service.schemas import (CHIP_ID_PATTERN, ChangeOut, ChangesResponse, ChipOut, FiltersIn,
                                                Health, HitOut, LabelOut, ModelRef, SearchRequest, SearchResponse)
 from imagesim_pipeline.service.tiles import ArdMosaic, TileError
 from imagesim_pipeline.service.uploads import MAX_UPLOAD_BYTES, UploadError, check_image
 from imagesim_pipeline.storage import Bucket, StorageError
+from imagesim_pipeline.storage.records import CorruptRecordError
 
 log = logging.getLogger("imagesim.service")
 HERE = Path(__file__).resolve().parent
@@ -73,31 +77,53 @@ def _status_of(exc: Exception) -> int:
     if isinstance(exc, (UnknownChipError, TileError, IndexNotFoundError, ModelNotFoundError, NotReadyError,
                         ChangesError)):
         return 404
-    if isinstance(exc, StorageError):
+    if isinstance(exc, (StorageError, CorruptRecordError)):
         return 503
     return 422
 
 
 class EngineHolder:
-    """The query engine of the pinned or ``latest`` model, re-checked every ``refresh_s`` seconds."""
+    """The query engine of the pinned or served model (``serving.json``), re-checked every ``refresh_s`` seconds.
+
+    A new served version, or a rebuild of the same version's index (another ``build`` in its
+    manifest), is loaded beside the engine in use and swapped in once complete; while it cannot be
+    loaded (a pointer or index being written, a damaged file) the engine in use keeps answering and
+    ``problem`` says why.
+    """
 
     def __init__(self, bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refresh_s: float = 60.0):
         self.bucket, self.name, self.pinned, self.refresh_s = bucket, name, version, refresh_s
         self._engine: SearchEngine | None = None
         self._problem = ""
+        self.pending = ""  # a published version newer than the served one, whose index is not complete yet
         self._checked = -np.inf
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
         try:
-            version = self.pinned or get_pointer(self.bucket, self.name, "latest")
-            if self._engine is None or self._engine.version != version:
+            version = self.pinned or served_version(self.bucket, self.name)
+            build = read_index_manifest(self.bucket, version).build
+            if self._engine is None or (self._engine.version, self._engine.build) != (version, build):
                 self._engine = SearchEngine(self.bucket, self.name, version)
-                log.info("serving model %s/%s: %d indexed chips", self.name, version, len(self._engine))
+                log.info("serving model %s/%s (index build %s): %d indexed chips", self.name, version,
+                         self._engine.build or "-", len(self._engine))
             self._problem = ""
-        except (ModelNotFoundError, IndexNotFoundError) as exc:
-            self._engine, self._problem = None, str(exc)
+        except ImagesimError as exc:  # keep answering with the engine in use
+            self._problem = str(exc)
+            if self._engine is not None:
+                log.warning("still serving %s/%s: %s", self.name, self._engine.version, exc)
+        self.pending = self._pending()
         self._checked = time.monotonic()
+
+    def _pending(self) -> str:
+        if self.pinned:
+            return ""
+        try:
+            latest = read_pointer(self.bucket, self.name, "latest")
+        except ImagesimError:
+            return ""
+        served = self._engine.version if self._engine else ""
+        return latest.version if latest and latest.version != served else ""
 
     def get(self) -> SearchEngine | None:
         with self._lock:
@@ -123,15 +149,18 @@ def _filters(f: FiltersIn) -> Filters:
 
 def _query_filters(bbox: str | None, label: list[str], since: date | None, until: date | None,
                    catalog_id: list[str]) -> Filters:
-    box = None
-    if bbox:
-        try:
-            box = tuple(float(v) for v in bbox.split(","))
-        except ValueError:
-            box = ()
-        if len(box) != 4:
-            raise HTTPException(422, f"bbox {bbox!r} must be four numbers: west,south,east,north (degrees)")
-    return _filters(FiltersIn(bbox=box, labels=label, since=since, until=until, catalog_ids=catalog_id))
+    from pydantic import ValidationError
+
+    from imagesim_pipeline.search.bbox import BboxError, parse_bbox
+
+    try:
+        box = parse_bbox(bbox) if bbox else None  # the same checks as FiltersIn's and the CLI's --bbox
+        return _filters(FiltersIn(bbox=box, labels=label, since=since, until=until, catalog_ids=catalog_id))
+    except BboxError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except ValidationError as exc:  # too many labels or catalog ids: one line, not a 500
+        first = exc.errors()[0]
+        raise HTTPException(422, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
 def _thumbnail(chip: str) -> str:
@@ -176,7 +205,7 @@ def _chip_name(chip: str) -> ChipName:
 
 
 def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refresh_s: float = 60.0) -> FastAPI:
-    """The search service over ``bucket``: the ``latest`` model of ``name`` unless ``version`` pins one."""
+    """The search service over ``bucket``: the served model of ``name`` unless ``version`` pins one."""
     engines = EngineHolder(bucket, name, version, refresh_s)
     mosaic = ArdMosaic(bucket, refresh_s)
     app = FastAPI(title="imagesim search", version="1",
@@ -216,10 +245,13 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
     # -- health ----------------------------------------------------------------------------------
     @app.get("/api/health", response_model=Health, tags=["service"])
     def health() -> Health:
-        """The model and index versions in use, labels, the acquisitions and bounds of the imagery."""
+        """The model version served and the one pending (published, its index not complete yet), index, labels,
+        the acquisitions and bounds of the imagery."""
         engine = engines.get()
         return Health(status="ok" if engine else "no_index", detail=engines.problem,
                       model=ModelRef(name=engine.name, version=engine.version) if engine else None,
+                      pending=ModelRef(name=engines.name, version=engines.pending) if engines.pending else None,
+                      index_build=engine.build if engine else "",
                       index_vectors=len(engine) if engine else 0,
                       index_kind=type(engine.index).__name__ if engine else "",
                       labels=engine.labels if engine else [], acquisitions=mosaic.acquisitions(),

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
 
+from imagesim_pipeline.search.bbox import BboxError, check_bbox
 from imagesim_pipeline.search.engine import MAX_K
 
 # A chip id is a file name of the chips folder: never a path (checked again by ChipName.parse).
@@ -17,11 +19,23 @@ MAX_EXAMPLES = 50
 
 class FiltersIn(BaseModel):
     bbox: tuple[float, float, float, float] | None = Field(
-        None, description="WGS84 west, south, east, north: results meet this box")
+        None, description="WGS84 west, south, east, north (longitudes -180..180, latitudes -90..90): "
+                    "results meet this box")
     labels: list[str] = Field([], max_length=32, description="results are predicted to carry every one of these")
     since: date | None = Field(None, description="results acquired on or after this date")
     until: date | None = Field(None, description="results acquired on or before this date")
     catalog_ids: list[str] = Field([], max_length=64, description="results come from these acquisitions")
+
+    @field_validator("bbox")
+    @classmethod
+    def _bbox_in_range(cls, bbox: tuple[float, float, float, float] | None):
+        """Longitudes -180..180, latitudes -90..90, west <= east, south <= north (the CLI's --bbox checks the same)."""
+        if bbox is None:
+            return None
+        try:
+            return check_bbox(bbox)
+        except BboxError as exc:  # the message as it is, without pydantic's "Value error, " in front
+            raise PydanticCustomError("bbox_range", str(exc).replace("{", "(").replace("}", ")")) from None
 
 
 class SearchRequest(BaseModel):
@@ -101,7 +115,9 @@ class ChangesResponse(BaseModel):
 class Health(BaseModel):
     status: str = Field(description="ok, or no_index when search cannot answer yet (see detail)")
     detail: str = ""
-    model: ModelRef | None
+    model: ModelRef | None = Field(description="the version search serves")
+    pending: ModelRef | None = Field(None, description="a newer published version whose index is being built")
+    index_build: str = Field("", description="the index build served (a rebuild of the same version has another)")
     index_vectors: int
     index_kind: str = ""
     labels: list[str]

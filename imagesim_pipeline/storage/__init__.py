@@ -3,6 +3,7 @@
 from imagesim_pipeline.storage.bucket import (
     Bucket,
     LocalBucket,
+    MissingObjectError,
     ObjectInfo,
     S3Bucket,
     StorageError,
@@ -10,5 +11,5 @@ from imagesim_pipeline.storage.bucket import (
     open_bucket,
 )
 
-__all__ = ["Bucket", "LocalBucket", "ObjectInfo", "S3Bucket", "StorageError", "StorageUnavailableError",
+__all__ = ["Bucket", "LocalBucket", "MissingObjectError", "ObjectInfo", "S3Bucket", "StorageError", "StorageUnavailableError",
            "open_bucket"]

@@ -30,6 +30,10 @@ class StorageError(ImagesimError):
     """A bucket operation failed; the message names the URI and what to do."""
 
 
+class MissingObjectError(StorageError):
+    """The key does not exist (as opposed to a bucket that could not be read)."""
+
+
 class StorageUnavailableError(StorageError, TransientError):
     """The S3 endpoint did not answer (timeouts, refused connections): worth retrying later."""
 
@@ -167,7 +171,7 @@ class LocalBucket(Bucket):
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            raise StorageError(f"{self.url(key)} does not exist") from None
+            raise MissingObjectError(f"{self.url(key)} does not exist") from None
 
     @contextlib.contextmanager
     def _atomic_target(self, key: str) -> Iterator[Path]:
@@ -195,7 +199,7 @@ class LocalBucket(Bucket):
         try:
             shutil.copyfile(self._path(key), local_path)
         except FileNotFoundError:
-            raise StorageError(f"{self.url(key)} does not exist") from None
+            raise MissingObjectError(f"{self.url(key)} does not exist") from None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -212,7 +216,7 @@ class LocalBucket(Bucket):
         try:
             os.replace(self._path(src), target)  # atomic within the bucket's file system
         except FileNotFoundError:
-            raise StorageError(f"{self.url(src)} does not exist") from None
+            raise MissingObjectError(f"{self.url(src)} does not exist") from None
 
     def clean_temporaries(self, prefix: str) -> int:
         """Delete ``.imagesim-tmp-*`` files (atomic writes a killed process left) for keys under ``prefix``."""
@@ -230,7 +234,7 @@ class LocalBucket(Bucket):
     def local_copy(self, key: str) -> Iterator[Path]:
         path = self._path(key)
         if not path.is_file():
-            raise StorageError(f"{self.url(key)} does not exist")
+            raise MissingObjectError(f"{self.url(key)} does not exist")
         yield path
 
 
@@ -295,7 +299,7 @@ class S3Bucket(Bucket):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except ClientError as exc:
             if _missing(exc):
-                raise StorageError(f"{self.url(key)} does not exist") from None
+                raise MissingObjectError(f"{self.url(key)} does not exist") from None
             raise self._error("reading", key, exc) from exc
         except BotoCoreError as exc:
             raise self._error("reading", key, exc) from exc
@@ -325,7 +329,7 @@ class S3Bucket(Bucket):
             self.client.download_file(self.bucket, self._key(key), str(local_path))
         except ClientError as exc:
             if _missing(exc):
-                raise StorageError(f"{self.url(key)} does not exist") from None
+                raise MissingObjectError(f"{self.url(key)} does not exist") from None
             raise self._error("downloading", key, exc) from exc
         except BotoCoreError as exc:
             raise self._error("downloading", key, exc) from exc
@@ -360,7 +364,7 @@ class S3Bucket(Bucket):
                                     CopySource={"Bucket": self.bucket, "Key": self._key(src)})
         except ClientError as exc:
             if _missing(exc):
-                raise StorageError(f"{self.url(src)} does not exist") from None
+                raise MissingObjectError(f"{self.url(src)} does not exist") from None
             raise self._error("moving", src, exc) from exc
         except BotoCoreError as exc:
             raise self._error("moving", src, exc) from exc

@@ -12,9 +12,11 @@ nodata-index/<zone>/<cell>.parquet, nodata-index.json
 labels/<zone>/<cell>.parquet, .coverage.parquet, .csv
 datasets/<version>/<file>, datasets/latest.json
 features/<cache key>/<file>
-models/<name>/<version>/<file>, models/<name>/<trained|latest>.json
+models/<name>/<version>/<file>, manifest.json                                     published (immutable)
+models/<name>/_staging/<version>/<file>                                             trained, awaiting checks
+models/<name>/<trained|latest|serving>.json
 embeddings/<model version>/<zone>/<cell>.parquet
-index/<model version>/<file>
+index/<model version>/manifest.json, index/<model version>/builds/<build>/<file>
 changes/<model version>/changes.parquet
 ops/run-failures/<YYYY-MM-DD>/<job>-<run id>.md                                     failed runs, summarised
 demo/...
@@ -94,8 +96,13 @@ def model_key(name: str, version: str, file: str) -> str:
     return f"{MODELS}{name}/{version}/{file}"
 
 
+def model_staging_key(name: str, version: str, file: str) -> str:
+    """A trained version's files before its checks pass and it is published."""
+    return f"{MODELS}{name}/_staging/{version}/{file}"
+
+
 def model_pointer_key(name: str, which: str) -> str:
-    """``trained`` or ``latest``."""
+    """``trained``, ``latest`` (newest published) or ``serving`` (what search serves)."""
     return f"{MODELS}{name}/{which}.json"
 
 
@@ -109,6 +116,11 @@ def embeddings_key(version: str, cell_id: str) -> str:
 
 def index_key(version: str, file: str) -> str:
     return f"{INDEX}{version}/{file}"
+
+
+def index_build_key(version: str, build: str, file: str) -> str:
+    """A file of one build of a version's index (a rebuild writes a new build; the manifest names the current)."""
+    return f"{INDEX}{version}/builds/{build}/{file}"
 
 
 def changes_key(version: str) -> str:

@@ -8,6 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
+
+from imagesim_pipeline.models.registry import ModelNotFoundError
 from PIL import Image
 
 from imagesim_pipeline.chips.cell_chips import manifest_key
@@ -83,5 +85,5 @@ def test_re_running_encodes_only_new_or_changed_chips_and_skips_unreadable_ones(
 
 
 def test_a_missing_model_says_what_to_materialize(tmp_path):
-    with pytest.raises(EncoderError, match="materialize onnx_model"):
+    with pytest.raises(ModelNotFoundError, match="is not published .*materialize onnx_model"):
         OnnxEncoder.from_bucket(open_bucket(tmp_path), version="v-none")

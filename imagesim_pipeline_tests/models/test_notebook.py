@@ -102,7 +102,11 @@ def test_notebook_trains_encodes_and_plots_on_the_demo_dataset(demo_dataset, tmp
     assert re.search(r"checks: .*onnx_parity passed", text), text
     name, version = probe["name"], probe["version"]
     assert name == "smlc-notebook"  # a brief run never moves the pipeline's smlc pointers
-    assert (bucket / "models" / name / version / "model.onnx").is_file()
+    published = f"{name}/{version}: published" in text
+    assert published or f"{name}/{version}: staged, not published" in text
+    # published: the immutable version with its manifest; staged: nothing under the version's own prefix
+    assert (bucket / "models" / name / version / "manifest.json").is_file() == published
+    assert (bucket / "models" / name / version / "model.onnx").is_file() == published
     assert not (bucket / "models" / "smlc").exists()
     assert any(runs.iterdir()) and not (tmp_path / "not-this-bucket").exists()
 
@@ -120,7 +124,8 @@ def test_notebook_trains_encodes_and_plots_on_the_demo_dataset(demo_dataset, tmp
 
     # 2. TRAIN=False loads the published model (models/smlc/latest.json) and trains nothing.
     store = open_bucket(bucket)
-    for obj in list(store.list(f"models/{name}/{version}/")):
+    prefix = f"models/{name}/{version}/" if published else f"models/{name}/_staging/{version}/"
+    for obj in list(store.list(prefix)):
         store.write_bytes(obj.key.replace(f"models/{name}/", "models/smlc/", 1), store.read_bytes(obj.key))
     set_pointer(store, "smlc", "latest", version)
     shutil.rmtree(runs)

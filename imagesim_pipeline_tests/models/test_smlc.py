@@ -88,13 +88,13 @@ def test_unfreezing_trains_only_the_last_stage():
 
 
 def test_unfreezing_with_cached_features_is_refused(reference_inputs, tmp_path):
-    from imagesim_pipeline.models.training import TrainingSetupError, train_and_publish
+    from imagesim_pipeline.models.training import TrainingSetupError, train_and_stage
 
     chips, csv = reference_inputs
     model = SkywayMultiLabelClassifier(labels=LABELS, weights="random", unfreeze_last_stage=True)
     data = SmlcDataModule(chip_dir=str(chips), labels_csv=str(csv), cache_features=True, weights="random")
     with pytest.raises(TrainingSetupError, match="cache_features"):
-        train_and_publish(model, data, None, None, tmp_path / "run")  # refused before anything runs
+        train_and_stage(model, data, None, None, tmp_path / "run")  # refused before anything runs
 
 
 def test_a_schedule_that_would_raise_the_learning_rate_is_refused():
@@ -188,8 +188,8 @@ def test_reference_inputs_split_by_block_and_corrupt_chips_are_counted(reference
 
 
 def test_training_learns_and_the_onnx_export_matches(reference_inputs, tmp_path, monkeypatch):
-    from imagesim_pipeline.models.registry import get_pointer, model_key
-    from imagesim_pipeline.models.training import Benchmark, export_and_promote, make_trainer, train_and_publish
+    from imagesim_pipeline.models.registry import get_pointer, model_key, staging_key
+    from imagesim_pipeline.models.training import Benchmark, export_and_publish, make_trainer, train_and_stage
 
     chips, csv = reference_inputs
     monkeypatch.setenv("IMAGESIM_BUCKET", str(tmp_path / "bucket"))
@@ -199,7 +199,7 @@ def test_training_learns_and_the_onnx_export_matches(reference_inputs, tmp_path,
     model = SkywayMultiLabelClassifier(labels=data.labels, backbone="efficientnet_lite0")
     run_dir = tmp_path / "runs" / "v-test"
     bucket = open_bucket(tmp_path / "bucket")
-    outcome = train_and_publish(model, data, make_trainer(run_dir, max_epochs=25, accelerator="cpu"), bucket,
+    outcome = train_and_stage(model, data, make_trainer(run_dir, max_epochs=25, accelerator="cpu"), bucket,
                                 run_dir, "smlc", "v-test", progress=lambda m: None)
     metrics = outcome.metrics
     # visible labels are learnt: far above predicting the train frequency, measured in the same run
@@ -208,11 +208,14 @@ def test_training_learns_and_the_onnx_export_matches(reference_inputs, tmp_path,
     assert len(metrics["thresholds"]) == 3 and all(0 < t < 1 for t in metrics["thresholds"])
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert get_pointer(bucket, "smlc", "trained") == "v-test"
-    assert "| SMLC |" in bucket.read_text(model_key("smlc", "v-test", "model_card.md"))
+    assert "| SMLC |" in bucket.read_text(staging_key("smlc", "v-test", "model_card.md"))
+    assert not bucket.exists(model_key("smlc", "v-test", "model_card.md"))  # staged, not published before its checks
     # export: two outputs, dynamic batch, metadata; parity with torch on real chips
-    exported, parity, checks = export_and_promote(bucket, "smlc", "v-test", Benchmark(min_test_f2=0.5),
-                                                  progress=lambda m: None)
-    assert parity.max_abs < 1e-3 and checks["onnx_parity"]
+    done = export_and_publish(bucket, "smlc", "v-test", Benchmark(min_test_f2=0.5), progress=lambda m: None)
+    parity, checks = done.parity, done.checks
+    assert parity.max_abs < 1e-3 and checks["onnx_parity"] and done.published
+    assert "| SMLC |" in bucket.read_text(model_key("smlc", "v-test", "model_card.md"))
+    assert not list(bucket.list(staging_key("smlc", "v-test", "")))  # staging is cleared once published
     with bucket.local_copy(model_key("smlc", "v-test", "model.onnx")) as path:
         runtime = session(path)
         assert [o.name for o in runtime.get_outputs()] == ["logits", "embedding"]
@@ -225,7 +228,7 @@ def test_training_learns_and_the_onnx_export_matches(reference_inputs, tmp_path,
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(reference_inputs, tmp_path, monkeypatch):
-    from imagesim_pipeline.models.training import make_trainer, resumable_checkpoint, train_and_publish
+    from imagesim_pipeline.models.training import make_trainer, resumable_checkpoint, train_and_stage
 
     chips, csv = reference_inputs
     monkeypatch.setenv("IMAGESIM_BUCKET", str(tmp_path / "bucket"))
@@ -251,7 +254,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(reference_inputs, tmp_pat
     trainer = make_trainer(run_dir, max_epochs=6, accelerator="cpu", progress=lambda m: None)
     trainer.callbacks.append(Killer())
     with pytest.raises(Kill):
-        train_and_publish(model, data, trainer, bucket, run_dir, "smlc", "v-resume", progress=lambda m: None)
+        train_and_stage(model, data, trainer, bucket, run_dir, "smlc", "v-resume", progress=lambda m: None)
     last = resumable_checkpoint(run_dir)
     assert last is not None, sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
     assert torch.load(last, weights_only=False)["epoch"] == 1  # killed in epoch 2: epoch 1 was the last saved
@@ -264,7 +267,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(reference_inputs, tmp_pat
 
     trainer = make_trainer(run_dir, max_epochs=6, accelerator="cpu", progress=lambda m: None)
     trainer.callbacks.append(Count())
-    outcome = train_and_publish(model, data, trainer, bucket, run_dir, "smlc", "v-resume", progress=lambda m: None)
+    outcome = train_and_stage(model, data, trainer, bucket, run_dir, "smlc", "v-resume", progress=lambda m: None)
     assert epochs == [2, 3, 4, 5]  # the killed epoch again, then on: not from scratch
     assert outcome.resumed_from.endswith("last.ckpt")
     assert resumable_checkpoint(run_dir) is None  # finished runs start afresh

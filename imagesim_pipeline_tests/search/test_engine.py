@@ -13,7 +13,8 @@ from imagesim_pipeline.chips.naming import ChipName, chip_key
 from imagesim_pipeline.dataset.splits import block_of
 from imagesim_pipeline.embeddings.cell_embeddings import embed_cell, embeddings_key
 from imagesim_pipeline.embeddings.encoder import OnnxEncoder
-from imagesim_pipeline.search.catalog import IndexNotFoundError, build_similarity_index, index_key, load_index
+from imagesim_pipeline.search.catalog import IndexNotFoundError, build_similarity_index, load_index
+from imagesim_pipeline.storage.layout import index_key
 from imagesim_pipeline.search.engine import Example, Filters, SearchEngine, SearchError
 from imagesim_pipeline.storage import open_bucket
 from imagesim_pipeline_tests.conftest import chip_cells

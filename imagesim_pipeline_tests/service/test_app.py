@@ -18,6 +18,7 @@ from imagesim_pipeline.search.engine import SearchEngine
 from imagesim_pipeline.service.app import create_app
 from imagesim_pipeline.service.uploads import MAX_UPLOAD_BYTES
 from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline_tests.service.test_uploads import bomb_png
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +193,16 @@ BAD_REQUESTS = [
      422, "mode"),
     ("too large upload", "post", "/api/search/image",
      {"files": {"file": ("x.jpg", b"\xff" * (MAX_UPLOAD_BYTES + 100_000), "image/jpeg")}}, 413, "limit"),
+    ("decompression bomb", "post", "/api/search/image", {"files": {"file": ("bomb.png", bomb_png(), "image/png")}},
+     413, "bomb.png is 400000000 pixels; the budget is 16777216 pixels"),
+    ("bbox latitude 200 in the query", "get", "/api/search/chip/{chip}?bbox=0,200,1,201", {}, 422,
+     "bbox south 200 is not a latitude"),
+    ("bbox latitude 200 in the body", "post", "/api/search",
+     {"json": {"positives": ["Z35-01313111111312103_KOTKAB.jpg"], "filters": {"bbox": [0, 200, 1, 201]}}}, 422,
+     "filters.bbox: bbox south 200 is not a latitude: latitudes are -90..90 degrees"),
+    ("bbox longitude 181 on upload", "post", "/api/search/image?bbox=-181,0,1,1",
+     {"files": {"file": ("x.png", _png(), "image/png")}}, 422, "bbox west -181 is not a longitude"),
+    ("bbox west of east", "get", "/api/places?bbox=10,0,5,1", {}, 422, "bbox west 10 is east of east 5"),
     ("no file field", "post", "/api/search/image", {"files": {"other": ("x.png", _png(), "image/png")}}, 422, "file"),
     ("not multipart", "post", "/api/search/image", {"content": _png()}, 415, "multipart"),
     ("tile outside", "get", "/tiles/16/0/0.png", {}, 404, "outside every ARD delivery"),
@@ -209,7 +220,7 @@ def test_bad_input_gets_a_clear_4xx_and_no_traceback(service, method, path, kwar
     response = getattr(client, method)(path.format(chip=engine.chips[0], x=t.x, y=t.y), **kwargs)
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
-    assert isinstance(detail, str) and message in detail
+    assert isinstance(detail, str) and message in detail and "\n" not in detail
     assert "Traceback" not in response.text and 'File "' not in response.text
 
 
