@@ -25,47 +25,81 @@ from imagesim_pipeline.orchestration.resources import BucketResource
 CELLS = ["Z33-120020223133", "Z33-120020223132", "Z35-013133111131"]
 
 
-def _evaluate(sensor, instance, cursor=None):
-    context = build_sensor_context(instance=instance, cursor=cursor,
+def _evaluate(sensor, instance, cursor=None, bucket=None):
+    resources = {"bucket": BucketResource(uri=str(bucket))} if bucket else None
+    context = build_sensor_context(instance=instance, cursor=cursor, resources=resources,
                                    repository_def=__import__("imagesim_pipeline.definitions").definitions.defs
                                    .get_repository_def())
     return sensor.evaluate_tick(context)
 
 
-def test_a_new_dataset_version_trains_once(dagster_home):
+def _published(bucket_root, version: str, dataset_version: str) -> None:
+    """A published model version in the bucket (its manifest is what the sensors read)."""
+    from imagesim_pipeline.models.registry import publish
+    from imagesim_pipeline.storage import open_bucket
+
+    publish(open_bucket(bucket_root), "smlc", version, {"model.onnx": b"onnx"}, dataset_version, version)
+
+
+def test_a_new_dataset_version_trains_once(dagster_home, tmp_path):
     from imagesim_pipeline.orchestration.sensors import dataset_version_sensor
 
     instance = DagsterInstance.get()
-    assert not _evaluate(dataset_version_sensor, instance).run_requests
+    assert not _evaluate(dataset_version_sensor, instance, bucket=tmp_path / "bucket").run_requests
     instance.report_runless_asset_event(AssetMaterialization("training_dataset", metadata={"version": "d-1"}))
-    first = _evaluate(dataset_version_sensor, instance)
+    first = _evaluate(dataset_version_sensor, instance, bucket=tmp_path / "bucket")
     [request] = first.run_requests
     assert request.run_key == "train-d-1" and request.asset_selection == [AssetKey("smlc_model"),
                                                                             AssetKey("onnx_model")]
     assert request.run_config["ops"]["smlc_model"]["config"]["dataset_version"] == "d-1"
     assert request.tags["dagster/max_retries"] == "2"
     # nothing new since the cursor: no request; the same version rebuilt gives the same run key (deduplicated)
-    assert not _evaluate(dataset_version_sensor, instance, first.cursor).run_requests
+    assert not _evaluate(dataset_version_sensor, instance, first.cursor, bucket=tmp_path / "bucket").run_requests
     instance.report_runless_asset_event(AssetMaterialization("training_dataset", metadata={"version": "d-1"}))
-    again = _evaluate(dataset_version_sensor, instance, first.cursor)
+    again = _evaluate(dataset_version_sensor, instance, first.cursor, bucket=tmp_path / "bucket")
     assert [r.run_key for r in again.run_requests] == ["train-d-1"]
 
 
-def test_only_a_promoted_model_re_encodes_every_cell_in_one_run(dagster_home):
+def test_a_dataset_version_with_a_published_model_is_not_trained_again(dagster_home, tmp_path):
+    """As after `make demo`: the scripted runs trained the dataset, the daemon's first tick (empty cursor) sees it."""
+    from imagesim_pipeline.orchestration.sensors import dataset_version_sensor
+
+    instance = DagsterInstance.get()
+    _published(tmp_path / "bucket", "v-a", "d-1")
+    instance.report_runless_asset_event(AssetMaterialization("training_dataset", metadata={"version": "d-1"}))
+    held = _evaluate(dataset_version_sensor, instance, bucket=tmp_path / "bucket")
+    assert not held.run_requests and "already has a published model (v-a)" in held.skip_message
+    # another dataset version is trained as before
+    instance.report_runless_asset_event(AssetMaterialization("training_dataset", metadata={"version": "d-2"}))
+    [request] = _evaluate(dataset_version_sensor, instance, held.cursor, bucket=tmp_path / "bucket").run_requests
+    assert request.run_key == "train-d-2"
+
+
+def test_only_a_published_model_without_an_index_re_encodes_every_cell_in_one_run(dagster_home, tmp_path):
     from imagesim_pipeline.orchestration.sensors import model_promoted_sensor
+    from imagesim_pipeline.search.catalog import IndexManifest
+    from imagesim_pipeline.storage import layout, open_bucket
+    from imagesim_pipeline.storage.records import write_record
 
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions(ard_cells.name, CELLS)
     instance.report_runless_asset_event(AssetMaterialization("onnx_model", metadata={"version": "m-1",
-                                                                                     "promoted": False}))
-    held = _evaluate(model_promoted_sensor, instance)
-    assert not held.run_requests and "was not promoted" in held.skip_message
+                                                                                     "published": False}))
+    held = _evaluate(model_promoted_sensor, instance, bucket=tmp_path / "bucket")
+    assert not held.run_requests and "was not published" in held.skip_message
     instance.report_runless_asset_event(AssetMaterialization("onnx_model", metadata={"version": "m-2",
-                                                                                     "promoted": True}))
-    [request] = _evaluate(model_promoted_sensor, instance, held.cursor).run_requests
+                                                                                     "published": True}))
+    first = _evaluate(model_promoted_sensor, instance, held.cursor, bucket=tmp_path / "bucket")
+    [request] = first.run_requests
     assert request.run_key == "encode-m-2" and request.job_name in (None, "encoder_job")
     assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) \
         == (CELLS[0], CELLS[-1])
+    # once m-2 has its index (as after `make demo`), its materialization asks for nothing
+    write_record(open_bucket(tmp_path / "bucket"), layout.index_key("m-2", "manifest.json"), IndexManifest(
+        version="m-2", build="b1", labels=["a"], thresholds=[0.5], params={}, index={}, vectors=0, cells={},
+        built=0.0))
+    again = _evaluate(model_promoted_sensor, instance, held.cursor, bucket=tmp_path / "bucket")
+    assert not again.run_requests and "already has a similarity index" in again.skip_message
 
 
 def test_the_weekly_osm_refresh_relabels_every_cell(dagster_home):
@@ -115,9 +149,12 @@ def test_only_transient_errors_are_retried():
     from imagesim_pipeline.osm.elements import OverpassUnavailableError
     from imagesim_pipeline.storage import StorageError, StorageUnavailableError
 
+    from imagesim_pipeline.storage.records import CorruptRecordError
+
     for error, retried in ((StorageUnavailableError("s3 did not answer"), True),
                            (OverpassUnavailableError("busy"), True),
-                           (StorageError("no such key"), False), (ImagesimError("bad input"), False)):
+                           (StorageError("no such key"), False), (ImagesimError("bad input"), False),
+                           (CorruptRecordError("models/smlc/latest.json is not a valid Pointer record"), False)):
         with pytest.raises(Failure) as failed:
             with step_errors("cell: "):
                 raise error
