@@ -625,7 +625,7 @@ def _check_service(bucket) -> bool:
 def _model_options(p: argparse.ArgumentParser, bucket_help: str) -> None:
     """--name, --version and --bucket of the commands that read a published model's outputs."""
     p.add_argument("--name", default="smlc", help="model name (default smlc)")
-    p.add_argument("--version", help="model version (default: models/<name>/latest.json)")
+    p.add_argument("--version", help="model version (default: the one search serves, models/<name>/serving.json)")
     p.add_argument("--bucket", help=bucket_help)
 
 
@@ -777,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="the search service and web page: HTTP API, ARD map tiles, click-to-search",
                        description="Serve the search API (docs at /docs), web-mercator tiles of the bucket's ARD "
                                    "COGs and the search page, over the bucket and the published model (followed "
-                                   "as it is re-promoted) or a pinned --version.")
+                                   "as search moves to a newly published one) or a pinned --version.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for every one)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--refresh", type=float, default=60.0, metavar="SECONDS",

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from imagesim_pipeline.samples import fetch
+from imagesim_pipeline.storage import LocalBucket
 
 
 def free_port() -> int:
@@ -254,6 +255,21 @@ def demo_model(demo_dataset, tmp_path_factory) -> tuple[Path, str]:
                                                                   min_test_f2=0.0), progress=lambda m: None)
     assert done.published, done.checks
     return root, "v-test"
+
+
+class KilledAtWrite(LocalBucket):
+    """A local bucket of a process that dies (``KeyboardInterrupt``) at its n-th write under ``prefix``."""
+
+    def __init__(self, root, prefix: str, n: int):
+        super().__init__(root)
+        self.prefix, self.left = prefix, n
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        if key.startswith(self.prefix):
+            self.left -= 1
+            if self.left == 0:
+                raise KeyboardInterrupt("killed")
+        super().write_bytes(key, data)
 
 
 def chip_cells(bucket) -> list[str]:

@@ -31,8 +31,14 @@ from imagesim_pipeline.models.registry import (
     set_pointer,
 )
 from imagesim_pipeline.settings import PROJECT_ROOT
-from imagesim_pipeline.storage import LocalBucket, layout, open_bucket
-from imagesim_pipeline_tests.conftest import chip_cells, free_port, stop_process_group, wait_for_port
+from imagesim_pipeline.storage import layout, open_bucket
+from imagesim_pipeline_tests.conftest import (
+    KilledAtWrite,
+    chip_cells,
+    free_port,
+    stop_process_group,
+    wait_for_port,
+)
 
 LENIENT = dict(max_val_loss=10.0, min_val_accuracy=0.0, min_test_f2=0.0)  # short trainings: publishable
 
@@ -167,21 +173,6 @@ def test_search_answers_every_request_through_train_publish_encode_and_serve(dem
         log.close()
 
 
-class _KilledAt(LocalBucket):
-    """The bucket of a process killed at its n-th write under ``prefix``."""
-
-    def __init__(self, root, prefix: str, n: int):
-        super().__init__(root)
-        self.prefix, self.left = prefix, n
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        if key.startswith(self.prefix):
-            self.left -= 1
-            if self.left == 0:
-                raise KeyboardInterrupt("killed")
-        super().write_bytes(key, data)
-
-
 @pytest.mark.e2e
 def test_a_killed_publish_mixes_nothing_and_a_same_settings_export_changes_nothing(demo_model, tmp_path):
     from imagesim_pipeline.cli import main as imagesim
@@ -198,7 +189,7 @@ def test_a_killed_publish_mixes_nothing_and_a_same_settings_export_changes_nothi
 
     _train_new_version(root, tmp_path / "runs", epochs=2, version="v-k")
     with pytest.raises(KeyboardInterrupt):  # killed half-way through publishing
-        export_and_publish(_KilledAt(root, model_key("smlc", "v-k", ""), 3), "smlc", "v-k", Benchmark(**LENIENT),
+        export_and_publish(KilledAtWrite(root, model_key("smlc", "v-k", ""), 3), "smlc", "v-k", Benchmark(**LENIENT),
                            progress=lambda m: None)
     assert not is_published(bucket, "smlc", "v-k") and get_pointer(bucket, "smlc", "latest") == "v-test"
     with pytest.raises(ModelNotFoundError, match="is not published"):
@@ -212,6 +203,11 @@ def test_a_killed_publish_mixes_nothing_and_a_same_settings_export_changes_nothi
     assert listed == {**{f: e.bytes for f, e in manifest.files.items()}, "manifest.json": listed["manifest.json"]}
     assert OnnxEncoder.from_bucket(bucket, version="v-k").version == "v-k"
     assert imagesim(["model", "report", "v-k", "--bucket", str(root)]) == 0
+    # a damaged latest.json (or a publish killed between manifest and pointer): onnx_model repairs it
+    bucket.write_bytes(layout.model_pointer_key("smlc", "latest"), b"[]")
+    assert imagesim(["model", "report", "--bucket", str(root)]) == 2
+    export_and_publish(bucket, "smlc", "v-k", Benchmark(**LENIENT), progress=lambda m: None)
+    assert get_pointer(bucket, "smlc", "latest") == "v-k"
 
 
 def _run_encoder(root: Path, instance, cells: list[str]):

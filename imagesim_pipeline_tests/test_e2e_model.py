@@ -76,13 +76,20 @@ def test_trainer_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch)
     except Exception:  # noqa: BLE001 - none published
         latest = None
     assert (latest == version) == promoted
-    # again: the features come from the cache and the same settings give the same version
+    # again with the same settings: nothing is trained and the published version stays byte-identical
+    files = {o.key: bucket.read_bytes(o.key) for o in bucket.list(model_key("smlc", version, ""))}
+    assert "manifest.json" in {k.rsplit("/", 1)[1] for k in files} and "model.onnx" in {k.rsplit("/", 1)[1]
+                                                                                        for k in files}
     instance, again = _run_trainer_job(bucket_root, home, monkeypatch)
     assert again.success
     logs = [entry.user_message for entry in instance.all_logs(again.run_id)]
-    assert any("from the cache" in m for m in logs)
+    assert any(f"already published: smlc/{version}" in m for m in logs)
+    assert not any("epoch 1/" in m for m in logs)
     meta = instance.get_latest_materialization_event(AssetKey("smlc_model")).asset_materialization.metadata
-    assert meta["version"].value == version
+    assert meta["version"].value == version and meta["already_published"].value is True
+    onnx_meta = instance.get_latest_materialization_event(AssetKey("onnx_model")).asset_materialization.metadata
+    assert onnx_meta["already_published"].value is True
+    assert {o.key: bucket.read_bytes(o.key) for o in bucket.list(model_key("smlc", version, ""))} == files
 
 
 @pytest.mark.e2e

@@ -80,9 +80,10 @@ def staging_key(name: str, version: str, file: str) -> str:
 def _pointer_fix(name: str, which: str) -> str:
     if which == "serving":
         return "delete it and materialize similarity_index (encoder_job), which moves it once an index is complete"
-    step = "smlc_model" if which == "trained" else "onnx_model (trainer_job)"
-    return (f"delete it and materialize {step}, or write {{\"name\": \"{name}\", \"version\": \"v-...\"}} naming a "
-            f"version under models/{name}/")
+    if which == "latest":
+        return ("delete it and materialize onnx_model (trainer_job): it points latest.json at the newest published "
+                "version (`imagesim model list`)")
+    return f"delete it and materialize smlc_model, or write {{\"name\": \"{name}\", \"version\": \"v-...\"}}"
 
 
 def read_pointer(bucket: Bucket, name: str, which: PointerName) -> Pointer | None:

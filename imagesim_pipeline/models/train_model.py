@@ -70,7 +70,7 @@ class SmlcCLI(LightningCLI):
         parser.add_argument("--force_new", type=bool, default=False,
                             help="train another version although these settings are already published "
                                  "(published versions are never rewritten: it becomes <id>-2, <id>-3...)")
-        parser.add_argument("--min_test_f2", type=float, default=0.5, help="promotion floor: test micro F2 at thresholds")
+        parser.add_argument("--min_test_f2", type=float, default=0.5, help="publishing floor: test micro F2 at thresholds")
 
 
 def main(argv: list[str] | None = None) -> int:

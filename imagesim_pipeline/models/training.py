@@ -1,4 +1,4 @@
-"""Train, evaluate and publish the SMLC; export it to ONNX and promote it once its checks pass.
+"""Train and stage the SMLC; export it to ONNX and publish it (immutable) once its checks pass.
 
 The same two steps serve the command line (:mod:`imagesim_pipeline.models.train_model`) and the
 Dagster assets ``smlc_model`` and ``onnx_model``:
@@ -74,7 +74,7 @@ Progress = Callable[[str], None]
 
 @dataclass
 class Benchmark:
-    """The reference benchmark and the project's floors, checked before a model is promoted."""
+    """The reference benchmark and the project's floors, checked before a model is published."""
 
     max_val_loss: float = 0.3
     min_val_accuracy: float = 0.85
@@ -255,6 +255,24 @@ class Publication:
     already: bool = False
 
 
+def _repair_latest(bucket: Bucket, name: str, progress: Progress) -> None:
+    """Point ``latest.json`` at the newest published version when it names another, none, or garbage (a
+    publish killed between its manifest and the pointer, or a pointer deleted because it was damaged)."""
+    from imagesim_pipeline.models.registry import published_versions, read_pointer
+    from imagesim_pipeline.storage.records import CorruptRecordError
+
+    versions = published_versions(bucket, name)
+    if not versions:
+        return
+    try:
+        pointer = read_pointer(bucket, name, "latest")
+    except CorruptRecordError:
+        pointer = None
+    if pointer is None or pointer.version != versions[-1].version:
+        set_pointer(bucket, name, "latest", versions[-1].version)
+        progress(f"latest.json now names {name}/{versions[-1].version}, the newest published version")
+
+
 def export_and_publish(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "",
                        benchmark: Benchmark | None = None, progress: Progress = print) -> Publication:
     """Export a staged version to ONNX, check it, and publish it (immutable, manifest last) if every check passes.
@@ -270,6 +288,7 @@ def export_and_publish(bucket: Bucket, name: str = DEFAULT_NAME, version: str = 
         metrics = read_metrics(bucket, name, version)
         onnx = metrics["onnx"]
         progress(f"{name}/{version} is already published: nothing to export (published versions are never rewritten)")
+        _repair_latest(bucket, name, progress)
         return Publication(version, metrics, Parity(onnx["max_abs_logits"], onnx["max_abs_embedding"], onnx["images"]),
                            metrics["checks"], published=True, already=True)
     metrics = read_metrics(bucket, name, version)

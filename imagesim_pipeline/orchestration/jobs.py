@@ -38,7 +38,7 @@ trainer_job = define_asset_job(
     "trainer_job",
     selection=AssetSelection.assets("training_dataset") | TRAINING_ASSETS,
     description="The training dataset from every cell's labels, the SMLC trained on it (trainer profile: the "
-                "GPU machine) and its ONNX export, promoted to `latest` only when its checks pass.",
+                "GPU machine) and its ONNX export, published (and `latest` moved) only when its checks pass.",
 )
 
 encoder_job = define_asset_job(

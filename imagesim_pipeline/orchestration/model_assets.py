@@ -1,4 +1,5 @@
-"""``smlc_model`` (train, evaluate, publish) and ``onnx_model`` (export, check, promote): the trainer profile."""
+"""``smlc_model`` (train, evaluate, publish) and ``onnx_model`` (export, check, publish): training on the
+trainer profile, export on the datamaker profile."""
 
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
 class OnnxModelConfig(Config):
     name: str = Field(default="smlc", description="model name: models/<name>/ in the bucket")
     version: str = Field(default="", description="model version (default: the newest trained)")
-    min_test_f2: float = Field(default=0.5, description="promotion floor: test micro F2 at the stored thresholds")
+    min_test_f2: float = Field(default=0.5, description="publishing floor: test micro F2 at the stored thresholds")
     max_onnx_diff: float = Field(default=1e-3, description="largest allowed |onnxruntime - torch| on real chips")
 
 

@@ -296,7 +296,7 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
                               until: date | None = None, catalog_id: Annotated[list[str], Query()] = [],
                               spread: bool = False, format: Format = "json") -> Any:
         """The chips that look most like an uploaded image (multipart field ``file``)."""
-        engine = await run_in_threadpool(engines.require)  # may load a newly promoted index: not on the event loop
+        engine = await run_in_threadpool(engines.require)  # may load a newly served index: not on the event loop
         filters = _query_filters(bbox, label, since, until, catalog_id)
         name, data = await _read_upload(request)
         check_image(data, name)

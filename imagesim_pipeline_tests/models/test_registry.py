@@ -23,8 +23,9 @@ from imagesim_pipeline.models.registry import (
     set_pointer,
     verify,
 )
-from imagesim_pipeline.storage import LocalBucket, StorageError, layout, open_bucket
+from imagesim_pipeline.storage import StorageError, layout, open_bucket
 from imagesim_pipeline.storage.records import CorruptRecordError
+from imagesim_pipeline_tests.conftest import KilledAtWrite
 
 FILES = {"model.onnx": b"onnx-bytes" * 50, "model.ckpt": b"ckpt" * 30, "metrics.json": b"{}",
          "plots/f2.png": b"png"}
@@ -51,26 +52,11 @@ def test_a_published_version_is_never_rewritten_and_force_new_numbers_the_next(t
     assert [m.version for m in published_versions(bucket, "smlc")] == ["v-abc", "v-abc-2"]
 
 
-class _KilledAfter(LocalBucket):
-    """A bucket whose process dies (raises) at the n-th write under ``prefix``."""
-
-    def __init__(self, root, prefix: str, n: int):
-        super().__init__(root)
-        self.prefix, self.left = prefix, n
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        if key.startswith(self.prefix):
-            self.left -= 1
-            if self.left == 0:
-                raise KeyboardInterrupt("killed")
-        super().write_bytes(key, data)
-
-
 @pytest.mark.parametrize("killed_at", [1, 3, 5])  # before any file, part-way, at the manifest itself
 def test_a_killed_publish_leaves_no_version_and_the_next_publish_completes_it(tmp_path, killed_at):
     prefix = model_key("smlc", "v-k", "")
     with pytest.raises(KeyboardInterrupt):
-        publish(_KilledAfter(tmp_path, prefix, killed_at), "smlc", "v-k", FILES, "d-1", "v-k")
+        publish(KilledAtWrite(tmp_path, prefix, killed_at), "smlc", "v-k", FILES, "d-1", "v-k")
     bucket = open_bucket(tmp_path)
     assert not is_published(bucket, "smlc", "v-k") and read_manifest(bucket, "smlc", "v-k") is None
     with pytest.raises(ModelNotFoundError, match="is not published"):

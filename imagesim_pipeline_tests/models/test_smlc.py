@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.models.backbones import WeightsError, build_backbone, freeze
@@ -18,19 +16,8 @@ from imagesim_pipeline.models.metrics import f2_optimal_thresholds, score
 from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
 from imagesim_pipeline.models.train_model import map_gpus_flag
 from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline_tests.models.visible_chips import LABELS, chip_jpeg
 
-LABELS = ["bright", "red", "striped"]
-
-
-def _chip(rng: np.random.Generator, bright: bool, red: bool, striped: bool) -> bytes:
-    image = rng.normal(150 if bright else 70, 12, (96, 96, 3))
-    if red:
-        image[..., 0] += 60
-    if striped:
-        image[::8] = 20
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(image, 1, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +32,7 @@ def reference_inputs(tmp_path_factory):
     for i, place in enumerate(places):
         flags = [(i // 2) % 2 == 0, (i // 3) % 2 == 0, (i // 5) % 2 == 0]
         name = f"{place.id}_CAT{i % 2}.jpg"
-        (chips / name).write_bytes(_chip(rng, *flags))
+        (chips / name).write_bytes(chip_jpeg(rng, *flags))
         lines.append(f"{name},{' '.join(str(j) for j, f in enumerate(flags) if f)}")
     # one corrupt and one truncated chip: skipped and counted, never a crash
     (chips / lines[1].split(",")[0]).write_bytes(b"not a jpeg")

@@ -3,33 +3,20 @@ whether the head trains on cached features or on images."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.models.data import SmlcDataModule, load_reference_inputs, union_over_ranks
 from imagesim_pipeline.models.report import model_card
 from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
 from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline_tests.models.visible_chips import LABELS, chip_jpeg
 
-LABELS = ["bright", "red", "striped"]
 BROKEN = {"train": 2, "val": 1, "test": 2}  # unreadable chips made per split
-
-
-def _chip(rng: np.random.Generator, bright: bool, red: bool, striped: bool) -> bytes:
-    image = rng.normal(150 if bright else 70, 12, (32, 32, 3))
-    if red:
-        image[..., 0] += 60
-    if striped:
-        image[::8] = 20
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(image, 1, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +31,7 @@ def broken_inputs(tmp_path_factory):
     for i, place in enumerate(list(ArdCell.parse("Z35-013133111113").children(17))[:240]):
         flags = [(i // 2) % 2 == 0, (i // 3) % 2 == 0, (i // 5) % 2 == 0]
         name = f"{place.id}_CAT{i % 2}.jpg"
-        (chips / name).write_bytes(_chip(rng, *flags))
+        (chips / name).write_bytes(chip_jpeg(rng, *flags, size=32))
         lines.append(f"{name},{' '.join(str(j) for j, f in enumerate(flags) if f)}")
     csv = root / "sparse_label_encodings.csv"
     csv.write_text("\n".join(lines) + "\n")

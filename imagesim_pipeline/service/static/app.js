@@ -57,9 +57,8 @@ async function loadGrid() {
     $("hint").textContent = "Zoom in to see the chip grid, then click a chip to search for places that look like it.";
     return;
   }
-  const b = map.getBounds();
   try {
-    const fc = await api(`/api/places?bbox=${b.getWest()},${b.getSouth()},${b.getEast()},${b.getNorth()}`);
+    const fc = await api(`/api/places?bbox=${viewBbox().join(",")}`);
     grid.clearLayers();
     grid.addData(fc);
     $("hint").textContent = fc.truncated
@@ -70,16 +69,28 @@ async function loadGrid() {
   }
 }
 
+// The view as west,south,east,north inside the API's ranges: a map panned past the antimeridian or zoomed out
+// to the whole world reports longitudes beyond +-180, which the API refuses.
+function viewBbox() {
+  const b = map.getBounds();
+  const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
+  let west = b.getWest(), east = b.getEast();
+  if (east - west >= 360) { west = -180; east = 180; }
+  else {
+    const shift = Math.floor((west + 180) / 360) * 360;  // bring west into [-180, 180)
+    west -= shift; east -= shift;
+    if (east > 180) { west = -180; east = 180; }  // spans the antimeridian: the whole band (a superset)
+  }
+  return [west, clamp(b.getSouth(), -90, 90), east, clamp(b.getNorth(), -90, 90)];
+}
+
 function filters() {
   const f = {};
   const labels = [...$("labels").selectedOptions].map((o) => o.value);
   if (labels.length) f.labels = labels;
   if ($("since").value) f.since = $("since").value;
   if ($("until").value) f.until = $("until").value;
-  if ($("in-view").checked) {
-    const b = map.getBounds();
-    f.bbox = [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];
-  }
+  if ($("in-view").checked) f.bbox = viewBbox();
   return f;
 }
 
