@@ -32,8 +32,11 @@ def _run_trainer_job(bucket, home, monkeypatch, epochs: int = 15):
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("IMAGESIM_RUNS", str(home.parent / "runs"))
     instance = DagsterInstance.get()
+    # 15 epochs miss the reference benchmark's val loss: its floors are lowered so that the model is published
+    # (test_registry and test_e2e_lifecycle cover a model that is not)
     config = {"resources": {"bucket": {"config": {"uri": str(bucket)}}},
-              "ops": {"smlc_model": {"config": {"max_epochs": epochs, "num_workers": 0}}}}
+              "ops": {"smlc_model": {"config": {"max_epochs": epochs, "num_workers": 0}},
+                      "onnx_model": {"config": {"max_val_loss": 10.0, "min_val_accuracy": 0.0}}}}
     result = defs.resolve_job_def("trainer_job").execute_in_process(
         instance=instance, run_config=config, raise_on_error=False,
         asset_selection=[AssetKey("smlc_model"), AssetKey("onnx_model")])
@@ -66,11 +69,12 @@ def test_trainer_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch)
     with bucket.local_copy(model_key("smlc", version, "model.onnx")) as path:
         runtime = session(path)
         size = metrics["data"]["input_size"]
-        logits, embedding = runtime.run(None, {"input": np.zeros((3, 3, size, size), np.float32)})
+        logits, embedding = runtime.run(["logits", "embedding"], {"input": np.zeros((3, 3, size, size), np.float32)})
         assert logits.shape == (3, len(metrics["labels"])) and embedding.shape == (3, 320)
         assert read_metadata(path)["thresholds"] == metrics["thresholds"]
     assert metrics["onnx"]["max_abs_diff"] < 1e-3
     promoted = all(metrics["checks"].values())
+    assert promoted, metrics["checks"]
     try:
         latest = get_pointer(bucket, "smlc", "latest")
     except Exception:  # noqa: BLE001 - none published

@@ -70,7 +70,7 @@ def test_encoder_job_over_every_cell_in_one_run_then_the_cli(demo_model, tmp_pat
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not an image")
     assert main(["search", "--bucket", uri, "--version", version, "--image", str(junk)]) == 2
-    assert "not a readable image" in capsys.readouterr().err
+    assert "junk.jpg is not an image" in capsys.readouterr().err  # checked before the index is opened
     assert main(["search", "--bucket", uri, "--version", "v-none", "--chip", chip]) == 2
     assert "no similarity index" in capsys.readouterr().err
     assert main(["changes", "--bucket", uri, "--version", version, "--top", "3"]) == 0
@@ -91,7 +91,8 @@ def test_embeddings_index_and_search_on_s3(demo_model, s3_env, dagster_home):
     for row in kept_chips(local, cell):
         key = chip_key(ChipName.parse(row["chip"]))
         s3.write_bytes(key, local.read_bytes(key))
-    s3.write_bytes(model_key("smlc", version, "model.onnx"), local.read_bytes(model_key("smlc", version, "model.onnx")))
+    for obj in local.list(model_key("smlc", version, "")):  # the published version, manifest included
+        s3.write_bytes(obj.key, local.read_bytes(obj.key))
     DagsterInstance.get().add_dynamic_partitions(ard_cells.name, [cell])
     instance, result = _run(s3_env, version, [cell])
     assert result.success

@@ -133,6 +133,37 @@ def weights_fingerprint(weights: str) -> str:
     return digest.hexdigest()[:12]
 
 
+FEATURE_MAPS = {
+    # name -> (module that outputs it, stride): the spatial features change scoring compares
+    "efficientnet_lite0": {"features_8": ("blocks.2", 8), "features_16": ("blocks.4", 16)},
+    "resnet50": {"features_8": ("layer2", 8), "features_16": ("layer3", 16)},
+}
+
+
+def forward_with_maps(backbone: nn.Module, name: str, images: torch.Tensor
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The backbone's feature vector and its intermediate feature maps (:data:`FEATURE_MAPS`), in one pass.
+
+    The same operations as ``backbone(images)`` in eval mode, written out so that an exporter sees
+    the intermediate outputs (no hooks).
+    """
+    wanted = {module: out for out, (module, _) in FEATURE_MAPS[spec_of(name).name].items()}
+    maps: dict[str, torch.Tensor] = {}
+    if name == "efficientnet_lite0":
+        x = backbone.bn1(backbone.conv_stem(images))
+        for i, block in enumerate(backbone.blocks):
+            x = block(x)
+            if f"blocks.{i}" in wanted:
+                maps[wanted[f"blocks.{i}"]] = x
+        return backbone.global_pool(backbone.bn2(backbone.conv_head(x))), maps
+    x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(images))))
+    for layer in ("layer1", "layer2", "layer3", "layer4"):
+        x = getattr(backbone, layer)(x)
+        if layer in wanted:
+            maps[wanted[layer]] = x
+    return torch.flatten(backbone.avgpool(x), 1), maps
+
+
 def freeze(backbone: nn.Module, name: str, unfreeze_last_stage: bool = False) -> None:
     """Freeze every parameter, except the last stage's when asked."""
     prefix = spec_of(name).last_stage + "."
@@ -140,5 +171,5 @@ def freeze(backbone: nn.Module, name: str, unfreeze_last_stage: bool = False) ->
         param.requires_grad = unfreeze_last_stage and key.startswith(prefix)
 
 
-__all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "BackboneSpec", "WeightsError", "build_backbone",
-           "default_weights", "freeze", "spec_of", "weights_fingerprint"]
+__all__ = ["BACKBONES", "FEATURE_MAPS", "IMAGENET_MEAN", "IMAGENET_STD", "BackboneSpec", "WeightsError",
+           "build_backbone", "default_weights", "forward_with_maps", "freeze", "spec_of", "weights_fingerprint"]

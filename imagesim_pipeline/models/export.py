@@ -1,4 +1,5 @@
-"""ONNX export of the SMLC: one graph, two outputs (``logits`` and ``embedding``), dynamic batch.
+"""ONNX export of the SMLC: one graph, dynamic batch, outputs ``logits`` and ``embedding`` and the backbone's
+feature maps ``features_8`` and ``features_16`` (strides 8 and 16: what change scoring compares).
 
 The graph takes normalised images (``input``: float32, N x 3 x size x size); the model's
 metadata (``imagesim`` JSON in the ONNX metadata) says how to make them: size, mean and std, and
@@ -21,6 +22,7 @@ from torch import nn
 from imagesim_pipeline.errors import ImagesimError
 
 INPUT, OUTPUTS = "input", ("logits", "embedding")
+MAP_OUTPUTS = ("features_8", "features_16")  # spatial features: encoders that only search never fetch them
 METADATA_KEY = "imagesim"
 
 
@@ -31,10 +33,14 @@ class ExportError(ImagesimError):
 class _Exportable(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.backbone, self.head = model.backbone, model.head
+        self.backbone, self.head, self.name = model.backbone, model.head, model.hparams.backbone
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.backbone(images))
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from imagesim_pipeline.models.backbones import forward_with_maps
+
+        vector, maps = forward_with_maps(self.backbone, self.name, images)
+        logits, embedding = self.head(vector)
+        return (logits, embedding, *(maps[name] for name in MAP_OUTPUTS))
 
 
 @dataclass
@@ -42,10 +48,11 @@ class Parity:
     max_abs_logits: float
     max_abs_embedding: float
     images: int
+    max_abs_features: float = 0.0  # the feature maps (relative to their largest value)
 
     @property
     def max_abs(self) -> float:
-        return max(self.max_abs_logits, self.max_abs_embedding)
+        return max(self.max_abs_logits, self.max_abs_embedding, self.max_abs_features)
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: int, metadata: dict[str, Any],
@@ -60,7 +67,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, metadata: d
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module, (example,), str(path), input_names=[INPUT], output_names=list(OUTPUTS),
+            torch.onnx.export(module, (example,), str(path), input_names=[INPUT],
+                              output_names=[*OUTPUTS, *MAP_OUTPUTS],
                               dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
                               opset_version=opset, dynamo=True, external_data=False, verbose=False)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
@@ -100,17 +108,24 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 @torch.inference_mode()
 def check_parity(model: nn.Module, path: str | Path, images: torch.Tensor) -> Parity:
-    """Max absolute differences between torch and onnxruntime on ``images`` (N, 3, S, S)."""
+    """Max absolute differences between torch and onnxruntime on ``images`` (N, 3, S, S); the feature maps'
+    relative to their largest magnitude (their values reach the tens)."""
     was_training = model.training
     module = _Exportable(model).eval()
     try:
-        logits, embedding = module(images)
+        expected = [t.numpy() for t in module(images)]
     finally:
         model.train(was_training)
-    got = session(path).run(list(OUTPUTS), {INPUT: images.numpy().astype(np.float32)})
-    return Parity(float(np.abs(got[0] - logits.numpy()).max()), float(np.abs(got[1] - embedding.numpy()).max()),
-                  len(images))
+    got = dict(zip([*OUTPUTS, *MAP_OUTPUTS], session(path).run([*OUTPUTS, *MAP_OUTPUTS],
+                                                                {INPUT: images.numpy().astype(np.float32)})))
+    want = dict(zip([*OUTPUTS, *MAP_OUTPUTS], expected))
+
+    def diff(name: str, relative: bool = False) -> float:
+        scale = max(float(np.abs(want[name]).max()), 1.0) if relative else 1.0
+        return float(np.abs(got[name] - want[name]).max()) / scale
+
+    return Parity(diff("logits"), diff("embedding"), len(images), max(diff(n, relative=True) for n in MAP_OUTPUTS))
 
 
-__all__ = ["ExportError", "INPUT", "METADATA_KEY", "OUTPUTS", "Parity", "check_parity", "export_onnx",
+__all__ = ["ExportError", "INPUT", "MAP_OUTPUTS", "METADATA_KEY", "OUTPUTS", "Parity", "check_parity", "export_onnx",
            "read_metadata", "session"]

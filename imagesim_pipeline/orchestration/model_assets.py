@@ -166,6 +166,8 @@ class OnnxModelConfig(Config):
     name: str = Field(default="smlc", description="model name: models/<name>/ in the bucket")
     version: str = Field(default="", description="model version (default: the newest trained)")
     min_test_f2: float = Field(default=0.5, description="publishing floor: test micro F2 at the stored thresholds")
+    max_val_loss: float = Field(default=0.3, description="the reference benchmark: val loss below this")
+    min_val_accuracy: float = Field(default=0.85, description="the reference benchmark: val accuracy above this")
     max_onnx_diff: float = Field(default=1e-3, description="largest allowed |onnxruntime - torch| on real chips")
 
 
@@ -192,7 +194,8 @@ def onnx_model(context: AssetExecutionContext, config: OnnxModelConfig, bucket: 
     from imagesim_pipeline.storage import layout
 
     store = bucket.get_bucket()
-    benchmark = Benchmark(min_test_f2=config.min_test_f2, max_onnx_diff=config.max_onnx_diff)
+    benchmark = Benchmark(max_val_loss=config.max_val_loss, min_val_accuracy=config.min_val_accuracy,
+                          min_test_f2=config.min_test_f2, max_onnx_diff=config.max_onnx_diff)
     with step_errors("ONNX export failed: "):
         done = export_and_publish(store, config.name, config.version, benchmark, progress=context.log.info)
     metrics, parity, checks, version = done.metrics, done.parity, done.checks, done.version

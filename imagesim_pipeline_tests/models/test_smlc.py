@@ -205,9 +205,10 @@ def test_training_learns_and_the_onnx_export_matches(reference_inputs, tmp_path,
     assert not list(bucket.list(staging_key("smlc", "v-test", "")))  # staging is cleared once published
     with bucket.local_copy(model_key("smlc", "v-test", "model.onnx")) as path:
         runtime = session(path)
-        assert [o.name for o in runtime.get_outputs()] == ["logits", "embedding"]
-        logits, embedding = runtime.run(None, {"input": np.zeros((5, 3, 64, 64), np.float32)})
+        assert [o.name for o in runtime.get_outputs()] == ["logits", "embedding", "features_8", "features_16"]
+        logits, embedding, f8, f16 = runtime.run(None, {"input": np.zeros((5, 3, 64, 64), np.float32)})
         assert logits.shape == (5, 3) and embedding.shape == (5, 320)
+        assert f8.shape == (5, 40, 8, 8) and f16.shape == (5, 112, 4, 4)  # the backbone's strides 8 and 16
         meta = read_metadata(path)
         assert meta["labels"] == LABELS and meta["thresholds"] == metrics["thresholds"]
         assert meta["preprocessing"]["size"] == 64
