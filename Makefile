@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_retrieval.py
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python benchmarks/bench_delivery_sensor.py
+	$(BIN)/python benchmarks/bench_change_pairs.py
 
 serve: setup
 	$(BIN)/imagesim serve

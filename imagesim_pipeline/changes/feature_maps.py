@@ -4,8 +4,13 @@
 ``features_16`` (strides 8 and 16) beside ``logits`` and ``embedding``. :class:`OnnxFeatureMaps`
 cuts the graph to those outputs (``onnx.utils.Extractor``), so scoring a pair runs only the first
 blocks of the backbone, not its last stages and the head. A model exported before the maps existed
-has no such outputs: :meth:`OnnxFeatureMaps.from_bucket` then answers None and change scoring falls
-back to the embedding distance, with a warning saying why.
+has no such outputs: :meth:`OnnxFeatureMaps.from_bucket` then answers None, so change scoring can
+fall back to the embedding distance.
+
+Not wired into ``chip_changes`` yet (issue 21): the pixel-pair scorer
+(:mod:`imagesim_pipeline.changes.scorer`) was tuned on maps of per-image-normalised, 2x-upsampled
+input, while the export's input is the model's own (ImageNet normalisation, fixed size), which
+scored worse on the real pairs; the export needs a dynamic spatial size first.
 """
 
 from __future__ import annotations

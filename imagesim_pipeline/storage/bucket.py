@@ -210,6 +210,18 @@ class LocalBucket(Bucket):
     def gdal_path(self, key: str) -> str:
         return str(self._path(key))
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` and the folders it leaves empty (S3 has no folders to leave)."""
+        removed = super().delete_prefix(prefix)
+        folder = self._path(prefix) if prefix.endswith("/") else None
+        if folder is not None and folder.is_dir():
+            for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        return removed
+
     def move(self, src: str, dst: str) -> None:
         target = self._path(dst)
         target.parent.mkdir(parents=True, exist_ok=True)
