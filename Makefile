@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml $(WEB)/package-lock.json
 	@echo "Installing imagesim and its pinned dependencies into $(VENV) (torch is large: a few minutes the first time)"
 	$(BIN)/python -m pip install $(PIP_FLAGS) -q -e '.[dev]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
 	@command -v npm >/dev/null || { echo "npm not found: install Node.js 18+ (the search page's Leaflet comes from npm)"; exit 1; }
-	npm ci --prefix $(WEB) --no-audit --no-fund --loglevel=error
+	@# --ignore-scripts: Leaflet and Swagger UI are static files; no install script may call out
+	npm ci --prefix $(WEB) --ignore-scripts --no-audit --no-fund --loglevel=error
 	$(BIN)/python -c "import imagesim_pipeline, torch, torchvision, lightning, dagster; print('imagesim ready: torch', torch.__version__, 'torchvision', torchvision.__version__, 'dagster', dagster.__version__)"
 	touch $(STAMP)
 

@@ -27,6 +27,19 @@ def _parse_zone(text: str) -> int:
     return int(text)
 
 
+def _parse_k(text: str) -> int:
+    """``--k``: checked while parsing (one line, exit 2), before the search engine is imported."""
+    from imagesim_pipeline.search.bbox import MAX_K
+
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= k <= MAX_K:
+        raise argparse.ArgumentTypeError(f"k must be between 1 and {MAX_K}; got {k}")
+    return k
+
+
 def _parse_bounds(text: str) -> tuple[float, float, float, float]:
     """WEST,SOUTH,EAST,NORTH in degrees, range-checked (``search.bbox.parse_bbox``, as the API's bbox)."""
     from imagesim_pipeline.search.bbox import BboxError, parse_bbox
@@ -753,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", metavar="FILE", help="query image, encoded with the same model")
     p.add_argument("--positive", action="append", metavar="CHIP_ID", help="more like this chip (repeatable)")
     p.add_argument("--negative", action="append", metavar="CHIP_ID", help="less like this chip (repeatable)")
-    p.add_argument("--k", type=int, default=10, help="how many results, 1..1000 (default 10)")
+    p.add_argument("--k", type=_parse_k, default=10, help="how many results, 1..1000 (default 10)")
     p.add_argument("--bbox", type=_parse_bounds, metavar="W,S,E,N", help="only chips meeting this box (degrees)")
     p.add_argument("--label", action="append", help="only chips predicted to show this label (repeatable: all of them)")
     p.add_argument("--since", type=_parse_date, metavar="DATE", help="acquired on or after DATE")

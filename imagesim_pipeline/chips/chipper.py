@@ -16,10 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import rasterio
 import simplejpeg
-from rasterio.errors import RasterioError
-from rasterio.windows import Window
 
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.chips.naming import MAX_ZOOM, MIN_ZOOM, ChipName
@@ -29,6 +26,8 @@ NO_DATA, PARTIAL, ALL_DATA = "no data", "partial data", "all data"
 # GDAL's block cache per process (rasterio takes an int as bytes). A row of chips of a 16k ARD
 # tile is 25 MB decoded; blocks are never needed again once their row is done.
 CACHE_BYTES = 128 * 2**20
+# rasterio (GDAL) is imported by the functions that read rasters: readers of chip manifests and
+# classes (embeddings, search, changes) need none of it.
 
 
 class ChipError(ImagesimError, ValueError):
@@ -77,6 +76,9 @@ def check_zoom(zoom: int) -> None:
 
 
 def _open_checked(job: ChipJob):
+    import rasterio
+    from rasterio.errors import RasterioError
+
     try:
         src = rasterio.open(job.path)
     except RasterioError as exc:
@@ -112,6 +114,9 @@ def _mask_is_nodata(src) -> bool:
 
 
 def _strip_chips(src, job: ChipJob, row: int, n: int, px: int, clouds) -> Iterator[Chip]:
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
     xmin, _, _, ymax = job.tile.bounds
     res = src.res[0]
     col_base = int(round((xmin - src.transform.c) / res))
@@ -161,6 +166,7 @@ def _strip_chips(src, job: ChipJob, row: int, n: int, px: int, clouds) -> Iterat
 def iter_chip_rows(job: ChipJob, rows: list[int] | None = None) -> Iterator[list[Chip]]:
     """The chips of each given row of chips (default: all rows), the tile opened once."""
     check_zoom(job.zoom)
+    import rasterio
     from shapely import from_wkb
 
     clouds = [from_wkb(w) for w in job.cloud_wkb] if job.cloud_wkb else None
@@ -178,6 +184,8 @@ def chip_rows(job: ChipJob, rows: list[int] | None = None) -> list[Chip]:
 def chip_acquisition(job: ChipJob, processes: int = 1, progress: Callable[[int, int], None] | None = None
                      ) -> Iterator[Chip]:
     """Every chip of one acquisition, row by row, over ``processes`` worker processes."""
+    import rasterio
+
     check_zoom(job.zoom)
     with rasterio.Env(**dict(job.gdal_options)), _open_checked(job) as src:
         n, _ = chip_grid(src, job)

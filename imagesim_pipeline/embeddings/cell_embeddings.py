@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -30,9 +30,11 @@ from imagesim_pipeline.ard.grid import wgs84_quads
 from imagesim_pipeline.chips.cell_chips import read_manifest
 from imagesim_pipeline.chips.chipper import ALL_DATA
 from imagesim_pipeline.chips.naming import ChipName, chip_key
-from imagesim_pipeline.embeddings.encoder import OnnxEncoder
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.storage import Bucket, StorageError, layout
+
+if TYPE_CHECKING:  # the encoder brings torch and onnxruntime: reading embeddings (search, changes) needs neither
+    from imagesim_pipeline.embeddings.encoder import OnnxEncoder
 
 EMBEDDINGS_PREFIX = layout.EMBEDDINGS
 Progress = Callable[[str], None]

@@ -10,12 +10,12 @@ Baselines, scored like the model (at 0.5 and at their own F2-optimal thresholds 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
 
-from imagesim_pipeline.models.metrics import f2_optimal_thresholds, score
+if TYPE_CHECKING:  # torch and the metrics are imported where used: the tables (`imagesim model report`) need neither
+    import torch
 
 HEADLINE = ("f2_micro", "f2_macro", "map", "accuracy")
 
@@ -23,6 +23,8 @@ HEADLINE = ("f2_micro", "f2_macro", "map", "accuracy")
 def evaluate(val_probs: torch.Tensor, val_targets: torch.Tensor, test_probs: torch.Tensor,
              test_targets: torch.Tensor, labels: Sequence[str]) -> dict[str, Any]:
     """Thresholds from val; test figures at 0.5 and at those thresholds."""
+    from imagesim_pipeline.models.metrics import f2_optimal_thresholds, score
+
     thresholds = f2_optimal_thresholds(val_probs, val_targets)
     return {"thresholds": thresholds,
             "val": score(val_probs, val_targets, labels),
@@ -31,12 +33,15 @@ def evaluate(val_probs: torch.Tensor, val_targets: torch.Tensor, test_probs: tor
 
 
 def frequency_baseline(train_targets: np.ndarray, n_val: int, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     freq = torch.from_numpy(train_targets.astype(np.float32).mean(0))
     return freq.expand(n_val, -1).clone(), freq.expand(n_test, -1).clone()
 
 
 def logistic_baseline(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, test_x: np.ndarray,
                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -58,6 +63,8 @@ def logistic_baseline(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarra
 
 def baselines(features: dict[str, tuple[np.ndarray, np.ndarray]], labels: Sequence[str]) -> dict[str, Any]:
     """Both baselines from split -> (features (N, D) or (views, N, D), 0/1 targets)."""
+    import torch
+
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = (features[s] for s in ("train", "val", "test"))
     if train_x.ndim == 3:
         train_x = train_x[0]  # the unaugmented view

@@ -1,4 +1,5 @@
-"""WGS84 bounding boxes of queries (``west,south,east,north`` in degrees), checked once for the CLI and the API.
+"""Query arguments checked once for the CLI and the API: WGS84 bounding boxes (``west,south,east,north`` in
+degrees) and the most results a query may ask for (:data:`MAX_K`).
 
 Light on purpose (no numpy, no index): the CLI's argument parser imports it.
 """
@@ -10,6 +11,7 @@ from typing import Iterable
 from imagesim_pipeline.errors import ImagesimError
 
 BBox = tuple[float, float, float, float]
+MAX_K = 1000  # results per query
 
 
 class BboxError(ImagesimError, ValueError):

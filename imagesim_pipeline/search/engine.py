@@ -31,11 +31,11 @@ from imagesim_pipeline.dataset.splits import block_of
 from imagesim_pipeline.embeddings.cell_embeddings import read_cell_embeddings, vectors
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.models.registry import DEFAULT_NAME, served_version
+from imagesim_pipeline.search.bbox import MAX_K
 from imagesim_pipeline.search.catalog import load_index
 from imagesim_pipeline.search.index import normalise, search, stored_vector
 from imagesim_pipeline.storage import Bucket
 
-MAX_K = 1000
 BETA = 0.5
 
 

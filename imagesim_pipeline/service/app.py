@@ -13,6 +13,8 @@
 * ``GET /tiles/{z}/{x}/{y}.png`` and ``GET /tiles/tilejson.json``: the ARD mosaic.
 * ``GET /``: the web page; ``/static/``: its scripts and styles, Leaflet's among them, all
   served from this app (no CDN).
+* ``GET /docs``: the API docs (Swagger UI), its scripts and styles served from this app too, so
+  they work offline (``/static/vendor/swagger-ui``). There is no ``/redoc``: ReDoc loads from a CDN.
 
 Bad input answers 4xx with ``{"detail": "<what is wrong and what to do>"}``: unknown or
 malformed chip ids (ids never reach a bucket key unchecked), ``k`` out of range, uploads that are
@@ -38,7 +40,8 @@ import numpy as np
 import shapely
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -60,6 +63,7 @@ log = logging.getLogger("imagesim.service")
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
 LEAFLET_DIR = HERE / "web" / "node_modules" / "leaflet" / "dist"
+SWAGGER_UI_DIR = HERE / "web" / "node_modules" / "swagger-ui-dist"  # /docs: FastAPI's default loads it from a CDN
 MAX_PLACES = 3000  # chip outlines per /api/places answer: beyond this the page asks to zoom in
 
 ChipParam = Annotated[str, PathParam(pattern=CHIP_ID_PATTERN, max_length=128,
@@ -208,7 +212,7 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
     """The search service over ``bucket``: the served model of ``name`` unless ``version`` pins one."""
     engines = EngineHolder(bucket, name, version, refresh_s)
     mosaic = ArdMosaic(bucket, refresh_s)
-    app = FastAPI(title="imagesim search", version="1",
+    app = FastAPI(title="imagesim search", version="1", docs_url=None, redoc_url=None,  # /docs below: no CDN
                   description="Search ARD chips by example, browse the ARD imagery as map tiles, list changed places.")
     app.state.engines, app.state.mosaic, app.state.bucket = engines, mosaic, bucket
     changes_cache: dict[str, Any] = {}
@@ -384,10 +388,22 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
-    if not LEAFLET_DIR.is_dir():
-        raise ImagesimError(f"Leaflet is missing at {LEAFLET_DIR}: run `make setup` (it runs "
-                            f"`npm ci --prefix {LEAFLET_DIR.parents[2]}`) before serving the page")
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")  # behind a proxy's prefix, as FastAPI's own /docs
+        swagger = f"{root}/static/vendor/swagger-ui"
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{swagger}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{swagger}/swagger-ui.css",
+                                   swagger_favicon_url=f"{swagger}/favicon-32x32.png",
+                                   swagger_ui_parameters={"validatorUrl": None})  # no badge from validator.swagger.io
+
+    for what, folder in (("Leaflet", LEAFLET_DIR), ("Swagger UI", SWAGGER_UI_DIR)):
+        if not folder.is_dir():
+            raise ImagesimError(f"{what} is missing at {folder}: run `make setup` (it runs "
+                                f"`npm ci --prefix {HERE / 'web'}`) before serving the page")
     app.mount("/static/vendor/leaflet", StaticFiles(directory=LEAFLET_DIR), name="leaflet")
+    app.mount("/static/vendor/swagger-ui", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
