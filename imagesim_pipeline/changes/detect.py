@@ -17,14 +17,13 @@ Memory: one cell's table at a time while pairing; the result holds one row per p
 from __future__ import annotations
 
 import io
-import json
 from collections import defaultdict
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 
-from imagesim_pipeline.embeddings.cell_embeddings import iter_embeddings, vectors
+from imagesim_pipeline.embeddings.cell_embeddings import iter_embeddings, table_meta, vectors
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.storage import Bucket, layout
 
@@ -52,7 +51,7 @@ def pair_distances(bucket: Bucket, version: str, progress: Progress = lambda m: 
     labels: list[str] | None = None
     for cell, table in iter_embeddings(bucket, version, warn):
         if labels is None:
-            labels = json.loads(table.schema.metadata[b"imagesim"])["labels"]
+            labels = table_meta(table)["labels"]
         emb, probs = _unit(vectors(table)), vectors(table, "probs")
         places = table.column("place").to_pylist()
         dates = table.column("date").to_pylist()

@@ -32,6 +32,10 @@ class FeatureMapsError(ImagesimError):
     """The model's feature maps cannot be computed; the message names the model and what to do."""
 
 
+class NoFeatureMapsError(FeatureMapsError):
+    """A model exported before the feature maps were part of it."""
+
+
 class OnnxFeatureMaps:
     """Images (uint8 RGB, any size) in, the model's feature maps out, through the cut ONNX graph."""
 
@@ -47,7 +51,7 @@ class OnnxFeatureMaps:
         names = {o.name for o in model.graph.output}
         missing = [o for o in outputs if o not in names]
         if missing:
-            raise FeatureMapsError(f"{path} has no {', '.join(missing)} output: exported before feature maps were "
+            raise NoFeatureMapsError(f"{path} has no {', '.join(missing)} output: exported before feature maps were "
                                    "part of the model; train and publish a new version (trainer_job)")
         cut = Extractor(model).extract_model([INPUT], list(outputs))
         with tempfile.TemporaryDirectory(prefix="imagesim-maps-") as tmp:
@@ -63,16 +67,13 @@ class OnnxFeatureMaps:
     @classmethod
     def from_bucket(cls, bucket: Bucket, name: str, version: str, threads: int = 0) -> "OnnxFeatureMaps | None":
         """The maps of a published version; None when its model has no feature-map outputs (an older export)."""
-        from imagesim_pipeline.models.registry import ONNX, model_key, require_published
+        from imagesim_pipeline.models.registry import published_model_file
 
-        require_published(bucket, name, version)
-        with bucket.local_copy(model_key(name, version, ONNX)) as path:
+        with published_model_file(bucket, name, version) as path:
             try:
                 return cls(path, threads)
-            except FeatureMapsError as exc:
-                if "output" in str(exc):
-                    return None
-                raise
+            except NoFeatureMapsError:
+                return None
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(N, 3, S, S) float32 model input from uint8 (H, W, 3) images: resized, scaled, normalised."""
@@ -93,4 +94,4 @@ class OnnxFeatureMaps:
         return dict(zip(self.outputs, got))
 
 
-__all__ = ["FeatureMapsError", "OnnxFeatureMaps"]
+__all__ = ["FeatureMapsError", "NoFeatureMapsError", "OnnxFeatureMaps"]

@@ -213,6 +213,11 @@ def cell_table(rows: list[dict], embeddings: np.ndarray, probs: np.ndarray, enco
     return table.replace_schema_metadata({**_geo_metadata(table), **meta})
 
 
+def table_meta(table: pa.Table) -> dict:
+    """The model name, version, labels and thresholds a cell's table carries (written by :func:`cell_table`)."""
+    return json.loads(table.schema.metadata[b"imagesim"])
+
+
 def vectors(table: pa.Table, column: str = "embedding") -> np.ndarray:
     """A fixed-size-list column as a (N, D) float32 array."""
     col = table.column(column).combine_chunks()
@@ -221,5 +226,5 @@ def vectors(table: pa.Table, column: str = "embedding") -> np.ndarray:
 
 
 __all__ = ["CellEmbeddings", "EMBEDDINGS_PREFIX", "EmbeddingsError", "cell_table", "embed_cell", "embeddings_key",
-           "iter_embeddings", "kept_chips", "read_cell_embeddings", "schema", "vectors", "version_prefix",
+           "iter_embeddings", "kept_chips", "read_cell_embeddings", "schema", "table_meta", "vectors", "version_prefix",
            "write_cell_embeddings"]

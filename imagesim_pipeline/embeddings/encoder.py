@@ -7,7 +7,6 @@ execution provider is the best one installed (CUDA when there, else the CPU).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -20,15 +19,8 @@ import torch
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.models.export import INPUT, METADATA_KEY, session
 from imagesim_pipeline.models.preprocess import CorruptImageError, Preprocessing, decode, to_input
-from imagesim_pipeline.models.registry import (
-    DEFAULT_NAME,
-    ONNX,
-    IncompleteVersionError,
-    get_pointer,
-    model_key,
-    require_published,
-)
-from imagesim_pipeline.storage import Bucket, MissingObjectError
+from imagesim_pipeline.models.registry import DEFAULT_NAME, get_pointer, published_model_file
+from imagesim_pipeline.storage import Bucket
 
 
 class EncoderError(ImagesimError):
@@ -70,19 +62,8 @@ class OnnxEncoder:
                     batch_size: int = 32) -> "OnnxEncoder":
         """A published version of a model (checked against its manifest), by default the newest (``latest.json``)."""
         version = version or get_pointer(bucket, name, "latest")
-        manifest = require_published(bucket, name, version)
-        key = model_key(name, version, ONNX)
-        try:
-            with bucket.local_copy(key) as path:
-                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-                if ONNX not in manifest.files or manifest.files[ONNX].sha256 != digest:
-                    raise IncompleteVersionError(f"{bucket.url(key)} does not match model {name}/{version}'s "
-                                                 "manifest: the version was damaged after publishing; train again "
-                                                 "with force_new and re-encode")
-                return cls(path, threads, batch_size)  # the session holds the model: the copy may go
-        except MissingObjectError:
-            raise EncoderError(f"{bucket.url(key)} does not exist although {name}/{version} is published: the "
-                               "version was damaged; train again with force_new") from None
+        with published_model_file(bucket, name, version) as path:
+            return cls(path, threads, batch_size)  # the session holds the model: the file may go
 
     @property
     def dim(self) -> int:

@@ -17,9 +17,13 @@ pointer and manifest goes through :mod:`imagesim_pipeline.storage.records` (one 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -214,6 +218,33 @@ def read_published_file(bucket: Bucket, name: str, version: str, file: str) -> b
     return data
 
 
+@contextlib.contextmanager
+def published_model_file(bucket: Bucket, name: str, version: str, file: str = ONNX) -> Iterator[Path]:
+    """A local file holding a published file's bytes, checked against the manifest, for the block."""
+    data = read_published_file(bucket, name, version, file)
+    with tempfile.TemporaryDirectory(prefix="imagesim-model-") as tmp:
+        path = Path(tmp) / file.rsplit("/", 1)[-1]
+        path.write_bytes(data)
+        yield path
+
+
+def point_latest_at_newest(bucket: Bucket, name: str) -> str | None:
+    """Move ``latest.json`` to the newest published version when it names another, none, or garbage (a publish
+    killed between its manifest and the pointer, or a pointer deleted because it was damaged); that version."""
+    versions = published_versions(bucket, name)
+    if not versions:
+        return None
+    try:
+        pointer = read_pointer(bucket, name, "latest")
+    except CorruptRecordError:
+        pointer = None
+    newest = versions[-1].version
+    if pointer is None or pointer.version != newest:
+        set_pointer(bucket, name, "latest", newest)
+        return newest
+    return None
+
+
 def read_metrics(bucket: Bucket, name: str, version: str) -> dict[str, Any]:
     """``metrics.json`` of a published version, or of a staged one (trained, not yet published)."""
     for key in (model_key(name, version, METRICS), staging_key(name, version, METRICS)):
@@ -231,6 +262,7 @@ def read_metrics(bucket: Bucket, name: str, version: str) -> dict[str, Any]:
 
 __all__ = ["AlreadyPublishedError", "CARD", "CHECKPOINT", "DEFAULT_NAME", "FileEntry", "IncompleteVersionError",
            "MANIFEST", "METRICS", "ModelManifest", "ModelNotFoundError", "ONNX", "Pointer", "get_pointer",
-           "is_published", "model_key", "next_version", "publish", "published_versions", "read_manifest",
+           "is_published", "model_key", "next_version", "point_latest_at_newest", "publish", "published_model_file",
+           "published_versions", "read_manifest",
            "read_metrics", "read_pointer", "read_published_file", "require_published", "served_version",
            "set_pointer", "staging_key", "verify"]

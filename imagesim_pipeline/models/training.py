@@ -43,6 +43,7 @@ from imagesim_pipeline.models.registry import (
     get_pointer,
     is_published,
     model_key,
+    point_latest_at_newest,
     publish,
     read_metrics,
     set_pointer,
@@ -256,24 +257,6 @@ class Publication:
     already: bool = False
 
 
-def _repair_latest(bucket: Bucket, name: str, progress: Progress) -> None:
-    """Point ``latest.json`` at the newest published version when it names another, none, or garbage (a
-    publish killed between its manifest and the pointer, or a pointer deleted because it was damaged)."""
-    from imagesim_pipeline.models.registry import published_versions, read_pointer
-    from imagesim_pipeline.storage.records import CorruptRecordError
-
-    versions = published_versions(bucket, name)
-    if not versions:
-        return
-    try:
-        pointer = read_pointer(bucket, name, "latest")
-    except CorruptRecordError:
-        pointer = None
-    if pointer is None or pointer.version != versions[-1].version:
-        set_pointer(bucket, name, "latest", versions[-1].version)
-        progress(f"latest.json now names {name}/{versions[-1].version}, the newest published version")
-
-
 def export_and_publish(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "",
                        benchmark: Benchmark | None = None, progress: Progress = print) -> Publication:
     """Export a staged version to ONNX, check it, and publish it (immutable, manifest last) if every check passes.
@@ -289,7 +272,8 @@ def export_and_publish(bucket: Bucket, name: str = DEFAULT_NAME, version: str = 
         metrics = read_metrics(bucket, name, version)
         onnx = metrics["onnx"]
         progress(f"{name}/{version} is already published: nothing to export (published versions are never rewritten)")
-        _repair_latest(bucket, name, progress)
+        if moved := point_latest_at_newest(bucket, name):
+            progress(f"latest.json now names {name}/{moved}, the newest published version")
         return Publication(version, metrics, Parity(onnx["max_abs_logits"], onnx["max_abs_embedding"], onnx["images"],
                                                          onnx.get("max_rel_features", 0.0)),
                            metrics["checks"], published=True, already=True)

@@ -158,8 +158,7 @@ def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket
             "added": build.added,
             "build": build.build,
             "left_out_cells": MetadataValue.json(list(build.left_out)),
-            "serving": version if moved or (serving and serving.version == version) else
-            (serving.version if serving else "none"),
+            "serving": version if moved else (serving.version if serving else "none"),
             "serving_pointer": store.url(model_pointer_key(config.name, "serving")),
             "seconds": round(build.seconds, 2),
             "index": MetadataValue.json(build.description),

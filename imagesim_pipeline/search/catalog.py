@@ -35,7 +35,13 @@ import pyarrow.parquet as pq
 import shapely
 from pydantic import BaseModel
 
-from imagesim_pipeline.embeddings.cell_embeddings import EmbeddingsError, read_cell_embeddings, vectors, version_prefix
+from imagesim_pipeline.embeddings.cell_embeddings import (
+    EmbeddingsError,
+    read_cell_embeddings,
+    table_meta,
+    vectors,
+    version_prefix,
+)
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.search.index import (
     IndexParams,
@@ -203,7 +209,7 @@ def build_similarity_index(bucket: Bucket, version: str, params: IndexParams | N
             extend = False
     new_cells = sorted(set(listing) - set(old.cells)) if extend else sorted(listing)
     tables, left_out = _read_cells(bucket, version, new_cells, warn)
-    meta = json_meta(tables[0]) if tables else None
+    meta = table_meta(tables[0]) if tables else None
     added = pa.concat_tables([t.drop_columns(["embedding"]).combine_chunks() for t in tables]) if tables else None
     fresh = normalise(np.concatenate([vectors(t) for t in tables])) if tables else np.zeros((0, 1), np.float32)
     if extend:
@@ -237,13 +243,6 @@ def build_similarity_index(bucket: Bucket, version: str, params: IndexParams | N
     _drop_old_builds(bucket, version, keep={build, old.build if old else ""})
     return IndexBuild(version, mode, int(index.ntotal), len(held), len(fresh), time.perf_counter() - started,
                       description, build, tuple(left_out))
-
-
-def json_meta(table: pa.Table) -> dict:
-    """The model name, labels and thresholds an embeddings table carries in its metadata."""
-    import json
-
-    return json.loads(table.schema.metadata[b"imagesim"])
 
 
 def _drop_old_builds(bucket: Bucket, version: str, keep: set[str]) -> None:
