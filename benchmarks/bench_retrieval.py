@@ -265,7 +265,7 @@ def change_metrics(y: np.ndarray, s: np.ndarray) -> dict:
 
 def changes(bucket, version: str, emb: dict, feat_row: dict[str, int], feats: np.ndarray) -> dict:
     from imagesim_pipeline.changes.detect import MIN_GROUP, changes_key, robust_scores
-    from imagesim_pipeline.demo.world import read_changes
+    from imagesim_pipeline.demo.truth import read_changes
 
     ct = pq.read_table(io.BytesIO(bucket.read_bytes(changes_key(version))))
     truth = read_changes(bucket).to_pandas()

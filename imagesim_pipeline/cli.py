@@ -469,6 +469,7 @@ def cmd_changes(args: argparse.Namespace) -> int:
     import shapely
 
     from imagesim_pipeline.changes.detect import read_changes
+    from imagesim_pipeline.demo.truth import CHANGES_KEY, ChangeTruth
     from imagesim_pipeline.errors import ImagesimError
     from imagesim_pipeline.models.registry import served_version
     from imagesim_pipeline.storage import open_bucket
@@ -484,11 +485,51 @@ def cmd_changes(args: argparse.Namespace) -> int:
     if args.bbox:
         area = shapely.box(*args.bbox)
         rows = [r for r in rows if shapely.from_wkb(r["geometry"]).intersects(area)]
-    _print(f"{len(rows)} place pairs (model {version}); most changed first:")
-    _print(f"{'#':>3}  {'score':>6}  {'dist':>5}  {'place':<22} {'before':<10}  {'after':<10}  kind")
-    for i, r in enumerate(rows[: args.top], 1):
-        _print(f"{i:>3}  {r['score']:6.2f}  {r['distance']:5.3f}  {r['place']:<22} {r['date_before'].isoformat():<10}  "
-               f"{r['date_after'].isoformat():<10}  {r['kind']}")
+    method = rows[0].get("method", "embedding") if rows else "embedding"
+    truth = ChangeTruth.from_bucket(bucket)  # a demo world knows which buildings vanished
+    _print(f"{len(rows)} place pairs (model {version}, score from {method}); most changed first:")
+    _print(f"{'#':>3}  {'score':>6}  {'change':>6}  {'dist':>5}  {'place':<22} {'before':<10}  {'after':<10}  "
+           f"{'kind':<12}" + ("  truth (demo world)" if truth else ""))
+    shown = [r for r in rows if r["score"] == r["score"]][: args.top]  # NaN: a pair that could not be scored
+    for i, r in enumerate(shown, 1):
+        change = f"{r['change']:6.3f}" if r.get("change") is not None and r["change"] == r["change"] else f"{'-':>6}"
+        line = (f"{i:>3}  {r['score']:6.2f}  {change}  {r['distance']:5.3f}  {r['place']:<22} "
+                f"{r['date_before'].isoformat():<10}  {r['date_after'].isoformat():<10}  {r['kind']:<12}")
+        if truth:
+            gone = truth.of(r)
+            line += f"  {gone.buildings} building(s) vanished, {gone.share:.1%} of the place" if gone.buildings else "  -"
+        _print(line)
+    if truth and shown:
+        _print(f"demo truth: {truth.hits(shown)} of these {len(shown)} are places where buildings vanished "
+               f"({len(truth.rows)} such place pairs in {bucket.url(CHANGES_KEY)})")
+    if args.map:
+        return _write_change_maps(bucket, shown, args.map)
+    return 0
+
+
+def _write_change_maps(bucket, rows: list[dict], folder: Path) -> int:
+    """``changes --map``: each row's before | after | after with its change map, as a JPEG in ``folder``."""
+    from imagesim_pipeline.changes.cell_changes import read_change_map
+    from imagesim_pipeline.changes.maps import triptych
+    from imagesim_pipeline.changes.spatial import decode_rgb
+    from imagesim_pipeline.chips.naming import ChipName, chip_key
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for i, r in enumerate(rows, 1):
+        if not r.get("map"):
+            continue
+        before, after = (decode_rgb(bucket.read_bytes(chip_key(ChipName.parse(r[f"chip_{side}"]))))
+                         for side in ("before", "after"))
+        target = folder / f"{i:03d}_{r['place']}.jpg"
+        change = read_change_map(bucket, r["map"], r["chip_before"], r["chip_after"])
+        target.write_bytes(triptych(before, after, change))
+        written += 1
+    if rows and not written:
+        print("error: these rows have no change maps (scored from embeddings by a model exported without feature "
+              "maps): train and publish a new version, then run encoder_job", file=sys.stderr)
+        return 2
+    _print(f"{written} change map(s) (before | after | map) in {folder}/")
     return 0
 
 
@@ -581,7 +622,11 @@ def _print_search(bucket) -> bool:
     _print(f"\nexample: chips that look like {chip} (`imagesim search --chip {chip} --k 8 --spread`):")
     _print(_hits_table(engine.by_chip(chip, k=8, spread=True)))
     _print("")
-    return cmd_changes(argparse.Namespace(bucket=bucket.uri, version="", name=engine.name, top=8, bbox=None)) == 0
+    from imagesim_pipeline.storage import LocalBucket
+
+    maps = Path(bucket.root).parent / "change-maps" if isinstance(bucket, LocalBucket) else None  # beside the bucket
+    return cmd_changes(argparse.Namespace(bucket=bucket.uri, version="", name=engine.name, top=10, bbox=None,
+                                          map=maps)) == 0
 
 
 def _check_service(bucket) -> bool:
@@ -780,10 +825,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("changes", help="places that changed most between acquisitions",
                        description="The change table of chip_changes: per place and pair of acquisitions, the "
-                                   "embedding cosine distance and its robust z-score within the acquisition pair "
-                                   "and the place's kind; most changed first.")
-    p.add_argument("--top", type=int, default=20, help="rows to show (default 20)")
+                                   "spatial change score of the two chips (the model's feature maps compared "
+                                   "location by location; the embedding distance for a model without feature "
+                                   "maps), its robust z-score within the acquisition pair and the place's kind, "
+                                   "and the change map; most changed first.")
+    p.add_argument("--top", type=_parse_k, default=20, help="rows to show, 1..1000 (default 20)")
     p.add_argument("--bbox", type=_parse_bounds, metavar="W,S,E,N", help="only places meeting this box (degrees)")
+    p.add_argument("--map", type=Path, metavar="DIR",
+                   help="also write each shown row's before | after | change map as DIR/<rank>_<place>.jpg")
     _model_options(p, bucket_help)
     p.set_defaults(func=cmd_changes)
 

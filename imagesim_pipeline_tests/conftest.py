@@ -280,8 +280,10 @@ def chip_cells(bucket) -> list[str]:
 @pytest.fixture(scope="session")
 def demo_index(demo_model, tmp_path_factory) -> tuple[Path, str]:
     """(bucket, model version): the demo model with every cell embedded, its similarity index and its change
-    table. Shared by the session: copy it before writing."""
+    table with change maps. Shared by the session: copy it before writing."""
     from imagesim_pipeline.changes.detect import change_table, write_changes
+    from imagesim_pipeline.changes.feature_maps import OnnxFeatureMaps
+    from imagesim_pipeline.changes.spatial import ChipPairScorer
     from imagesim_pipeline.embeddings.cell_embeddings import embed_cell
     from imagesim_pipeline.embeddings.encoder import OnnxEncoder
     from imagesim_pipeline.search.catalog import build_similarity_index
@@ -295,7 +297,8 @@ def demo_index(demo_model, tmp_path_factory) -> tuple[Path, str]:
     for cell in chip_cells(bucket):
         embed_cell(bucket, encoder, cell)
     build_similarity_index(bucket, version)
-    write_changes(bucket, version, change_table(bucket, version))
+    scorer = ChipPairScorer(OnnxFeatureMaps.from_bucket(bucket, "smlc", version, threads=2))
+    write_changes(bucket, version, change_table(bucket, version, scorer=scorer))
     return target, version
 
 

@@ -16,6 +16,7 @@ from imagesim_pipeline.embeddings.cell_embeddings import embeddings_key, kept_ch
 from imagesim_pipeline.models.registry import model_key
 from imagesim_pipeline.orchestration.partitions import ard_cells
 from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline.storage.layout import cell_changes_key
 from imagesim_pipeline_tests.conftest import chip_cells
 
 
@@ -56,6 +57,10 @@ def test_encoder_job_over_every_cell_in_one_run_then_the_cli(demo_model, tmp_pat
     assert all(c.status.value == "SUCCEEDED" for c in check.values())
     changes = instance.get_latest_materialization_event(AssetKey("chip_changes")).asset_materialization.metadata
     assert changes["pairs"].value > 0 and "top_pairs" in changes
+    # the encoder scored every pair in its pass (one change file per cell); chip_changes only joined them
+    assert changes["method"].value == "feature-maps" and changes["maps"].value == changes["pairs"].value
+    assert meta["pairs_scored"].value == changes["pairs"].value
+    assert all(bucket.exists(cell_changes_key(version, cell)) for cell in cells)
     # the CLI over what the jobs wrote
     chip = kept_chips(bucket, cells[0])[0]["chip"]
     out = tmp_path / "hits.geojson"
@@ -73,9 +78,11 @@ def test_encoder_job_over_every_cell_in_one_run_then_the_cli(demo_model, tmp_pat
     assert "junk.jpg is not an image" in capsys.readouterr().err  # checked before the index is opened
     assert main(["search", "--bucket", uri, "--version", "v-none", "--chip", chip]) == 2
     assert "no similarity index" in capsys.readouterr().err
-    assert main(["changes", "--bucket", uri, "--version", version, "--top", "3"]) == 0
+    assert main(["changes", "--bucket", uri, "--version", version, "--top", "3", "--map", str(tmp_path / "maps")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "place pairs" in lines[0] and len(lines) == 5
+    assert "place pairs" in lines[0] and "score from feature-maps" in lines[0] and len(lines) == 7
+    assert "demo truth:" in lines[5] and "of these 3 are places where buildings vanished" in lines[5]
+    assert len(list((tmp_path / "maps").glob("*.jpg"))) == 3
 
 
 @pytest.mark.e2e

@@ -7,10 +7,8 @@ blocks of the backbone, not its last stages and the head. A model exported befor
 has no such outputs: :meth:`OnnxFeatureMaps.from_bucket` then answers None, so change scoring can
 fall back to the embedding distance.
 
-Not wired into ``chip_changes`` yet (issue 21): the pixel-pair scorer
-(:mod:`imagesim_pipeline.changes.scorer`) was tuned on maps of per-image-normalised, 2x-upsampled
-input, while the export's input is the model's own (ImageNet normalisation, fixed size), which
-scored worse on the real pairs; the export needs a dynamic spatial size first.
+:class:`imagesim_pipeline.changes.spatial.ChipPairScorer` feeds it chips standardised by their own
+channel statistics (``normalise="image"``), as the pixel-pair scorer's torch extractor does.
 """
 
 from __future__ import annotations
@@ -75,22 +73,30 @@ class OnnxFeatureMaps:
             except NoFeatureMapsError:
                 return None
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, 3, S, S) float32 model input from uint8 (H, W, 3) images: resized, scaled, normalised."""
+    def preprocess(self, images: Sequence[np.ndarray], normalise: str = "model") -> np.ndarray:
+        """(N, 3, S, S) float32 model input from uint8 (H, W, 3) images: resized, scaled to 0..1, then
+        standardised by the model's mean and std (``"model"``) or by each image's own channel mean and
+        standard deviation (``"image"``: a darker or hazier acquisition of a place gives the same input)."""
         from PIL import Image
 
+        if normalise not in ("model", "image"):
+            raise ValueError(f"normalise must be 'model' or 'image', got {normalise!r}")
         batch = np.empty((len(images), 3, self.size, self.size), np.float32)
         for i, image in enumerate(images):
             if image.shape[:2] != (self.size, self.size):
                 image = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR))
-            batch[i] = (image.transpose(2, 0, 1).astype(np.float32) / 255.0 - self.mean) / self.std
+            x = image.transpose(2, 0, 1).astype(np.float32) / 255.0
+            if normalise == "image":  # as the pixel-pair scorer's FeatureExtractor does
+                batch[i] = (x - x.mean(axis=(1, 2), keepdims=True)) / (x.std(axis=(1, 2), keepdims=True) + 1 / 255)
+            else:
+                batch[i] = (x - self.mean) / self.std
         return batch
 
-    def __call__(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, images: Sequence[np.ndarray], normalise: str = "model") -> dict[str, np.ndarray]:
         """Each output's maps, (N, C, h, w) float32."""
         if not len(images):
             return {name: np.zeros((0, 1, 1, 1), np.float32) for name in self.outputs}
-        got = self.session.run(self.outputs, {INPUT: self.preprocess(images)})
+        got = self.session.run(self.outputs, {INPUT: self.preprocess(images, normalise)})
         return dict(zip(self.outputs, got))
 
 

@@ -68,6 +68,7 @@ class ScorerParams:
     radius: int = 1  # feature matching neighbourhood, in feature cells: (2r+1)^2 candidates
     match_penalty: float = 0.2  # added to the distance of a displaced match: the same place is preferred
     pixel_weight: float = 0.25  # weight of the colour-normalised pixel cue (0: features only)
+    pixel_cue: str = "match"  # "match" (best-matching pixel) or "envelope" (outside the local colour range)
     pixel_radius: int = 2  # pixel cue matching neighbourhood, in pixels
     pixel_sigma: float = 2.0  # Gaussian smoothing of the pixel cue, in pixels
     top_fraction: float = 0.1  # the score is the mean of this highest fraction of the map
@@ -166,19 +167,12 @@ def feature_distance(before: np.ndarray, after: np.ndarray, radius: int = DEFAUL
 
 
 def _gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian smoothing of a 2-d array (4 sigma wide each side, edges mirrored)."""
+    """Gaussian smoothing of a 2-d array (4 sigma wide each side, edges mirrored: ``a b | b a``)."""
     if sigma <= 0:
         return x
-    r = max(1, int(round(4 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k = (k / k.sum()).astype(np.float32)
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (r, r)
-        p = np.pad(x, pad, mode="symmetric")
-        n = x.shape[axis]
-        x = sum(k[i] * (p[i:i + n] if axis == 0 else p[:, i:i + n]) for i in range(2 * r + 1))
-    return x
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(x, sigma, mode="reflect", truncate=4.0)
 
 
 def pixel_distance(before: np.ndarray, after: np.ndarray, radius: int = DEFAULT_PARAMS.pixel_radius,
@@ -202,6 +196,42 @@ def pixel_distance(before: np.ndarray, after: np.ndarray, radius: int = DEFAULT_
         return out
 
     d = np.sqrt(np.maximum(best(a, b), best(b, a))) / UNRELATED_COLOUR_DISTANCE
+    return _gaussian_blur(d, sigma)
+
+
+def _sliding(x: np.ndarray, radius: int, op) -> np.ndarray:
+    """``op`` (np.minimum or np.maximum) over a (2r+1)^2 window of a (C, H, W) array, edges replicated
+    (separable: rows, then columns)."""
+    _, h, w = x.shape
+    p = np.pad(x, ((0, 0), (radius, radius), (0, 0)), mode="edge")
+    rows = p[:, 0:h].copy()
+    for k in range(1, 2 * radius + 1):
+        op(rows, p[:, k:k + h], out=rows)
+    p = np.pad(rows, ((0, 0), (0, 0), (radius, radius)), mode="edge")
+    out = p[:, :, 0:w].copy()
+    for k in range(1, 2 * radius + 1):
+        op(out, p[:, :, k:k + w], out=out)
+    return out
+
+
+def pixel_envelope_distance(before: np.ndarray, after: np.ndarray, radius: int = 2, sigma: float = 2.0) -> np.ndarray:
+    """(H, W) colour change of two (H, W, 3) images, standardised per image and channel as in
+    :func:`pixel_distance`: how far each pixel's colour lies outside the other image's per-channel
+    range (min..max) within ``radius`` px, both directions (the larger kept), over
+    :data:`UNRELATED_COLOUR_DISTANCE`, Gaussian-smoothed. Like :func:`pixel_distance` it forgives a
+    shift of up to ``radius`` px, at a fraction of the cost (four separable min/max filters)."""
+    def standardise(img: np.ndarray) -> np.ndarray:
+        img = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
+        return (img - img.mean(axis=(1, 2), keepdims=True)) / (img.std(axis=(1, 2), keepdims=True) + 1.0)
+
+    a, b = standardise(before), standardise(after)
+
+    def outside(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        below = np.maximum(_sliding(y, radius, np.minimum) - x, 0)
+        above = np.maximum(x - _sliding(y, radius, np.maximum), 0)
+        return (below * below + above * above).sum(0)
+
+    d = np.sqrt(np.maximum(outside(a, b), outside(b, a))) / UNRELATED_COLOUR_DISTANCE
     return _gaussian_blur(d, sigma)
 
 
@@ -234,7 +264,8 @@ def change_map(features_before: Sequence[np.ndarray], features_after: Sequence[n
     feat = sum(resize_bilinear(feature_distance(fa, fb, params.radius, params.match_penalty), height, width)
                for fa, fb in zip(features_before, features_after)) / len(features_before)
     if params.pixel_weight > 0:
-        feat = feat + params.pixel_weight * pixel_distance(before, after, params.pixel_radius, params.pixel_sigma)
+        cue = pixel_envelope_distance if params.pixel_cue == "envelope" else pixel_distance
+        feat = feat + params.pixel_weight * cue(before, after, params.pixel_radius, params.pixel_sigma)
     return (feat / (1 + params.pixel_weight)).astype(np.float32)
 
 
@@ -272,4 +303,4 @@ def score_pair(before: np.ndarray, after: np.ndarray, extractor: FeatureExtracto
 
 
 __all__ = ["DEFAULT_PARAMS", "FeatureExtractor", "ScorerParams", "aggregate", "change_map", "feature_distance",
-           "pixel_distance", "resize_bilinear", "score_pair"]
+           "pixel_distance", "pixel_envelope_distance", "resize_bilinear", "score_pair"]

@@ -47,6 +47,7 @@ from imagesim_pipeline.ard.grid import cells_covering, zone_of_longitude
 from imagesim_pipeline.ard.ingest import ingest
 from imagesim_pipeline.demo.features import Layers, load_layers
 from imagesim_pipeline.demo.render import Look, Scene, colourise, global_origin, to_utm, vanished
+from imagesim_pipeline.demo.truth import CHANGES_KEY
 from imagesim_pipeline.storage import Bucket
 
 RESOLUTION = 0.5  # metres, the real extracts' renders
@@ -54,7 +55,6 @@ SYNTHETIC_KM = 8.0  # default side of the synthetic area (snapped to whole 625 m
 SYNTHETIC_RESOLUTION = 5000 / 10112  # the ARD cell's own pixel size: the render lands on the cell grid
 STRIP_ROWS = 512  # rows rendered at a time
 WORKERS = max(1, min(4, os.cpu_count() or 1))  # processes rendering and ingesting acquisitions side by side
-CHANGES_KEY = "demo/changes.parquet"
 WORLD_KEY = "demo/world.json"
 SYNTHETIC_PBF_KEY = "demo/synthetic.osm.pbf"
 ACQUISITIONS = [
@@ -246,11 +246,6 @@ def _deliver(bucket: Bucket | str, region: Region, index: int, seed: int, workdi
 
 def changes_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=CHANGES_SCHEMA)
-
-
-def read_changes(bucket: Bucket) -> pa.Table:
-    """The demo world's change ground truth (``demo/changes.parquet``)."""
-    return pq.read_table(io.BytesIO(bucket.read_bytes(CHANGES_KEY)))
 
 
 def default_regions(pbfs: dict[str, Path]) -> list[Region]:

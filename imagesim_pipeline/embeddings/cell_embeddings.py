@@ -62,6 +62,8 @@ class CellEmbeddings:
     unreadable: list[str] = field(default_factory=list)
     seconds: float = 0.0
     repaired: bool = False  # an unreadable earlier file was replaced
+    pairs_scored: int = 0  # place pairs scored for change in this run
+    pairs_kept: int = 0  # unchanged pairs whose earlier change rows were kept
 
     @property
     def chips(self) -> int:
@@ -128,11 +130,14 @@ def kept_chips(bucket: Bucket, cell_id: str) -> list[dict]:
 
 
 def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Progress = lambda m: None,
-               warn: Progress | None = None) -> CellEmbeddings:
+               warn: Progress | None = None, changes: bool = False) -> CellEmbeddings:
     """Encode the cell's kept chips (reusing unchanged rows of an earlier run) and write its GeoParquet.
 
     An earlier file that cannot be read is treated as missing (every chip is encoded again) and
-    named through ``warn``.
+    named through ``warn``. With ``changes`` (and a model with feature maps), the pairs of
+    consecutive acquisitions of each place are scored from the same pass
+    (:class:`imagesim_pipeline.changes.cell_changes.CellPairScorer`) and written after the embeddings;
+    a place whose pairs are not all scored yet has all its chips encoded again.
     """
     started = time.perf_counter()
     rows = kept_chips(bucket, cell_id)
@@ -149,7 +154,22 @@ def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Pro
                                                                    old.column("chip_bytes").to_pylist()))}
         reuse = {r["chip"]: earlier[r["chip"]][0] for r in rows
                  if r["chip"] in earlier and earlier[r["chip"]][1] == r["bytes"]}
-    todo = [r for r in rows if r["chip"] not in reuse]
+    pairs = None
+    places = _places(rows)
+    if changes and encoder.has_maps:
+        from imagesim_pipeline.changes.cell_changes import CellPairScorer, pair_key, read_cell_changes
+
+        pairs = CellPairScorer()
+        scored = read_cell_changes(bucket, encoder.version, cell_id, warn or progress)
+        for place, chips in places.items():
+            keys = [pair_key(a, b) for a, b in zip(chips, chips[1:])]
+            if all(c["chip"] in reuse for c in chips) and all(k in scored for k in keys):
+                for k in keys:
+                    pairs.keep(scored[k])
+            else:  # encoded again whole: its pairs need every chip's feature maps
+                for c in chips:
+                    reuse.pop(c["chip"], None)
+    todo = [c for chips in places.values() for c in chips if c["chip"] not in reuse]  # by place: pairs together
     embeddings = np.zeros((len(rows), encoder.dim), np.float32)
     probs = np.zeros((len(rows), len(encoder.labels)), np.float32)
     position = {r["chip"]: i for i, r in enumerate(rows)}
@@ -158,29 +178,65 @@ def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Pro
         for chip, i in reuse.items():
             embeddings[position[chip]], probs[position[chip]] = old_emb[i], old_probs[i]
     unreadable: list[str] = []
-    step = encoder.batch_size * 8
-    for start in range(0, len(todo), step):
-        part = todo[start:start + step]
+    done = 0
+    for part in _steps(todo, encoder.batch_size * 8):
         images = []
         for r in part:
             try:
                 images.append(bucket.read_bytes(chip_key(ChipName.parse(r["chip"]))))
             except StorageError:
                 images.append(b"")  # a chip the manifest lists but the bucket lost: unreadable
-        out = encoder.encode(images)
+        out = encoder.encode(images, with_maps=pairs is not None)
         bad = set(out.bad)
         good = [r for j, r in enumerate(part) if j not in bad]
         unreadable += [part[j]["chip"] for j in sorted(bad)]
         for j, r in enumerate(good):
             embeddings[position[r["chip"]]], probs[position[r["chip"]]] = out.embeddings[j], out.probs[j]
-        progress(f"{cell_id}: encoded {min(start + step, len(todo))}/{len(todo)} chips "
-                 f"({len(reuse)} unchanged, reused)")
+        if pairs is not None and out.maps is not None and out.rgb is not None:
+            row_of = {r["chip"]: j for j, r in enumerate(good)}
+            for place, chips in _places(part).items():
+                chips = [c for c in chips if c["chip"] in row_of]  # an unreadable chip: its pairs are not scored
+                index = [row_of[c["chip"]] for c in chips]
+                pairs.score_place(place, chips, [{n: m[j] for n, m in out.maps.items()} for j in index],
+                                  [out.rgb[j] for j in index])
+        done += len(part)
+        progress(f"{cell_id}: encoded {done}/{len(todo)} chips ({len(reuse)} unchanged, reused)"
+                 + (f"; {pairs.scored} pair(s) scored for change" if pairs is not None else ""))
     lost = set(unreadable)
     keep = [i for i, r in enumerate(rows) if r["chip"] not in lost]
     table = cell_table([rows[i] for i in keep], embeddings[keep], probs[keep], encoder)
     write_cell_embeddings(bucket, encoder.version, cell_id, table)
+    if pairs is not None:
+        from imagesim_pipeline.changes.cell_changes import write_cell_changes
+
+        write_cell_changes(bucket, encoder.version, cell_id, pairs.rows)
     return CellEmbeddings(cell_id, encoder.version, table, encoded=len(todo) - len(unreadable), reused=len(reuse),
-                          unreadable=unreadable, seconds=time.perf_counter() - started, repaired=repaired)
+                          unreadable=unreadable, seconds=time.perf_counter() - started, repaired=repaired,
+                          pairs_scored=pairs.scored if pairs else 0, pairs_kept=pairs.kept if pairs else 0)
+
+
+def _places(rows: list[dict]) -> dict[str, list[dict]]:
+    """Chip-manifest rows by place (the chip's zoom-17 cell), each place's sorted by date and catalog id."""
+    places: dict[str, list[dict]] = {}
+    for r in rows:
+        places.setdefault(ChipName.parse(r["chip"]).cell.id, []).append(r)
+    for chips in places.values():
+        chips.sort(key=lambda r: (r["date"], r["catalog_id"]))
+    return dict(sorted(places.items()))
+
+
+def _steps(todo: list[dict], size: int) -> Iterator[list[dict]]:
+    """``todo`` (grouped by place) in parts of about ``size`` chips that never split a place."""
+    part: list[dict] = []
+    for i, r in enumerate(todo):
+        part.append(r)
+        place = ChipName.parse(r["chip"]).cell.id
+        last_of_place = i + 1 == len(todo) or ChipName.parse(todo[i + 1]["chip"]).cell.id != place
+        if len(part) >= size and last_of_place:
+            yield part
+            part = []
+    if part:
+        yield part
 
 
 def write_cell_embeddings(bucket: Bucket, version: str, cell_id: str, table: pa.Table) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from imagesim_pipeline.errors import ImagesimError
-from imagesim_pipeline.models.export import INPUT, METADATA_KEY, session
+from imagesim_pipeline.models.export import INPUT, MAP_OUTPUTS, METADATA_KEY, session
 from imagesim_pipeline.models.preprocess import CorruptImageError, Preprocessing, decode, to_input
 from imagesim_pipeline.models.registry import DEFAULT_NAME, get_pointer, published_model_file
 from imagesim_pipeline.storage import Bucket
@@ -29,11 +29,17 @@ class EncoderError(ImagesimError):
 
 @dataclass
 class Encoded:
-    """Embeddings (N, D) and sigmoid probabilities (N, L) of the readable images; ``bad``: indices of the others."""
+    """Embeddings (N, D) and sigmoid probabilities (N, L) of the readable images; ``bad``: indices of the others.
+
+    With ``with_maps``: ``maps``, the model's feature maps (name -> (N, C, h, w)), and ``rgb``, the
+    images as the model saw them ((N, S, S, 3) uint8 at its input size), for change scoring.
+    """
 
     embeddings: np.ndarray
     probs: np.ndarray
     bad: list[int]
+    maps: dict[str, np.ndarray] | None = None
+    rgb: np.ndarray | None = None
 
 
 class OnnxEncoder:
@@ -56,6 +62,13 @@ class OnnxEncoder:
         self.version: str = self.meta["version"]
         self.batch_size = batch_size
         self.provider = self.session.get_providers()[0]
+        names = {o.name for o in self.session.get_outputs()}
+        self.map_outputs = [name for name in MAP_OUTPUTS if name in names]  # none in a model exported before them
+
+    @property
+    def has_maps(self) -> bool:
+        """Whether the model outputs the feature maps change scoring compares."""
+        return len(self.map_outputs) == len(MAP_OUTPUTS)
 
     @classmethod
     def from_bucket(cls, bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", threads: int = 0,
@@ -69,8 +82,12 @@ class OnnxEncoder:
     def dim(self) -> int:
         return int(self.session.get_outputs()[1].shape[1])
 
-    def encode(self, images: Sequence[bytes]) -> Encoded:
-        """Decode, preprocess and run ``images`` in batches; unreadable ones are left out and listed."""
+    def encode(self, images: Sequence[bytes], with_maps: bool = False) -> Encoded:
+        """Decode, preprocess and run ``images`` in batches; unreadable ones are left out and listed.
+
+        ``with_maps``: also return the feature maps and the input images (they come from the same pass)."""
+        if with_maps and not self.has_maps:
+            raise EncoderError(f"model {self.version} has no feature-map outputs (exported before them)")
         tensors, good, bad = [], [], []
         for i, data in enumerate(images):
             try:
@@ -80,12 +97,27 @@ class OnnxEncoder:
                 bad.append(i)
         embeddings = np.zeros((len(good), self.dim), np.float32)
         probs = np.zeros((len(good), len(self.labels)), np.float32)
+        outputs = ["logits", "embedding", *(self.map_outputs if with_maps else [])]
+        maps = {name: np.zeros((0, 1, 1, 1), np.float32) for name in outputs[2:]}
+        size = self.prep.size
+        rgb = np.zeros((len(good) if with_maps else 0, size, size, 3), np.uint8)
+        scale = (np.asarray(self.prep.std, np.float32) * 255)[:, None, None]
+        offset = (np.asarray(self.prep.mean, np.float32) * 255 + 0.5)[:, None, None]
         for start in range(0, len(good), self.batch_size):
             batch = torch.stack(tensors[start:start + self.batch_size]).numpy()
-            logits, embedding = self.session.run(["logits", "embedding"], {INPUT: batch})
-            embeddings[start:start + len(batch)] = embedding
-            probs[start:start + len(batch)] = 1.0 / (1.0 + np.exp(-logits))
-        return Encoded(embeddings, probs, bad)
+            logits, embedding, *feature_maps = self.session.run(outputs, {INPUT: batch})
+            end = start + len(batch)
+            embeddings[start:end] = embedding
+            probs[start:end] = 1.0 / (1.0 + np.exp(-logits))
+            for name, value in zip(outputs[2:], feature_maps):
+                if start == 0:
+                    maps[name] = np.empty((len(good), *value.shape[1:]), np.float32)
+                maps[name][start:end] = value
+            for j, x in enumerate(batch if with_maps else ()):  # the input back to pixels: what the maps saw
+                rgb[start + j] = np.clip(x * scale + offset, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        if not with_maps:
+            return Encoded(embeddings, probs, bad)
+        return Encoded(embeddings, probs, bad, maps=maps, rgb=rgb)
 
     def predicted(self, probs: np.ndarray) -> np.ndarray:
         """0/1 labels: each probability at or above its label's stored threshold."""

@@ -1,6 +1,5 @@
 """Retrieval assets: ``chip_embeddings`` per cell, the ``similarity_index`` and ``chip_changes``."""
 
-import io
 import time
 from dataclasses import replace
 
@@ -24,6 +23,7 @@ from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS, INDEX_POOL
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
 from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
+from imagesim_pipeline.storage.layout import CHANGES
 
 
 class ModelChoice(Config):
@@ -34,6 +34,8 @@ class ModelChoice(Config):
 class EmbeddingsConfig(ModelChoice):
     threads: int = Field(default=0, description="onnxruntime intra-op threads (0: every core)")
     batch_size: int = Field(default=32, description="images per onnxruntime call")
+    score_changes: bool = Field(default=True, description="also score each place's pairs of acquisitions for "
+                                "change from the same pass (change maps; chip_changes does it otherwise)")
 
 
 def _version(store, config: ModelChoice) -> str:
@@ -65,7 +67,8 @@ def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bu
     with step_errors():
         encoder = OnnxEncoder.from_bucket(store, config.name, _version(store, config), config.threads,
                                           config.batch_size)
-    totals = {"chips": 0, "encoded": 0, "reused_unchanged": 0, "unreadable": 0, "repaired": 0}
+    totals = {"chips": 0, "encoded": 0, "reused_unchanged": 0, "unreadable": 0, "repaired": 0, "pairs_scored": 0,
+              "pairs_kept": 0}
     predicted = np.zeros(len(encoder.labels), dtype=np.int64)
     seconds = 0.0
     failed: dict[str, str] = {}
@@ -73,7 +76,8 @@ def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bu
         if len(cells) > 1:
             context.log.info(f"[{n}/{len(cells)}] {cell}")
         try:  # one bad cell never fails the others: they are written, the bad ones named at the end
-            result = embed_cell(store, encoder, cell, progress=context.log.info, warn=context.log.warning)
+            result = embed_cell(store, encoder, cell, progress=context.log.info, warn=context.log.warning,
+                                changes=config.score_changes)
         except TransientError:
             raise
         except ImagesimError as exc:
@@ -86,7 +90,8 @@ def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bu
         if result.chips:
             predicted += encoder.predicted(vectors(result.table, "probs")).sum(axis=0)
         for name, value in (("chips", result.chips), ("encoded", result.encoded),
-                            ("reused_unchanged", result.reused), ("unreadable", len(result.unreadable))):
+                            ("reused_unchanged", result.reused), ("unreadable", len(result.unreadable)),
+                            ("pairs_scored", result.pairs_scored), ("pairs_kept", result.pairs_kept)):
             totals[name] += value
         seconds += result.seconds
     if failed:
@@ -170,62 +175,53 @@ def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket
 
 
 class ChangesConfig(ModelChoice):
-    min_group: int = Field(default=30, description="fewest places to normalise a kind's distances on its own")
+    min_group: int = Field(default=30, description="fewest places to normalise a kind's changes on their own")
     top: int = Field(default=8, description="changed pairs shown as thumbnails")
-
-
-def _pairs_sheet(store, rows: list[dict]) -> bytes:
-    from imagesim_pipeline.chips.contact_sheet import contact_sheet
-    from imagesim_pipeline.chips.naming import ChipName, chip_key
-
-    items = []
-    for n, row in enumerate(rows):
-        for side in ("before", "after"):
-            chip = row[f"chip_{side}"]
-            items.append((f"{n:02d}{side[0]} {row['score']:.1f} {chip.split('_')[1]}",
-                          store.read_bytes(chip_key(ChipName.parse(chip)))))
-    return contact_sheet(items, columns=4, limit=len(items))
-
-
-def _histogram_png(scores: np.ndarray) -> bytes:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 3))
-    ax = fig.subplots()
-    ax.hist(np.clip(scores, -5, 30), bins=70, color="#4477aa")
-    ax.set_yscale("log")
-    ax.set_xlabel("change score (robust z within acquisition pair and kind; clipped to -5..30)")
-    ax.set_ylabel("place pairs")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
+    threads: int = Field(default=0, description="onnxruntime intra-op threads for the feature maps (0: every core)")
 
 
 @asset(deps=[chip_embeddings], group_name="search", kinds={"parquet"}, op_tags=DATAMAKER_TAGS,
        retry_policy=TRANSIENT_RETRY, pool=INDEX_POOL,
-       description="Change scores between consecutive acquisitions of every place, from the embeddings "
-                   "(cosine distance, robust z-score per acquisition pair and kind), most changed first, at "
-                   "`changes/<model version>/changes.parquet`.")
+       description="Change between consecutive acquisitions of every place: the published model's feature maps "
+                   "of both chips compared location by location (a change map per place, in its cell's "
+                   "`changes/<model version>/cells/<zone>/<cell>.parquet`), scored as a robust z-score per acquisition pair and kind, "
+                   "most changed first, at `changes/<model version>/changes.parquet`. A model exported without "
+                   "feature maps gets the embedding distance instead, with a warning.")
 def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: BucketResource) -> MaterializeResult:
     from imagesim_pipeline.changes.detect import change_table, write_changes
+    from imagesim_pipeline.changes.feature_maps import OnnxFeatureMaps
+    from imagesim_pipeline.changes.report import histogram_png, pairs_sheet
+    from imagesim_pipeline.changes.spatial import ChipPairScorer
 
     store = bucket.get_bucket()
     started = time.perf_counter()
     with step_errors():
         version = _version(store, config)
-        table = change_table(store, version, config.min_group, progress=context.log.debug, warn=context.log.warning)
+        maps = OnnxFeatureMaps.from_bucket(store, config.name, version, threads=config.threads)
+        if maps is None:
+            context.log.warning(f"model {config.name}/{version} was exported before feature maps were part of "
+                                "model.onnx: its change scores are the embedding distance (no change maps); "
+                                "train and publish a new version (trainer_job) for spatial change maps")
+        scorer = ChipPairScorer(maps) if maps is not None else None
+        table = change_table(store, version, config.min_group, progress=context.log.debug, warn=context.log.warning,
+                             scorer=scorer)
         key = write_changes(store, version, table)
+    seconds = time.perf_counter() - started
     top = table.slice(0, config.top).to_pylist()
-    scores = table.column("score").to_numpy()
+    scores = table.column("score").to_numpy(zero_copy_only=False)
     return MaterializeResult(metadata={
         "model_version": version,
+        "method": table.column("method")[0].as_py(),
         "pairs": table.num_rows,
         "above_3": int((scores > 3).sum()),
-        "seconds": round(time.perf_counter() - started, 2),
-        "top": MetadataValue.md(_counts_table(("place", "before", "after", "score", "kind"), [
-            (r["place"], r["date_before"], r["date_after"], round(r["score"], 2), r["kind"]) for r in top])),
-        "histogram": MetadataValue.md(_image(_histogram_png(scores), "change scores")),
-        "top_pairs": MetadataValue.md(_image(_pairs_sheet(store, top), "before | after")),
+        "maps": sum(1 for m in table.column("map").to_pylist() if m),
+        "seconds": round(seconds, 2),
+        "pairs_per_s": round(table.num_rows / max(seconds, 1e-9), 1),
+        "top": MetadataValue.md(_counts_table(("#", "place", "before", "after", "score", "kind"), [
+            (i + 1, r["place"], r["date_before"], r["date_after"], round(r["score"], 2), r["kind"])
+            for i, r in enumerate(top)])),
+        "histogram": MetadataValue.md(_image(histogram_png(scores), "change scores")),
+        "top_pairs": MetadataValue.md(_image(pairs_sheet(store, top), "before | after | change map")),
         "location": store.url(key),
+        "maps_location": store.url(f"{CHANGES}{version}/cells/"),
     })

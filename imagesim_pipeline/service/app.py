@@ -9,7 +9,9 @@
 * ``GET /api/chips/{chip}`` (labels with probabilities, date, catalog id, source COG) and
   ``GET /api/chips/{chip}/image`` (the chip JPEG).
 * ``GET /api/places?bbox=``: the chip grid in view (newest chip of each place), GeoJSON.
-* ``GET /api/changes``: the most changed places, with their before and after chips.
+* ``GET /api/changes``: the most changed places, with their before and after chips and the link
+  to their change map, ``GET /api/changes/{before}/{after}/map.png`` (a transparent-to-red heat
+  overlay at chip size, to lay over the after chip).
 * ``GET /tiles/{z}/{x}/{y}.png`` and ``GET /tiles/tilejson.json``: the ARD mosaic.
 * ``GET /``: the web page; ``/static/``: its scripts and styles, Leaflet's among them, all
   served from this app (no CDN).
@@ -57,6 +59,7 @@ from imagesim_pipeline.service.schemas import (CHIP_ID_PATTERN, ChangeOut, Chang
 from imagesim_pipeline.service.tiles import ArdMosaic, TileError
 from imagesim_pipeline.service.uploads import MAX_UPLOAD_BYTES, UploadError, check_image
 from imagesim_pipeline.storage import Bucket, StorageError
+from imagesim_pipeline.storage.layout import cell_changes_key
 from imagesim_pipeline.storage.records import CorruptRecordError
 
 log = logging.getLogger("imagesim.service")
@@ -73,6 +76,20 @@ Format = Literal["json", "geojson"]
 
 class NotReadyError(ImagesimError):
     """Search asked for while the bucket has no published model or index."""
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and bool(np.isfinite(x))
+
+
+def _change_out(r: dict) -> ChangeOut:
+    """A change-table row for the API, with the link to its change map when it has one."""
+    return ChangeOut(place=r["place"], score=round(r["score"], 4), method=r.get("method", "embedding"),
+                     change=round(r["change"], 6) if _finite(r.get("change")) else None,
+                     distance=round(r["distance"], 6), kind=r["kind"], before=r["chip_before"], after=r["chip_after"],
+                     date_before=r["date_before"], date_after=r["date_after"],
+                     map_url=f"/api/changes/{r['chip_before']}/{r['chip_after']}/map.png" if r.get("map") else None,
+                     geometry=_geojson(shapely.from_wkb(r["geometry"])))
 
 
 def _status_of(exc: Exception) -> int:
@@ -355,17 +372,33 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
         if changes_cache.get("version") != engine.version:
             changes_cache.update(version=engine.version, table=read_changes(bucket, engine.version))
         table = changes_cache["table"]
-        top = table.slice(0, k).to_pylist()
+        top = [row for row in table.slice(0, k).to_pylist() if _finite(row["score"])]  # unscored pairs sort last
         if min_score is not None:
             top = [row for row in top if row["score"] >= min_score]
         return ChangesResponse(model=ModelRef(name=engine.name, version=engine.version),
                                took_ms=round((time.perf_counter() - started) * 1000, 3), pairs=table.num_rows,
-                               changes=[ChangeOut(place=r["place"], score=round(r["score"], 4),
-                                                  distance=round(r["distance"], 6), kind=r["kind"],
-                                                  before=r["chip_before"], after=r["chip_after"],
-                                                  date_before=r["date_before"], date_after=r["date_after"],
-                                                  geometry=_geojson(shapely.from_wkb(r["geometry"])))
-                                        for r in top])
+                               changes=[_change_out(r) for r in top])
+
+    @app.get("/api/changes/{before}/{after}/map.png", tags=["changes"], response_class=Response,
+             responses={200: {"content": {"image/png": {}}}})
+    def change_map_image(before: ChipParam, after: ChipParam) -> Response:
+        """The change map of a place between two of its chips, as a heat overlay (RGBA PNG at chip size)."""
+        from imagesim_pipeline.changes.cell_changes import read_change_map
+        from imagesim_pipeline.changes.maps import overlay_png
+
+        engine = engines.require()
+        b, a = _chip_name(before), _chip_name(after)
+        if b.cell != a.cell:
+            raise HTTPException(422, f"{before} and {after} are chips of different places")
+        key = cell_changes_key(engine.version, b.tile.id)
+        if not bucket.exists(key):
+            raise HTTPException(404, f"no change maps of {b.tile.id} for model {engine.version}: materialize "
+                                     "chip_changes (encoder_job) with a model that has feature maps")
+        try:
+            change = read_change_map(bucket, key, before, after)
+        except ImagesimError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return Response(overlay_png(change), media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
 
     # -- tiles -------------------------------------------------------------------------------------
     @app.get("/tiles/{z}/{x}/{y}.png", tags=["tiles"], response_class=Response,

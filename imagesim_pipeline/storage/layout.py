@@ -17,7 +17,7 @@ models/<name>/_staging/<version>/<file>                                         
 models/<name>/<trained|latest|serving>.json
 embeddings/<model version>/<zone>/<cell>.parquet
 index/<model version>/manifest.json, index/<model version>/builds/<build>/<file>
-changes/<model version>/changes.parquet
+changes/<model version>/changes.parquet, changes/<model version>/cells/<zone>/<cell>.parquet (pairs, maps)
 ops/run-failures/<YYYY-MM-DD>/<job>-<run id>.md                                     failed runs, summarised
 demo/...
 ```
@@ -125,6 +125,11 @@ def index_build_key(version: str, build: str, file: str) -> str:
 
 def changes_key(version: str) -> str:
     return f"{CHANGES}{version}/changes.parquet"
+
+
+def cell_changes_key(version: str, cell_id: str) -> str:
+    """A cell's pair changes, scored by the encoder (chip_embeddings)."""
+    return f"{CHANGES}{version}/cells/{_zone(cell_id)}/{cell_id}.parquet"
 
 
 def run_failure_key(day: str, job: str, run_id: str) -> str:

@@ -27,9 +27,9 @@ from imagesim_pipeline.demo.world import (
     SYNTHETIC_RESOLUTION,
     WORLD_KEY,
     build_world,
-    read_changes,
     synthetic_region,
 )
+from imagesim_pipeline.demo.truth import read_changes
 from imagesim_pipeline.storage import open_bucket
 
 EPSG = 32635

@@ -218,26 +218,36 @@ async function exportGeoJSON() {
 async function loadChanges() {
   const list = $("changes");
   list.replaceChildren();
+  $("change-detail").hidden = true;
+  $("changes-empty").textContent = "loading…";
+  $("changes-empty").hidden = false;
   try {
     const answer = await api("/api/changes?k=15");
     for (const c of answer.changes) {
       const li = document.createElement("li");
       li.textContent = `score ${c.score.toFixed(1)} · ${c.kind} · ${c.date_before} → ${c.date_after}`;
+      li.title = c.place;
       li.onclick = () => showChange(c);
       list.append(li);
     }
-    if (!answer.changes.length) list.textContent = "no changed places";
+    $("changes-empty").textContent = answer.changes.length ? "" : "no changed places yet: run encoder_job";
+    $("changes-empty").hidden = answer.changes.length > 0;
   } catch (err) {
-    list.textContent = err.message;
+    $("changes-empty").textContent = err.message;
   }
 }
 
 function showChange(c) {
-  $("before-after").hidden = false;
+  $("change-detail").hidden = false;
+  $("change-place").textContent = `place ${c.place} · score ${c.score.toFixed(1)} (${c.method})`;
   $("before-img").src = `/api/chips/${c.before}/image`;
   $("after-img").src = `/api/chips/${c.after}/image`;
+  $("map-toggle-label").hidden = !c.map_url;
+  if (c.map_url) $("map-img").src = c.map_url;
+  $("map-img").hidden = !c.map_url || !$("map-toggle").checked;
   $("before-cap").textContent = `before: ${c.date_before}`;
-  $("after-cap").textContent = `after: ${c.date_after} (distance ${c.distance.toFixed(3)})`;
+  const how = c.change === null ? `embedding distance ${c.distance.toFixed(3)}` : `change ${c.change.toFixed(3)}`;
+  $("after-cap").textContent = `after: ${c.date_after} (${how})`;
   changeOutline.clearLayers();
   changeOutline.addData(c.geometry);
   map.flyToBounds(changeOutline.getBounds(), { maxZoom: 17 });
@@ -277,6 +287,7 @@ $("clear").onclick = () => {
 };
 $("export").onclick = exportGeoJSON;
 $("load-changes").onclick = loadChanges;
+$("map-toggle").onchange = (e) => { $("map-img").hidden = !e.target.checked; };
 $("imagery").onchange = (e) => setImagery(e.target.value);
 window.imagesim = { map, state, search, startSearch };
 init();
