@@ -593,12 +593,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
            f"search: {bucket.uri}/models/smlc/serving.json); `imagesim model report`, `imagesim model list`")
     _print(f"  embeddings and index:     {bucket.uri}/embeddings/<model version>/<zone>/<cell>.parquet, "
            f"{bucket.uri}/index/<model version>/; `imagesim search --chip CHIP_ID`")
-    _print(f"  changes:                  {bucket.uri}/changes/<model version>/changes.parquet; `imagesim changes`")
+    _print(f"  changes:                  {bucket.uri}/changes/<model version>/changes.parquet (maps per cell in "
+           f"cells/); `imagesim changes --map DIR`" + (f"; the top 10 as before | after | map in {maps}/"
+                                                       if (maps := _change_maps_dir(bucket)) else ""))
     _print("  search page and API:      make serve   then open http://127.0.0.1:8000/ (API docs: /docs)")
     _print(f"  Dagster instance (runs):  {home}")
     _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets: ard_tile, osm_data, "
            "chips with a contact sheet, nodata_index, chip_labels, training_dataset with plots, smlc_model with "
-           "F2 and PR plots, onnx_model, chip_embeddings, similarity_index, chip_changes with before/after pairs)")
+           "F2 and PR plots, onnx_model, chip_embeddings, similarity_index, chip_changes with before | after | map)")
     _print("                            its sensors start no run over this bucket: every cell is registered, the "
            "dataset has a published model and the model has its index (README: what the sensors do)")
     done = search_ok or args.no_train
@@ -622,11 +624,15 @@ def _print_search(bucket) -> bool:
     _print(f"\nexample: chips that look like {chip} (`imagesim search --chip {chip} --k 8 --spread`):")
     _print(_hits_table(engine.by_chip(chip, k=8, spread=True)))
     _print("")
+    return cmd_changes(argparse.Namespace(bucket=bucket.uri, version="", name=engine.name, top=10, bbox=None,
+                                          map=_change_maps_dir(bucket))) == 0
+
+
+def _change_maps_dir(bucket) -> Path | None:
+    """Where ``make demo`` writes the top changes' pictures: beside a local bucket."""
     from imagesim_pipeline.storage import LocalBucket
 
-    maps = Path(bucket.root).parent / "change-maps" if isinstance(bucket, LocalBucket) else None  # beside the bucket
-    return cmd_changes(argparse.Namespace(bucket=bucket.uri, version="", name=engine.name, top=10, bbox=None,
-                                          map=maps)) == 0
+    return Path(bucket.root).parent / "change-maps" if isinstance(bucket, LocalBucket) else None
 
 
 def _check_service(bucket) -> bool:
