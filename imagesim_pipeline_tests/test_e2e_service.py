@@ -61,11 +61,17 @@ def test_click_a_chip_search_mark_a_negative_and_search_again(demo_index, tmp_pa
             second = page.evaluate(RESULT_CHIPS)
             assert ChipName.parse(negative).cell.id not in {ChipName.parse(c).cell.id for c in second}
             assert page.locator("path.result-outline").count() == len(second)
-            # a changed place: before and after side by side
+            # a changed place: nothing shown before asking (no broken images), then before, after and its map
+            assert not page.locator("#change-detail").is_visible() and page.locator("#changes-empty").is_visible()
             page.click("#load-changes")
             page.locator("#changes li").first.click()
-            page.wait_for_function("() => ['before-img', 'after-img'].every(id => { const i = document.getElementById(id);"
-                                   " return i.complete && i.naturalWidth > 0; })", timeout=30_000)
+            page.wait_for_function("() => ['before-img', 'after-img', 'map-img'].every(id => { const i = "
+                                   "document.getElementById(id); return i.complete && i.naturalWidth > 0; })",
+                                   timeout=30_000)
+            assert "/map.png" in page.evaluate("() => document.getElementById('map-img').src")
+            assert page.locator("#map-img").is_visible() and "place Z" in page.inner_text("#change-place")
+            page.click("#map-toggle")
+            assert not page.locator("#map-img").is_visible()
             before, after = page.evaluate("() => [document.getElementById('before-img').src, "
                                           "document.getElementById('after-img').src]")
             assert ChipName.parse(before.rsplit("/", 2)[1]).cell == ChipName.parse(after.rsplit("/", 2)[1]).cell

@@ -52,15 +52,17 @@ def pairs_sheet(bucket: Bucket, rows: list[dict], thumb: int = 160) -> bytes:
     return buffer.getvalue()
 
 
-def histogram_png(scores: np.ndarray) -> bytes:
-    """The distribution of change scores (log counts), as a PNG."""
+def histogram_png(scores: np.ndarray, method: str) -> bytes:
+    """The distribution of change scores (log counts), as a PNG; ``method``: the table's (what the score is)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 3))
     ax = fig.subplots()
     ax.hist(np.clip(scores[np.isfinite(scores)], -5, 30), bins=70, color="#4477aa")
     ax.set_yscale("log")
-    ax.set_xlabel("change score (robust z within acquisition pair and kind; clipped to -5..30)")
+    ax.set_xlabel("change score (mean of the map's most changed tenth; 0 unchanged, 1 unrelated)"
+                  if method == "feature-maps" else
+                  "change score (embedding distance, robust z within acquisition pair and kind; clipped to -5..30)")
     ax.set_ylabel("place pairs")
     fig.tight_layout()
     buffer = io.BytesIO()

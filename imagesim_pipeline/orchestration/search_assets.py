@@ -184,8 +184,8 @@ class ChangesConfig(ModelChoice):
        retry_policy=TRANSIENT_RETRY, pool=INDEX_POOL,
        description="Change between consecutive acquisitions of every place: the published model's feature maps "
                    "of both chips compared location by location (a change map per place, in its cell's "
-                   "`changes/<model version>/cells/<zone>/<cell>.parquet`), scored as a robust z-score per acquisition pair and kind, "
-                   "most changed first, at `changes/<model version>/changes.parquet`. A model exported without "
+                   "`changes/<model version>/cells/<zone>/<cell>.parquet`), scored by the mean of each map's "
+                   "most changed tenth, most changed first, at `changes/<model version>/changes.parquet`. A model exported without "
                    "feature maps gets the embedding distance instead, with a warning.")
 def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: BucketResource) -> MaterializeResult:
     from imagesim_pipeline.changes.detect import change_table, write_changes
@@ -209,9 +209,10 @@ def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: 
     seconds = time.perf_counter() - started
     top = table.slice(0, config.top).to_pylist()
     scores = table.column("score").to_numpy(zero_copy_only=False)
+    method = table.column("method")[0].as_py()
     return MaterializeResult(metadata={
         "model_version": version,
-        "method": table.column("method")[0].as_py(),
+        "method": method,
         "pairs": table.num_rows,
         "above_3": int((scores > 3).sum()),
         "maps": sum(1 for m in table.column("map").to_pylist() if m),
@@ -220,7 +221,7 @@ def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: 
         "top": MetadataValue.md(_counts_table(("#", "place", "before", "after", "score", "kind"), [
             (i + 1, r["place"], r["date_before"], r["date_after"], round(r["score"], 2), r["kind"])
             for i, r in enumerate(top)])),
-        "histogram": MetadataValue.md(_image(histogram_png(scores), "change scores")),
+        "histogram": MetadataValue.md(_image(histogram_png(scores, method), "change scores")),
         "top_pairs": MetadataValue.md(_image(pairs_sheet(store, top), "before | after | change map")),
         "location": store.url(key),
         "maps_location": store.url(f"{CHANGES}{version}/cells/"),

@@ -11,7 +11,7 @@
 * ``GET /api/places?bbox=``: the chip grid in view (newest chip of each place), GeoJSON.
 * ``GET /api/changes``: the most changed places, with their before and after chips and the link
   to their change map, ``GET /api/changes/{before}/{after}/map.png`` (a transparent-to-red heat
-  overlay at chip size, to lay over the after chip).
+  overlay at the stored map's size, to stretch over the after chip).
 * ``GET /tiles/{z}/{x}/{y}.png`` and ``GET /tiles/tilejson.json``: the ARD mosaic.
 * ``GET /``: the web page; ``/static/``: its scripts and styles, Leaflet's among them, all
   served from this app (no CDN).
@@ -59,7 +59,7 @@ from imagesim_pipeline.service.schemas import (CHIP_ID_PATTERN, ChangeOut, Chang
 from imagesim_pipeline.service.tiles import ArdMosaic, TileError
 from imagesim_pipeline.service.uploads import MAX_UPLOAD_BYTES, UploadError, check_image
 from imagesim_pipeline.storage import Bucket, StorageError
-from imagesim_pipeline.storage.layout import cell_changes_key
+from imagesim_pipeline.storage.layout import cell_changes_key, changes_key
 from imagesim_pipeline.storage.records import CorruptRecordError
 
 log = logging.getLogger("imagesim.service")
@@ -369,8 +369,9 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
         """The places that changed most between consecutive acquisitions (highest score first)."""
         engine = engines.require()
         started = time.perf_counter()
-        if changes_cache.get("version") != engine.version:
-            changes_cache.update(version=engine.version, table=read_changes(bucket, engine.version))
+        stamp = next(((o.modified, o.size) for o in bucket.list(changes_key(engine.version))), None)
+        if changes_cache.get("stamp") != (engine.version, stamp):  # a new version, or chip_changes ran again
+            changes_cache.update(stamp=(engine.version, stamp), table=read_changes(bucket, engine.version))
         table = changes_cache["table"]
         top = [row for row in table.slice(0, k).to_pylist() if _finite(row["score"])]  # unscored pairs sort last
         if min_score is not None:
@@ -382,7 +383,8 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
     @app.get("/api/changes/{before}/{after}/map.png", tags=["changes"], response_class=Response,
              responses={200: {"content": {"image/png": {}}}})
     def change_map_image(before: ChipParam, after: ChipParam) -> Response:
-        """The change map of a place between two of its chips, as a heat overlay (RGBA PNG at chip size)."""
+        """The change map of a place between two of its chips, as a heat overlay (RGBA PNG at the stored map's
+        size: stretch it over the after chip)."""
         from imagesim_pipeline.changes.cell_changes import read_change_map
         from imagesim_pipeline.changes.maps import overlay_png
 
