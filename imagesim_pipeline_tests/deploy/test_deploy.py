@@ -616,7 +616,8 @@ def _stop(proc: subprocess.Popen) -> None:
 # Third-party modules that service code imports only inside functions the service never calls.
 NOT_IN_THE_SERVICE = {"geopandas": "chips.cell_chips: cloud masks, when chipping",
                       "timm": "models.backbones: building a backbone, when training",
-                      "onnx": "models.export: exporting a model"}
+                      "onnx": "models.export: exporting a model",
+                      "scipy": "changes.scorer: smoothing a change map, when scoring changes (the service reads maps)"}
 
 
 def _imports(module: str) -> tuple[Path | None, list[tuple[str, bool, bool]]]:
