@@ -15,6 +15,8 @@ embeddings' pairs, scores any pair they lack and writes the cell's file again wi
 from __future__ import annotations
 
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping
 
 import numpy as np
@@ -87,10 +89,11 @@ def read_change_map(bucket: Bucket, key: str, chip_before: str, chip_after: str)
 class CellPairScorer:
     """Collects a cell's pair rows: scored from the encoder's output, or kept from an earlier run."""
 
-    def __init__(self, params: ScorerParams | None = None) -> None:
+    def __init__(self, params: ScorerParams | None = None, workers: int = 0) -> None:
         from imagesim_pipeline.changes.spatial import CHIP_PARAMS
 
         self.params = params or CHIP_PARAMS
+        self.workers = workers or os.cpu_count() or 1
         self.rows: list[dict] = []
         self.scored = 0
         self.kept = 0
@@ -100,16 +103,26 @@ class CellPairScorer:
         self.rows.append(row)
         self.kept += 1
 
-    def score_place(self, place: str, chips: list[Mapping], maps: list[Mapping[str, np.ndarray]],
-                    rgb: list[np.ndarray]) -> None:
-        """Score the consecutive pairs of one place's chips (manifest rows sorted by date), given each chip's
-        feature maps (output name -> (C, h, w)) and input pixels."""
+    def score_places(self, places: list[tuple[str, list[Mapping], list[Mapping[str, np.ndarray]], list[np.ndarray]]]
+                     ) -> None:
+        """Score the consecutive pairs of each (place, its chips (manifest rows sorted by date), each chip's
+        feature maps (output name -> (C, h, w)), each chip's input pixels), on every core: the encoder is
+        idle meanwhile, and numpy, scipy and zlib release the GIL for the heavy work."""
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for rows in pool.map(self._score_place, places):
+                self.rows += rows
+                self.scored += len(rows)
+
+    def _score_place(self, item: tuple[str, list[Mapping], list[Mapping[str, np.ndarray]], list[np.ndarray]]
+                     ) -> list[dict]:
         from imagesim_pipeline.changes.spatial import pair_change
 
+        place, chips, maps, rgb = item
+        rows = []
         for i in range(len(chips) - 1):
             scored = pair_change(maps[i], maps[i + 1], rgb[i], rgb[i + 1], self.params)
-            self.rows.append(pair_row(place, pair_key(chips[i], chips[i + 1]), scored.score, scored.change))
-            self.scored += 1
+            rows.append(pair_row(place, pair_key(chips[i], chips[i + 1]), scored.score, scored.change))
+        return rows
 
 
 def pair_row(place: str, key: PairKey, change: float, change_map: np.ndarray) -> dict:

@@ -194,11 +194,13 @@ def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Pro
             embeddings[position[r["chip"]]], probs[position[r["chip"]]] = out.embeddings[j], out.probs[j]
         if pairs is not None and out.maps is not None and out.rgb is not None:
             row_of = {r["chip"]: j for j, r in enumerate(good)}
+            items = []
             for place, chips in _places(part).items():
                 chips = [c for c in chips if c["chip"] in row_of]  # an unreadable chip: its pairs are not scored
                 index = [row_of[c["chip"]] for c in chips]
-                pairs.score_place(place, chips, [{n: m[j] for n, m in out.maps.items()} for j in index],
-                                  [out.rgb[j] for j in index])
+                items.append((place, chips, [{n: m[j] for n, m in out.maps.items()} for j in index],
+                              [out.rgb[j] for j in index]))
+            pairs.score_places(items)
         done += len(part)
         progress(f"{cell_id}: encoded {done}/{len(todo)} chips ({len(reuse)} unchanged, reused)"
                  + (f"; {pairs.scored} pair(s) scored for change" if pairs is not None else ""))
