@@ -199,7 +199,8 @@ def test_launch_one_cell_of_datamaker_job_from_the_dagster_ui(ui_site, tmp_path)
                 materialize_all.wait_for()
                 page.get_by_role("button", name="arrow_drop_down").click()  # the split button's caret icon
                 page.get_by_role("menuitem", name="Open launchpad").click()
-                launchpad = page.get_by_role("dialog").filter(has_text="Launchpad")
+                # the modal dialog, not the closing menu popover (its "Open launchpad" matches "Launchpad" too)
+                launchpad = page.get_by_role("dialog").filter(has_text="Launchpad (configure assets)")
                 launchpad.wait_for()
 
                 # 3. One partition: the "Partition" combobox lists the registered cells; filter and pick one.
