@@ -27,8 +27,8 @@ summer and autumn far more than a roof does).
 The encoder scores the pairs as it encodes (:mod:`imagesim_pipeline.changes.cell_changes`); pairs
 it did not score (cells encoded before, a run stopped between its two writes) are scored here.
 
-Memory: one cell's embeddings and at most one batch of chip images at a time; maps are written as
-they are made; the result holds one row per pair.
+Memory: one cell's embeddings and change file, and at most one batch of chip images, at a time;
+the result holds one row per pair.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # the scorer brings onnxruntime: reading the table (CLI, serv
 
 CHANGES_PREFIX = layout.CHANGES
 MIN_GROUP = 30
-FEATURE_MAPS, EMBEDDING = "feature-maps", "embedding"  # the method column: what the score normalises
+FEATURE_MAPS, EMBEDDING = "feature-maps", "embedding"  # the method column: what the score is
 Progress = Callable[[str], None]
 
 
@@ -68,7 +68,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def pair_distances(bucket: Bucket, version: str, progress: Progress = lambda m: None,
                    warn: Progress | None = None, scorer: ChipPairScorer | None = None) -> pa.Table:
     """One row per place and pair of consecutive acquisitions, with the embedding distance, the kind
-    and, with a ``scorer``, the spatial change score and the key of the change map it wrote."""
+    and, with a ``scorer``, the spatial change score and the key of the cell file holding its map."""
     rows: dict[str, list] = defaultdict(list)
     labels: list[str] | None = None
     for cell, table in iter_embeddings(bucket, version, warn):
@@ -193,9 +193,9 @@ def robust_scores(distance: np.ndarray, groups: list[np.ndarray], min_group: int
 
 def change_table(bucket: Bucket, version: str, min_group: int = MIN_GROUP, progress: Progress = lambda m: None,
                  warn: Progress | None = None, scorer: ChipPairScorer | None = None) -> pa.Table:
-    """Every pair with its measures and normalised score, most changed first (unreadable cells named via
-    ``warn``). With a ``scorer`` the score normalises the spatial change and the maps are written;
-    without, it normalises the embedding distance (``method`` says which)."""
+    """Every pair with its measures and score, most changed first (unreadable cells named via ``warn``).
+    With a ``scorer`` the score is the spatial change (pairs missing from the cells' files are scored
+    and written); without, the robust z-score of the embedding distance (``method`` says which)."""
     table = pair_distances(bucket, version, progress, warn, scorer)
     if table.num_rows == 0:
         raise ChangesError(f"no place of model {version}'s embeddings was seen in two acquisitions")
