@@ -181,7 +181,8 @@ def top_places(sims: np.ndarray, excluded: np.ndarray, place_idx: np.ndarray, k:
     return out
 
 
-def retrieval(data: dict, k: int, seed: int, repeats: int) -> dict:
+def retrieval(data: dict, k: int, seed: int, repeats: int, reps: dict[str, list[np.ndarray]] | None = None) -> dict:
+    """precision@k and mAP@k of each representation (default: smlc, backbone, random) under both rules."""
     chips, places, labels = data["chips"], data["places"], data["labels"]
     q_rows = data["query_rows"]
     place_ids, place_idx = np.unique(np.asarray(places, dtype=object), return_inverse=True)
@@ -210,9 +211,10 @@ def retrieval(data: dict, k: int, seed: int, repeats: int) -> dict:
         per_place[qi, place_idx[ci]] = True
         R[rule] = per_place.sum(1)
 
-    reps = {"smlc": [data["smlc"]], "backbone": [data["backbone"]]}
-    reps["random"] = [np.random.default_rng(seed + i).standard_normal((len(chips), RANDOM_DIM), np.float32)
-                      for i in range(repeats)]
+    if reps is None:
+        reps = {"smlc": [data["smlc"]], "backbone": [data["backbone"]]}
+        reps["random"] = [np.random.default_rng(seed + i).standard_normal((len(chips), RANDOM_DIM), np.float32)
+                          for i in range(repeats)]
     results: dict = {"k": k, "queries": len(q_rows), "corpus_chips": len(chips), "corpus_places": n_places,
                      "excluded_places_per_query_mean": float(
                          np.mean([len(np.unique(place_idx[row])) for row in excluded])),

@@ -140,28 +140,69 @@ FEATURE_MAPS = {
 }
 
 
-def forward_with_maps(backbone: nn.Module, name: str, images: torch.Tensor
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The backbone's feature vector and its intermediate feature maps (:data:`FEATURE_MAPS`), in one pass.
+# Pooling of the feature vector (descriptor engineering, measured by benchmarks/bench_embeddings.py):
+# ``avg`` = the backbone's own global average pool; ``multiscale`` = that, concatenated with a GeM
+# (p = 3) pool of an earlier stage (thin roads, rails and roofs are details the last stage blurs).
+POOLINGS = ("avg", "multiscale")
+MULTISCALE = {"efficientnet_lite0": ("blocks.5", 192), "resnet50": ("layer3", 1024)}  # module, channels
+GEM_P = 3.0
 
-    The same operations as ``backbone(images)`` in eval mode, written out so that an exporter sees
-    the intermediate outputs (no hooks).
+
+def feature_width(name: str, pooling: str = "avg") -> int:
+    """Width of the pooled feature vector of backbone ``name`` under ``pooling``."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    return spec_of(name).features + (MULTISCALE[name][1] if pooling == "multiscale" else 0)
+
+
+def gem(x: torch.Tensor, p: float = GEM_P) -> torch.Tensor:
+    """Generalised-mean pooling of (B, C, H, W) non-negative maps (ReLU first) to (B, C)."""
+    return torch.relu(x).clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+def forward_with_maps(backbone: nn.Module, name: str, images: torch.Tensor, pooling: str = "avg"
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The pooled feature vector (:func:`feature_width` wide) and the intermediate maps (:data:`FEATURE_MAPS`),
+    in one pass.
+
+    The same operations as ``backbone(images)`` in eval mode (plus the multiscale pool), written out so
+    that an exporter sees the intermediate outputs (no hooks).
     """
+    feature_width(name, pooling)
     wanted = {module: out for out, (module, _) in FEATURE_MAPS[spec_of(name).name].items()}
+    extra = MULTISCALE[name][0] if pooling == "multiscale" else None
     maps: dict[str, torch.Tensor] = {}
+    pooled_extra: torch.Tensor | None = None
+
+    def seen(module: str, x: torch.Tensor) -> None:
+        nonlocal pooled_extra
+        if module in wanted:
+            maps[wanted[module]] = x
+        if module == extra:
+            pooled_extra = gem(x)
+
     if name == "efficientnet_lite0":
         x = backbone.bn1(backbone.conv_stem(images))
         for i, block in enumerate(backbone.blocks):
             x = block(x)
-            if f"blocks.{i}" in wanted:
-                maps[wanted[f"blocks.{i}"]] = x
-        return backbone.global_pool(backbone.bn2(backbone.conv_head(x))), maps
-    x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(images))))
-    for layer in ("layer1", "layer2", "layer3", "layer4"):
-        x = getattr(backbone, layer)(x)
-        if layer in wanted:
-            maps[wanted[layer]] = x
-    return torch.flatten(backbone.avgpool(x), 1), maps
+            seen(f"blocks.{i}", x)
+        vector = backbone.global_pool(backbone.bn2(backbone.conv_head(x)))
+    else:
+        x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(images))))
+        for layer in ("layer1", "layer2", "layer3", "layer4"):
+            x = getattr(backbone, layer)(x)
+            seen(layer, x)
+        vector = torch.flatten(backbone.avgpool(x), 1)
+    if pooled_extra is not None:
+        vector = torch.cat([vector, pooled_extra], dim=1)
+    return vector, maps
+
+
+def pooled_features(backbone: nn.Module, name: str, images: torch.Tensor, pooling: str = "avg") -> torch.Tensor:
+    """The (B, :func:`feature_width`) feature vectors of normalised images."""
+    if pooling == "avg":
+        return backbone(images)
+    return forward_with_maps(backbone, name, images, pooling)[0]
 
 
 def freeze(backbone: nn.Module, name: str, unfreeze_last_stage: bool = False) -> None:
@@ -171,5 +212,6 @@ def freeze(backbone: nn.Module, name: str, unfreeze_last_stage: bool = False) ->
         param.requires_grad = unfreeze_last_stage and key.startswith(prefix)
 
 
-__all__ = ["BACKBONES", "FEATURE_MAPS", "IMAGENET_MEAN", "IMAGENET_STD", "BackboneSpec", "WeightsError",
-           "build_backbone", "default_weights", "forward_with_maps", "freeze", "spec_of", "weights_fingerprint"]
+__all__ = ["BACKBONES", "FEATURE_MAPS", "IMAGENET_MEAN", "IMAGENET_STD", "MULTISCALE", "POOLINGS", "BackboneSpec",
+           "WeightsError", "build_backbone", "default_weights", "feature_width", "forward_with_maps", "freeze", "gem",
+           "pooled_features", "spec_of", "weights_fingerprint"]

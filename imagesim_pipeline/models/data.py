@@ -232,6 +232,23 @@ class FeatureSet(Dataset):
         return self.features[view, i], self.targets[i]
 
 
+class PairedFeatureSet(FeatureSet):
+    """(features, labels, partner features): the partner is a random chip of the same or a neighbouring place
+    (:func:`~imagesim_pipeline.models.strategies.place_partners`), the ``label-free`` strategy's positive."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, partners: list[np.ndarray]) -> None:
+        super().__init__(features, targets)
+        if len(partners) != len(self):
+            raise ValueError(f"{len(partners)} partner lists for {len(self)} chips")
+        self.partners = partners
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = super().__getitem__(i)
+        options = self.partners[i]
+        j = int(options[int(torch.randint(0, len(options), ()))])
+        return x, y, super().__getitem__(j)[0]
+
+
 def default_workers() -> int:
     return min(4, max(0, (os.cpu_count() or 1) - 1))
 
@@ -252,11 +269,15 @@ class SmlcDataModule(L.LightningDataModule):
         augmentation: views cached per training chip: ``none`` or ``d4`` (the 8 flips/rotations).
         backbone: backbone name (linked from the model).
         weights: backbone weights (linked from the model).
+        pooling: how backbone maps become features (linked from the model).
+        strategy: the embedding strategy (linked from the model): ``label-free`` pairs each training chip
+            with a chip of the same or a neighbouring place.
     """
 
     def __init__(self, bucket: str = "", dataset_version: str = "", chip_dir: str = "", labels_csv: str = "",
                  input_size: int = 224, batch_size: int = 64, num_workers: int = -1, cache_features: bool = True,
-                 augmentation: str = "none", backbone: str = "efficientnet_lite0", weights: str = "") -> None:
+                 augmentation: str = "none", backbone: str = "efficientnet_lite0", weights: str = "",
+                 pooling: str = "avg", strategy: str = "classifier") -> None:
         super().__init__()
         from imagesim_pipeline.models.features import AUGMENTATIONS
 
@@ -292,17 +313,32 @@ class SmlcDataModule(L.LightningDataModule):
 
             cache = cached_features(self.data, self.hparams.backbone, self.hparams.weights or None, self.prep,
                                     self.hparams.augmentation, self.hparams.batch_size, self.num_workers,
-                                    progress=self.progress)
+                                    progress=self.progress, pooling=self.hparams.pooling)
             self.cache_key = cache.key
             for split in SPLITS:
                 features, targets, corrupt = cache.split(split)
                 self.corrupt[split] = corrupt
-                self._sets[split] = FeatureSet(features, targets)
+                if split == "train" and self.hparams.strategy == "label-free":
+                    from imagesim_pipeline.models.strategies import place_partners
+
+                    chips = [c for c in self.data.splits[split].chips if c not in set(corrupt)]
+                    self._sets[split] = PairedFeatureSet(features, targets, place_partners(chips))
+                else:
+                    self._sets[split] = FeatureSet(features, targets)
         else:
             reader = self.data.reader()
             for split in SPLITS:
                 part = self.data.splits[split]
                 self._sets[split] = ChipImages(part.chips, part.targets, reader, self.prep, train=split == "train")
+
+    def train_features(self) -> torch.Tensor:
+        """(N, D) cached features of the training chips (the first view): what the descriptor's PCA is fitted on."""
+        self.setup("fit")
+        train = self._sets["train"]
+        if not isinstance(train, FeatureSet):
+            raise DataError("the training features are only at hand with cache_features (CLI: --data.cache_features "
+                            "true)")
+        return train.features[0]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self._sets[split]
@@ -348,6 +384,6 @@ class SmlcDataModule(L.LightningDataModule):
         return self._loader(split, shuffle=False)
 
 
-__all__ = ["ChipImages", "ChipReader", "DataError", "FeatureSet", "LabelledChips", "RecordingLoader", "SmlcDataModule",
-           "SplitData", "Unreadable", "collate_skipping", "load_dataset_version", "load_reference_inputs",
+__all__ = ["ChipImages", "ChipReader", "DataError", "FeatureSet", "LabelledChips", "RecordingLoader", "PairedFeatureSet",
+           "SmlcDataModule", "SplitData", "Unreadable", "collate_skipping", "load_dataset_version", "load_reference_inputs",
            "union_over_ranks"]

@@ -33,13 +33,14 @@ class ExportError(ImagesimError):
 class _Exportable(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.backbone, self.head, self.name = model.backbone, model.head, model.hparams.backbone
+        self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from imagesim_pipeline.models.backbones import forward_with_maps
 
-        vector, maps = forward_with_maps(self.backbone, self.name, images)
-        logits, embedding = self.head(vector)
+        hp = self.model.hparams
+        vector, maps = forward_with_maps(self.model.backbone, hp.backbone, images, hp.get("pooling", "avg"))
+        logits, embedding = self.model.head_outputs(vector)
         return (logits, embedding, *(maps[name] for name in MAP_OUTPUTS))
 
 

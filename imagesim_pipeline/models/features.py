@@ -17,6 +17,7 @@ import io
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from imagesim_pipeline.dataset.splits import SPLITS
-from imagesim_pipeline.models.backbones import build_backbone, default_weights, weights_fingerprint
+from imagesim_pipeline.models.backbones import build_backbone, default_weights, pooled_features, weights_fingerprint
 from imagesim_pipeline.models.data import ChipImages, LabelledChips, collate_skipping
 from imagesim_pipeline.models.preprocess import Preprocessing
 from imagesim_pipeline.storage import layout
@@ -37,9 +38,13 @@ Progress = Callable[[str], None]
 features_key = layout.features_key
 
 
-def cache_key(dataset_version: str, backbone: str, weights: str, prep: Preprocessing, augmentation: str) -> str:
-    spec = json.dumps({"dataset": dataset_version, "backbone": backbone, "weights": weights_fingerprint(weights),
-                       "prep": prep.to_dict(), "augmentation": augmentation}, sort_keys=True)
+def cache_key(dataset_version: str, backbone: str, weights: str, prep: Preprocessing, augmentation: str,
+              pooling: str = "avg") -> str:
+    spec = {"dataset": dataset_version, "backbone": backbone, "weights": weights_fingerprint(weights),
+            "prep": prep.to_dict(), "augmentation": augmentation}
+    if pooling != "avg":  # caches made before pooling was a setting keep their keys
+        spec["pooling"] = pooling
+    spec = json.dumps(spec, sort_keys=True)
     return f"{backbone}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
 
 
@@ -75,16 +80,19 @@ def encoding_device() -> torch.device:
 @torch.inference_mode()
 def encode_images(backbone: torch.nn.Module, images: ChipImages, batch_size: int, num_workers: int,
                   views: int = 1, progress: Progress = lambda m: None, label: str = "",
-                  device: torch.device | str = "cpu") -> tuple[np.ndarray, list[int]]:
+                  device: torch.device | str = "cpu", extract: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> tuple[np.ndarray, list[int]]:
     """Features (views, N, D) float32 of every readable chip, and the indices of unreadable ones.
 
     On a GPU the backbone runs in float32 (cached features must not depend on where they were computed
-    beyond float32 rounding); decoding runs in ``num_workers`` loader processes.
+    beyond float32 rounding); decoding runs in ``num_workers`` loader processes. ``extract`` maps a batch to
+    its vectors (default: ``backbone`` itself, i.e. its own pooling).
     """
     device = torch.device(device)
     if device.type == "cpu":
         keep_freed_memory()
     backbone = backbone.eval().to(device)
+    extract = extract or backbone
     loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
                         pin_memory=device.type == "cuda")
     n = len(images)
@@ -95,7 +103,7 @@ def encode_images(backbone: torch.nn.Module, images: ChipImages, batch_size: int
         if len(index):
             x = x.to(device, non_blocking=True)
             batches = d4_views(x) if views == 8 else [x]
-            feats = [backbone(v).float().cpu().numpy() for v in batches]
+            feats = [extract(v).float().cpu().numpy() for v in batches]
             if out is None:
                 out = np.zeros((views, n, feats[0].shape[1]), np.float32)
             for v, f in enumerate(feats):
@@ -145,12 +153,12 @@ def _load(bucket, key: str, data: LabelledChips) -> FeatureCache | None:
 
 def cached_features(data: LabelledChips, backbone: str, weights: str | None, prep: Preprocessing,
                     augmentation: str = "none", batch_size: int = 64, num_workers: int = 0,
-                    progress: Progress = lambda m: None, bucket=None) -> FeatureCache:
+                    progress: Progress = lambda m: None, bucket=None, pooling: str = "avg") -> FeatureCache:
     """Features of every split: from the cache when it holds them, else computed and stored."""
     from imagesim_pipeline.storage import open_bucket
 
     weights = weights or default_weights(backbone)
-    key = cache_key(data.version, backbone, weights, prep, augmentation)
+    key = cache_key(data.version, backbone, weights, prep, augmentation, pooling)
     if bucket is None:
         from imagesim_pipeline.settings import bucket_uri
 
@@ -160,9 +168,11 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
         progress(f"backbone features from the cache {bucket.url(features_key(key, ''))}")
         return cached
     device = encoding_device()
-    progress(f"computing backbone features ({backbone}, {prep.size} px, augmentation {augmentation}, on {device}) "
+    progress(f"computing backbone features ({backbone}, {prep.size} px, {pooling} pooling, augmentation "
+             f"{augmentation}, on {device}) "
              f"into {bucket.url(features_key(key, ''))}")
     model = build_backbone(backbone, weights)
+    extract = partial(pooled_features, model, backbone, pooling=pooling)
     reader = data.reader()
     started = time.perf_counter()
     loaded, corrupt_all, counts = {}, {}, {}
@@ -170,7 +180,7 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
         part = data.splits[split]
         views = 8 if augmentation == "d4" and split == "train" else 1
         features, bad = encode_images(model, ChipImages(part.chips, part.targets, reader, prep), batch_size,
-                                      num_workers, views, progress, split, device)
+                                      num_workers, views, progress, split, device, extract)
         corrupt = [part.chips[i] for i in bad]
         keep = np.ones(len(part.chips), bool)
         keep[bad] = False
@@ -186,7 +196,7 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
     seconds = time.perf_counter() - started
     manifest = {"key": key, "dataset_version": data.version, "backbone": backbone, "weights": weights,
                 "weights_sha256_12": weights_fingerprint(weights), "preprocessing": prep.to_dict(),
-                "augmentation": augmentation, "chips": counts, "corrupt": corrupt_all, "device": str(device),
+                "augmentation": augmentation, "pooling": pooling, "chips": counts, "corrupt": corrupt_all, "device": str(device),
                 "seconds": round(seconds, 1), "chips_per_second": round(sum(counts.values()) / max(seconds, 1e-9), 1)}
     bucket.write_text(features_key(key, "manifest.json"), json.dumps(manifest, indent=2))
     return FeatureCache(key, loaded, manifest)

@@ -7,7 +7,12 @@ schedule that decays (``eta_min`` below the learning rate).
 
 Batches are ``(x, y)``: when ``x`` is 2-D it holds backbone features (the frozen-feature fast
 path, see :mod:`imagesim_pipeline.models.features`) and only the head runs; when 4-D it holds
-normalised images and the backbone runs too (needed to fine-tune its last stage).
+normalised images and the backbone runs too (needed to fine-tune its last stage). The
+``label-free`` strategy's training batches are ``(x, y, x_partner)``: a chip's features and those of
+a chip of the same or a neighbouring place.
+
+``strategy`` chooses what the ``embedding`` output is (:mod:`imagesim_pipeline.models.strategies`);
+``pooling`` how the backbone's maps become the feature vector (:mod:`imagesim_pipeline.models.backbones`).
 """
 
 from __future__ import annotations
@@ -18,8 +23,15 @@ import lightning as L
 import torch
 from torch import nn
 
-from imagesim_pipeline.models.backbones import build_backbone, freeze, spec_of
+from imagesim_pipeline.models.backbones import build_backbone, feature_width, freeze, pooled_features, spec_of
 from imagesim_pipeline.models.metrics import MultilabelScores
+from imagesim_pipeline.models.strategies import (
+    check_strategy,
+    fit_pca,
+    hidden_layers,
+    info_nce,
+    jaccard_metric_loss,
+)
 
 STAGES = ("train", "val", "test")
 
@@ -29,12 +41,8 @@ class MlpHead(nn.Module):
 
     def __init__(self, in_features: int, n_labels: int, dropout: float = 0.2) -> None:
         super().__init__()
-        widths = [in_features, in_features // 2, in_features // 4]
-        layers: list[nn.Module] = []
-        for a, b in zip(widths, widths[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU(), nn.BatchNorm1d(b), nn.Dropout(dropout)]
-        self.hidden = nn.Sequential(*layers)
-        self.classifier = nn.Linear(widths[-1], n_labels)
+        self.hidden = hidden_layers(in_features, dropout)
+        self.classifier = nn.Linear(in_features // 4, n_labels)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.hidden(features)
@@ -56,12 +64,20 @@ class SkywayMultiLabelClassifier(L.LightningModule):
             (the head stops growing over-confident).
         dropout: dropout of the head's hidden layers.
         threshold: the decision threshold of the logged metrics.
+        pooling: ``avg`` (the backbone's own) or ``multiscale`` (plus a GeM pool of an earlier stage).
+        strategy: the embedding: ``classifier``, ``metric``, ``label-free`` or ``descriptor``.
+        metric_weight: weight of the ``metric`` strategy's Jaccard loss beside the classification loss.
+        temperature: the ``label-free`` strategy's InfoNCE temperature.
+        pca_dim: width of the ``descriptor`` strategy's embedding.
     """
 
     def __init__(self, labels: list[str], backbone: str = "efficientnet_lite0", weights: str = "",
                  unfreeze_last_stage: bool = False, lr: float = 1e-3, eta_min: float = 1e-5,
-                 weight_decay: float = 1e-3, dropout: float = 0.2, threshold: float = 0.5) -> None:
+                 weight_decay: float = 1e-3, dropout: float = 0.2, threshold: float = 0.5, pooling: str = "avg",
+                 strategy: str = "classifier", metric_weight: float = 1.0, temperature: float = 0.1,
+                 pca_dim: int = 256) -> None:
         super().__init__()
+        check_strategy(strategy)
         if len(labels) < 2:
             raise ValueError(f"the model needs at least two labels (multi-label metrics); got {list(labels)}")
         if eta_min >= lr:
@@ -72,18 +88,25 @@ class SkywayMultiLabelClassifier(L.LightningModule):
         spec = spec_of(backbone)
         self.backbone = build_backbone(backbone, weights or None)
         freeze(self.backbone, backbone, unfreeze_last_stage)
-        self.head = MlpHead(spec.features, len(self.labels), dropout)
+        width = feature_width(spec.name, pooling)
+        self.head = MlpHead(width, len(self.labels), dropout)
+        if strategy == "label-free":  # its own embedding, learnt without labels, and a training-only projector
+            self.embedder = hidden_layers(width, dropout)
+            self.projector = nn.Sequential(nn.Linear(width // 4, width // 4), nn.ReLU(), nn.Linear(width // 4, 128))
+        if strategy == "descriptor":  # fitted at the start of training (buffers: saved in checkpoints)
+            self.register_buffer("pca_mean", torch.zeros(width))
+            self.register_buffer("pca_components", torch.zeros(width, pca_dim))
         self.loss = nn.BCEWithLogitsLoss()
         self.scores = nn.ModuleDict({f"{s}_scores": MultilabelScores(len(self.labels), threshold) for s in STAGES})
 
     # -- model ---------------------------------------------------------------------------
     @property
     def feature_dim(self) -> int:
-        return spec_of(self.hparams.backbone).features
+        return feature_width(self.hparams.backbone, self.hparams.pooling)
 
     @property
     def embedding_dim(self) -> int:
-        return self.feature_dim // 4
+        return self.hparams.pca_dim if self.hparams.strategy == "descriptor" else self.feature_dim // 4
 
     def train(self, mode: bool = True) -> "SkywayMultiLabelClassifier":
         """Frozen backbone layers stay in eval mode (their BatchNorm statistics are ImageNet's);
@@ -96,7 +119,17 @@ class SkywayMultiLabelClassifier(L.LightningModule):
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
+        return pooled_features(self.backbone, self.hparams.backbone, images, self.hparams.pooling)
+
+    def head_outputs(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, embedding) of pooled backbone features, as the strategy defines the embedding."""
+        logits, hidden = self.head(features)
+        strategy = self.hparams.strategy
+        if strategy == "label-free":
+            return logits, self.embedder(features)
+        if strategy == "descriptor":
+            return logits, (features - self.pca_mean) @ self.pca_components
+        return logits, hidden
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, embedding) of normalised images (B, 3, H, W) or of backbone features (B, D)."""
@@ -108,7 +141,7 @@ class SkywayMultiLabelClassifier(L.LightningModule):
                     x = self.features(x)
         elif x.ndim != 2 or x.shape[1] != self.feature_dim:
             raise ValueError(f"expected images (B, 3, H, W) or features (B, {self.feature_dim}); got {tuple(x.shape)}")
-        return self.head(x)
+        return self.head_outputs(x)
 
     # -- training ------------------------------------------------------------------------
     def _step(self, batch: Any, stage: str) -> torch.Tensor | None:
@@ -118,8 +151,18 @@ class SkywayMultiLabelClassifier(L.LightningModule):
                      batch_size=1, sync_dist=True)  # summed over DDP ranks: each reads its own share
         if len(y) == 0:
             return None
-        logits, _ = self(x)
+        logits, embedding = self(x)
         loss = self.loss(logits, y.float())
+        strategy = self.hparams.strategy
+        if strategy == "metric":
+            metric = jaccard_metric_loss(embedding, y)
+            self.log(f"{stage}/metric_loss", metric, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+            loss = loss + self.hparams.metric_weight * metric
+        elif strategy == "label-free" and len(batch) == 3 and len(y) > 1:  # (features, labels, partner features)
+            contrast = info_nce(self.projector(embedding), self.projector(self.embedder(batch[2])),
+                                self.hparams.temperature)
+            self.log(f"{stage}/info_nce", contrast, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+            loss = loss + contrast  # separate parameters: labels never reach the embedder
         self.scores[f"{stage}_scores"].update(torch.sigmoid(logits.detach()), y.long())
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y),
                  sync_dist=True)
@@ -147,6 +190,15 @@ class SkywayMultiLabelClassifier(L.LightningModule):
         # The collection's compute() already gathered every DDP rank: the values agree; syncing them is free.
         self.log_dict(figures, prog_bar=False, sync_dist=True)
         self.log(f"{stage}/f2", summary["f2_micro"], prog_bar=stage != "test", sync_dist=True)
+
+    def on_fit_start(self) -> None:
+        """The ``descriptor`` strategy's PCA, from the training chips' cached features (no labels)."""
+        if self.hparams.strategy == "descriptor" and not bool(self.pca_components.abs().sum()):
+            features = self.trainer.datamodule.train_features()
+            mean, components = fit_pca(features, self.hparams.pca_dim)
+            self.pca_mean.copy_(mean.to(self.pca_mean.device))
+            self.pca_components.zero_()
+            self.pca_components[:, : components.shape[1]].copy_(components.to(self.pca_components.device))
 
     def on_train_epoch_end(self) -> None:
         self._epoch_end("train")

@@ -62,6 +62,8 @@ class SmlcCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.backbone", "data.backbone")
         parser.link_arguments("model.weights", "data.weights")
+        parser.link_arguments("model.pooling", "data.pooling")
+        parser.link_arguments("model.strategy", "data.strategy")
         parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
         parser.add_argument("--name", default="smlc", help="model name: models/<name>/ in the bucket")
         parser.add_argument("--version", default="", help="model version (default: a hash of data and settings)")

@@ -52,6 +52,7 @@ from imagesim_pipeline.models.registry import (
 )
 from imagesim_pipeline.models.report import baselines, evaluate, model_card, report_plots
 from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
+from imagesim_pipeline.models.strategies import NEEDS_CACHED_FEATURES
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.storage import Bucket
 
@@ -66,9 +67,16 @@ def check_setup(model: SkywayMultiLabelClassifier, data: SmlcDataModule) -> None
         raise TrainingSetupError(
             "unfreeze_last_stage trains the backbone's last stage, but cache_features feeds the head precomputed "
             "features (the backbone never runs): set cache_features to false (CLI: --data.cache_features false)")
-    if data.hparams.cache_features and model.hparams.backbone != data.hparams.backbone:
-        raise TrainingSetupError(f"the model's backbone ({model.hparams.backbone}) differs from the data module's "
-                                 f"({data.hparams.backbone}), whose cached features would not fit it")
+    for setting in ("backbone", "pooling"):
+        if data.hparams.cache_features and model.hparams[setting] != data.hparams[setting]:
+            raise TrainingSetupError(f"the model's {setting} ({model.hparams[setting]}) differs from the data module's "
+                                     f"({data.hparams[setting]}), whose cached features would not fit it")
+    if model.hparams.strategy != data.hparams.strategy:
+        raise TrainingSetupError(f"the model's strategy ({model.hparams.strategy}) differs from the data module's "
+                                 f"({data.hparams.strategy}): link them (the CLI and the asset do)")
+    if model.hparams.strategy in NEEDS_CACHED_FEATURES and not data.hparams.cache_features:
+        raise TrainingSetupError(f"the {model.hparams.strategy} strategy trains on cached backbone features: set "
+                                 "cache_features to true (CLI: --data.cache_features true)")
 
 Progress = Callable[[str], None]
 
@@ -189,6 +197,7 @@ def train_and_stage(model: SkywayMultiLabelClassifier, data: SmlcDataModule, tra
         "training": {"backbone": hp.backbone, "weights": hp.weights or "default",
                      "head": f"{model.feature_dim}→{model.feature_dim // 2}→{model.embedding_dim}→{len(model.labels)}",
                      "unfreeze_last_stage": hp.unfreeze_last_stage, "lr": hp.lr, "eta_min": hp.eta_min,
+                     "strategy": hp.strategy, "pooling": hp.pooling, "embedding_dim": model.embedding_dim,
                      "epochs": trainer.current_epoch, "seconds": seconds,
                      "device": f"{trainer.num_devices}x {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}",
                      "cached_features": bool(data.hparams.cache_features), "augmentation": data.hparams.augmentation,
@@ -239,6 +248,8 @@ def onnx_metadata(metrics: dict[str, Any], model: SkywayMultiLabelClassifier) ->
     return {"name": metrics["name"], "version": metrics["version"], "labels": metrics["labels"],
             "thresholds": metrics["thresholds"], "preprocessing": metrics["data"]["preprocessing"],
             "input_size": metrics["data"]["input_size"], "backbone": metrics["training"]["backbone"],
+            "strategy": metrics["training"].get("strategy", "classifier"),
+            "pooling": metrics["training"].get("pooling", "avg"),
             "embedding_dim": model.embedding_dim, "dataset_version": metrics["data"]["dataset_version"],
             "outputs": ["logits", "embedding", "features_8", "features_16"], "feature_strides": {"features_8": 8,
                                                                                           "features_16": 16}}

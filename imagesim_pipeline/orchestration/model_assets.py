@@ -29,7 +29,11 @@ class SmlcTrainingConfig(Config):
     unfreeze_last_stage: bool = Field(default=False, description="fine-tune the backbone's last stage (images)")
     cache_features: bool = Field(default=True, description="train the head on cached backbone features")
     augmentation: str = Field(default="none", description="cached views per training chip: none or d4")
-    input_size: int = 224
+    input_size: int = Field(default=224, description="side of the model input in pixels")
+    pooling: str = Field(default="avg", description="backbone pooling: avg, or multiscale (plus a GeM pool of an "
+                                                    "earlier stage)")
+    embedding_strategy: str = Field(default="classifier", description="what search indexes: classifier, metric, "
+                                                                      "label-free or descriptor")
     batch_size: int = 64
     max_epochs: int = 40
     lr: float = 1e-3
@@ -97,11 +101,13 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
         data = SmlcDataModule(bucket=store.uri, dataset_version=config.dataset_version, input_size=config.input_size,
                               batch_size=config.batch_size, num_workers=config.num_workers,
                               cache_features=config.cache_features, augmentation=config.augmentation,
-                              backbone=config.backbone, weights=config.weights)
+                              backbone=config.backbone, weights=config.weights, pooling=config.pooling,
+                              strategy=config.embedding_strategy)
         data.progress = context.log.info
         model = SkywayMultiLabelClassifier(labels=data.labels, backbone=config.backbone, weights=config.weights,
                                            unfreeze_last_stage=config.unfreeze_last_stage, lr=config.lr,
-                                           eta_min=config.eta_min, weight_decay=config.weight_decay)
+                                           eta_min=config.eta_min, weight_decay=config.weight_decay,
+                                           pooling=config.pooling, strategy=config.embedding_strategy)
         settings_id = model_version(model, data, {"max_epochs": config.max_epochs, "seed": config.seed})
         try:
             version = next_version(store, config.name, settings_id, config.force_new)
