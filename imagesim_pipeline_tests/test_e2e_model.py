@@ -70,7 +70,10 @@ def test_trainer_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch)
         runtime = session(path)
         size = metrics["data"]["input_size"]
         logits, embedding = runtime.run(["logits", "embedding"], {"input": np.zeros((3, 3, size, size), np.float32)})
-        assert logits.shape == (3, len(metrics["labels"])) and embedding.shape == (3, 320)
+        # the recommended defaults: 320 px, multiscale pooling (1280 + 192 features), the metric strategy
+        assert size == 320 and metrics["training"]["pooling"] == "multiscale"
+        assert logits.shape == (3, len(metrics["labels"])) and embedding.shape == (3, (1280 + 192) // 4)
+        assert read_metadata(path)["strategy"] == metrics["training"]["strategy"] == "metric"
         assert read_metadata(path)["thresholds"] == metrics["thresholds"]
     assert metrics["onnx"]["max_abs_diff"] < 1e-3
     promoted = all(metrics["checks"].values())

@@ -119,6 +119,29 @@ def encode_images(backbone: torch.nn.Module, images: ChipImages, batch_size: int
     return out[:, done], np.flatnonzero(~done).tolist()
 
 
+def onnx_extractor(backbone: torch.nn.Module, name: str, pooling: str, size: int,
+                   progress: Progress = lambda m: None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The pooled features through onnxruntime (2.5x torch eager on a CPU, ``benchmarks/bench_model.py``);
+    None, with a note, where the export fails (torch computes them then)."""
+    import tempfile
+    from pathlib import Path
+
+    from imagesim_pipeline.models.export import ExportError, export_features, session
+
+    with tempfile.TemporaryDirectory(prefix="imagesim-features-") as tmp:
+        try:
+            path = export_features(backbone, name, pooling, Path(tmp) / "features.onnx", size)
+        except ExportError as exc:
+            progress(f"  onnxruntime unavailable for the feature pass ({exc}); computing with torch")
+            return None
+        runtime = session(path)  # loads the file: the folder can go
+
+    def extract(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(runtime.run(["features"], {"input": np.ascontiguousarray(images.numpy(), np.float32)})[0])
+
+    return extract
+
+
 @dataclass
 class FeatureCache:
     key: str
@@ -171,8 +194,9 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
     progress(f"computing backbone features ({backbone}, {prep.size} px, {pooling} pooling, augmentation "
              f"{augmentation}, on {device}) "
              f"into {bucket.url(features_key(key, ''))}")
-    model = build_backbone(backbone, weights)
-    extract = partial(pooled_features, model, backbone, pooling=pooling)
+    model = build_backbone(backbone, weights).eval()
+    extract = onnx_extractor(model, backbone, pooling, prep.size, progress) if device.type == "cpu" else None
+    extract = extract or partial(pooled_features, model, backbone, pooling=pooling)
     reader = data.reader()
     started = time.perf_counter()
     loaded, corrupt_all, counts = {}, {}, {}
@@ -203,4 +227,4 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
 
 
 __all__ = ["AUGMENTATIONS", "FEATURES_PREFIX", "FeatureCache", "cache_key", "cached_features", "d4_views",
-           "encode_images", "encoding_device", "features_key", "keep_freed_memory"]
+           "encode_images", "encoding_device", "features_key", "keep_freed_memory", "onnx_extractor"]

@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from imagesim_pipeline.models.data import SmlcDataModule
 from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
+from imagesim_pipeline.models.recommended import RECOMMENDED
 
 
 def map_gpus_flag(argv: list[str]) -> list[str]:
@@ -64,6 +65,9 @@ class SmlcCLI(LightningCLI):
         parser.link_arguments("model.weights", "data.weights")
         parser.link_arguments("model.pooling", "data.pooling")
         parser.link_arguments("model.strategy", "data.strategy")
+        # the measured choice (bench_embeddings.py), as smlc_model's config has it
+        parser.set_defaults({"data.input_size": RECOMMENDED.input_size, "model.pooling": RECOMMENDED.pooling,
+                             "model.strategy": RECOMMENDED.strategy})
         parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
         parser.add_argument("--name", default="smlc", help="model name: models/<name>/ in the bucket")
         parser.add_argument("--version", default="", help="model version (default: a hash of data and settings)")

@@ -14,6 +14,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from imagesim_pipeline.models.recommended import RECOMMENDED
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS, TRAINER_POOL, TRAINER_TAGS, ComputeResource
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
 from imagesim_pipeline.orchestration.label_assets import _image, training_dataset
@@ -29,11 +30,11 @@ class SmlcTrainingConfig(Config):
     unfreeze_last_stage: bool = Field(default=False, description="fine-tune the backbone's last stage (images)")
     cache_features: bool = Field(default=True, description="train the head on cached backbone features")
     augmentation: str = Field(default="none", description="cached views per training chip: none or d4")
-    input_size: int = Field(default=224, description="side of the model input in pixels")
-    pooling: str = Field(default="avg", description="backbone pooling: avg, or multiscale (plus a GeM pool of an "
-                                                    "earlier stage)")
-    embedding_strategy: str = Field(default="classifier", description="what search indexes: classifier, metric, "
-                                                                      "label-free or descriptor")
+    input_size: int = Field(default=RECOMMENDED.input_size, description="side of the model input in pixels")
+    pooling: str = Field(default=RECOMMENDED.pooling, description="backbone pooling: avg, or multiscale (plus a GeM "
+                                                                  "pool of an earlier stage)")
+    embedding_strategy: str = Field(default=RECOMMENDED.strategy, description="what search indexes: classifier, "
+                                                                              "metric, label-free or descriptor")
     batch_size: int = 64
     max_epochs: int = 40
     lr: float = 1e-3

@@ -31,6 +31,7 @@ print("PROBE " + json.dumps({
     "embedding_head": embedding[:4].round(5).ravel().tolist(),
     "query": query, "neighbours": [int(j) for j in neighbours],
     "similarity_diagonal": [float(similarity.diagonal().min()), float(similarity.diagonal().max())],
+    "strategies": strategies_table.reset_index().to_dict("records"),
 }))
 """
 
@@ -119,6 +120,11 @@ def test_notebook_trains_encodes_and_plots_on_the_demo_dataset(demo_dataset, tmp
     assert len(probe["neighbours"]) == 4 and probe["query"] not in probe["neighbours"]
     assert probe["similarity_diagonal"] == pytest.approx([1, 1], abs=1e-5)
     assert len(pngs) == 2  # the predictions grid (2 x 4 chips) and the neighbours (1 + 4 chips)
+    # two strategies trained on the same cached features, each above random vectors of the same chips
+    *trained, floor = probe["strategies"]
+    assert [row["strategy"] for row in trained] == ["classifier", "metric"] and floor["strategy"].startswith("random")
+    assert all(row["embedding"] == 320 and row["P@10, same label set"] > floor["P@10, same label set"] + 0.05
+               for row in trained)
     grid, neighbours = (Image.open(io.BytesIO(png)) for png in pngs)
     assert grid.width > 600 and grid.height > 300 and neighbours.width > 2.5 * neighbours.height
 

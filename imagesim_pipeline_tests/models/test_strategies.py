@@ -148,3 +148,17 @@ def test_each_strategy_trains_exports_and_gets_its_own_version(strategy, referen
         assert torch.allclose(comps.T @ comps, torch.eye(16), atol=1e-4)
         features = data.train_features()
         assert torch.allclose(model.cpu().eval()(features[:4])[1], (features[:4] - model.pca_mean) @ comps, atol=1e-5)
+
+
+def test_the_feature_cache_runs_the_backbone_through_onnxruntime_as_torch_does():
+    from imagesim_pipeline.models.features import d4_views, onnx_extractor
+
+    backbone = build_backbone("efficientnet_lite0", "random").eval()
+    extract = onnx_extractor(backbone, "efficientnet_lite0", "multiscale", 64)
+    images = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        for view in (images, d4_views(images)[5]):  # a rotated view is a strided tensor
+            want = pooled_features(backbone, "efficientnet_lite0", view, "multiscale")
+            got = extract(view)
+            assert got.shape == want.shape == (3, 1472)
+            assert float((got - want).abs().max()) <= 1e-4 * max(1.0, float(want.abs().max()))
