@@ -60,6 +60,7 @@ def test_trainer_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch)
     assert 0 < metrics["test"]["f2_micro"] <= 1 and 0 < metrics["test"]["map"] <= 1
     assert metrics["test"]["map"] > metrics["baselines"]["train_frequency"]["test"]["map"]
     assert "plot_f2_per_label" in meta and "plot_pr_curves" in meta
+    assert (meta["embedding_strategy"].value, meta["pooling"].value, meta["input_size"].value) == ("metric", "multiscale", 320)
     # the checks ran and say what they saw
     checks = {key.name: instance.event_log_storage.get_latest_asset_check_execution_by_key([key])
               for key in [AssetCheckKey(AssetKey("smlc_model"), "reference_benchmark"),

@@ -113,6 +113,8 @@ def model_card(name: str, version: str, metrics: dict[str, Any]) -> str:
         "",
         "SkywayMultiLabelClassifier: a frozen ImageNet backbone with an MLP head "
         f"({training['backbone']} → {training['head']}), multi-label over {len(metrics['labels'])} labels.",
+        f"Embedding for search: strategy `{training.get('strategy', 'classifier')}`, "
+        f"{training.get('embedding_dim', '')}-d, on `{training.get('pooling', 'avg')}`-pooled backbone features.",
         "",
         "## Data",
         f"- dataset version `{data['dataset_version']}` ({counts} chips; splits by spatial block)",
