@@ -601,8 +601,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets: ard_tile, osm_data, "
            "chips with a contact sheet, nodata_index, chip_labels, training_dataset with plots, smlc_model with "
            "F2 and PR plots, onnx_model, chip_embeddings, similarity_index, chip_changes with before | after | map)")
-    _print("                            its sensors start no run over this bucket: every cell is registered, the "
-           "dataset has a published model and the model has its index (README: what the sensors do)")
+    if args.no_train:  # nothing trained: the dataset sensor would start trainer_job for this dataset
+        _print("                            with --no-train no model was trained: `imagesim model train` (or the "
+               "dataset sensor, once turned on) trains one (README: what the sensors do)")
+    else:
+        _print("                            its sensors start no run over this bucket: every cell is registered, the "
+               "dataset has a published model and the model has its index (README: what the sensors do)")
     done = search_ok or args.no_train
     return 1 if failures or not dataset_ok or not done else 0
 
