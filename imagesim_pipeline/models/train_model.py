@@ -5,6 +5,11 @@
     python -m imagesim_pipeline.models.train_model --gpus=-1       # all GPUs, DDP (the reference's flag)
     python -m imagesim_pipeline.models.train_model --model.backbone resnet50 --model.weights resnet50.pth \\
         --data.cache_features false --model.unfreeze_last_stage true --trainer.max_epochs 10
+    python -m imagesim_pipeline.models.train_model --model.strategy label-free   # or classifier, metric, descriptor
+
+The defaults are the measured choice (``models/recommended.py``): 320 px input, multiscale pooling, the
+``metric`` embedding strategy; ``--data.input_size 224 --model.pooling avg --model.strategy classifier``
+trains the reference's SMLC.
 
 It fits the model (a killed run resumes from its last checkpoint: run the same command again),
 chooses per-label thresholds on val, scores test with the baselines, stages checkpoint, metrics
