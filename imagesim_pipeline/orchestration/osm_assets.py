@@ -29,7 +29,7 @@ from imagesim_pipeline.osm import (
     top_keys,
     write_osm_data,
 )
-from imagesim_pipeline.osm.cache import choose_extract, osm_for_cell
+from imagesim_pipeline.osm.cache import covering_extract, osm_for_cell, uncovered
 from imagesim_pipeline.osm.overpass import DEFAULT_ENDPOINT
 from imagesim_pipeline.demo.world import SYNTHETIC_PBF_KEY
 from imagesim_pipeline.settings import data_dir, settings
@@ -104,10 +104,13 @@ def osm_data(context: AssetExecutionContext, bucket: BucketResource, osm: OsmSou
                     companions.append(ArdCell.parse(key))
                 except GridError:
                     continue
-            pbf = choose_extract(store, [p.strip() for p in osm.pbf.split(",") if p.strip()], cell,
-                                 optional=[SYNTHETIC_PBF_KEY])
-            data, cache_hit, extracted = osm_for_cell(store, pbf, cell, companions, margin=osm.margin_deg,
-                                                      node_index=osm.node_index, progress=context.log.info)
+            pbfs = [p.strip() for p in osm.pbf.split(",") if p.strip()]
+            pbf = covering_extract(store, pbfs, cell, optional=[SYNTHETIC_PBF_KEY])
+            data, cache_hit, extracted = osm_for_cell(store, pbf or pbfs[0], cell, companions,
+                                                      margin=osm.margin_deg, node_index=osm.node_index,
+                                                      progress=context.log.info)
+            if pbf is None:  # not "outside the first extract's box": outside every configured one
+                data["provenance"]["problems"] = [uncovered(cell, pbfs)]
             extra = {"pbf_cache_hit": cache_hit, "cells_extracted_in_this_run": extracted}
         else:
             raise Failure(allow_retries=False, description=f"unknown OSM source {osm.source!r}: use 'pbf' or 'overpass'")

@@ -43,8 +43,8 @@ def resolve_pbf(bucket: Bucket, pbf: str) -> Iterator[tuple[Path, str]]:
         yield local, f"{obj.key}:{obj.size}:{obj.modified.isoformat()}"
 
 
-def choose_extract(bucket: Bucket, pbfs: list[str], cell: ArdCell, optional: Iterable[str] = ()) -> str:
-    """The first extract whose header bounding box meets the cell (else the first one).
+def covering_extract(bucket: Bucket, pbfs: list[str], cell: ArdCell, optional: Iterable[str] = ()) -> str | None:
+    """The first extract whose header bounding box meets the cell; None when no configured one does.
 
     Extracts in ``optional`` (the demo world's synthetic extract, listed by default) are passed
     over when the bucket does not hold them; any other missing extract is an ``OsmError``.
@@ -58,7 +58,19 @@ def choose_extract(bucket: Bucket, pbfs: list[str], cell: ArdCell, optional: Ite
         except OsmError:
             if pbf not in optional:
                 raise
-    return pbfs[0]
+    return None
+
+
+def choose_extract(bucket: Bucket, pbfs: list[str], cell: ArdCell, optional: Iterable[str] = ()) -> str:
+    """:func:`covering_extract`, else the first extract (whose document for the cell is then empty)."""
+    return covering_extract(bucket, pbfs, cell, optional) or pbfs[0]
+
+
+def uncovered(cell: ArdCell, pbfs: list[str]) -> str:
+    """The problem an ``osm_data`` document records when no configured extract covers its cell."""
+    names = ", ".join(Path(p).name for p in pbfs)
+    return (f"no configured OSM extract covers {cell.id} (IMAGESIM_OSM_PBF lists {names}): its osm_data is empty; "
+            "add an extract that covers the cell (e.g. a country from download.geofabrik.de) to IMAGESIM_OSM_PBF")
 
 
 def cache_prefix(fingerprint: str, margin: float) -> str:

@@ -54,6 +54,9 @@ def test_one_extract_read_serves_every_cell(samples, tmp_path, dagster_home):
     assert run(instance, "Z33-120020223133", tmp_path, osm).success
     far = json.loads(bucket.read_bytes("ard/33/120020223133/osm_data.json"))
     assert far["nodes"] == far["ways"] == far["relations"] == []
+    # ...and it says that no configured extract covers it (not that it sticks out of test.osm.pbf's box)
+    assert far["provenance"]["problems"] == [
+        next(p for p in far["provenance"]["problems"] if p.startswith("no configured OSM extract covers Z33-120020223133"))]
 
 
 @pytest.mark.e2e

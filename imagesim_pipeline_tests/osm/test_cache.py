@@ -54,3 +54,16 @@ def test_an_optional_extract_missing_from_the_bucket_is_passed_over(tmp_path, sa
                           optional=["demo/synthetic.osm.pbf"]) == test_pbf
     with pytest.raises(OsmError, match="'osm/none.osm.pbf' is neither"):  # one the user named must exist
         choose_extract(bucket, ["osm/none.osm.pbf", test_pbf], cell, optional=["demo/synthetic.osm.pbf"])
+
+
+def test_a_cell_outside_every_configured_extract_is_named_as_such(tmp_path, samples):
+    from imagesim_pipeline.osm.cache import covering_extract, uncovered
+
+    bucket = open_bucket(tmp_path / "bucket")
+    far = ArdCell.parse("Z17-120222301130")  # nowhere near Finland
+    pbfs = [str(samples["Helsinki.osm.pbf"]), str(samples["test.osm.pbf"])]
+    assert covering_extract(bucket, pbfs, far) is None
+    assert choose_extract(bucket, pbfs, far) == pbfs[0]
+    message = uncovered(far, pbfs)
+    assert "no configured OSM extract covers Z17-120222301130" in message
+    assert "Helsinki.osm.pbf, test.osm.pbf" in message and "IMAGESIM_OSM_PBF" in message
