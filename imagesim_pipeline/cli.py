@@ -241,9 +241,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         rows = export_dense(bucket, args.version, args.split, args.output)
         print(f"wrote {rows} chips of {args.split} to {args.output}", file=sys.stderr)
         return 0
-    except (DatasetError, StorageError) as exc:
+    except (DatasetError, StorageError) as exc:  # an unknown version or a missing dataset: 2, as `model report`
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except BrokenPipeError:  # e.g. `imagesim dataset export | head`
         sys.stderr.close()
         return 0
@@ -358,6 +358,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         _print(f"{len(hits)} results of {len(engine)} indexed chips (model {engine.version})")
         _print(_hits_table(hits))
+    if not hits and filters.active:
+        print(f"hint: {engine.why_empty(filters)}", file=sys.stderr)
     return 0
 
 

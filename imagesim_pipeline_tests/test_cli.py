@@ -89,3 +89,8 @@ def test_bucket_option_reaches_the_dagster_jobs(kotka_bucket, tmp_path, dagster_
     assert main(["dataset", "build", "--bucket", str(kotka_bucket)]) == 0, capsys.readouterr()
     assert bucket.exists("datasets/latest.json")
     assert not (elsewhere / "datasets").exists()
+
+
+def test_an_unknown_dataset_version_exits_2_like_an_unknown_model_version(tmp_path, capsys):
+    code = main(["dataset", "stats", "ds-nope", "--bucket", str(tmp_path)])
+    assert code == 2 and "error:" in capsys.readouterr().err

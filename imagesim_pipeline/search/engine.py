@@ -219,6 +219,23 @@ class SearchEngine:
             keep &= np.isin(self.catalog_ids, list(filters.catalog_ids))
         return keep
 
+    def why_empty(self, filters: Filters) -> str:
+        """Which filter leaves no indexed chip, and what the index holds instead (for a 0-result answer)."""
+        reasons = []
+        if filters.catalog_ids:
+            known = sorted(set(self.catalog_ids.tolist()))
+            unknown = sorted(set(filters.catalog_ids) - set(known))
+            if unknown:
+                reasons.append(f"catalog id(s) {', '.join(unknown)} are not in the index, which holds "
+                               f"{', '.join(known[:12])}{' ...' if len(known) > 12 else ''}")
+        if filters.bbox and not self.mask(Filters(bbox=filters.bbox)).any():
+            w, s, e, n = self.bounds[:, 0].min(), self.bounds[:, 1].min(), self.bounds[:, 2].max(), self.bounds[:, 3].max()
+            reasons.append(f"the bbox meets no indexed chip; the index covers {w:.4f},{s:.4f},{e:.4f},{n:.4f}")
+        if (filters.since or filters.until) and not self.mask(Filters(since=filters.since, until=filters.until)).any():
+            reasons.append(f"no chip was acquired in that date range; the index holds {self.dates.min()} to "
+                           f"{self.dates.max()}")
+        return "; ".join(reasons) or "no indexed chip passes all the filters together; drop one to widen the search"
+
     # -- queries -----------------------------------------------------------------------------
     def query(self, positives: Sequence[Example], negatives: Sequence[Example] = (), k: int = 10,
               filters: Filters = Filters(), spread: bool = False, spread_zoom: int = 15,

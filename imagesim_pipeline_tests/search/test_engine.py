@@ -169,3 +169,16 @@ def test_several_positive_examples_query_their_mean_and_exclude_every_example_pl
     assert hits[0].score == pytest.approx(float(q @ v / np.linalg.norm(v)), abs=1e-4)
     with pytest.raises(SearchError, match="at least one positive"):
         engine.query([], [Example(chip=a)])
+
+
+def test_an_empty_answer_says_which_filter_emptied_it(indexed):
+    _, _, engine = indexed
+    chip = engine.chips[0]
+    assert engine.by_chip(chip, k=5, filters=Filters(catalog_ids=("NOPE",))) == []
+    hint = engine.why_empty(Filters(catalog_ids=("NOPE",)))
+    assert "NOPE" in hint and str(engine.catalog_ids[0]) in hint
+    far = Filters(bbox=(-10.0, -10.0, -9.9, -9.9))
+    assert engine.by_chip(chip, k=5, filters=far) == []
+    assert "the bbox meets no indexed chip; the index covers" in engine.why_empty(far)
+    late = Filters(since=date(2099, 1, 1))
+    assert "date range" in engine.why_empty(late) and str(engine.dates.max()) in engine.why_empty(late)
