@@ -33,6 +33,13 @@ from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
 from imagesim_pipeline.models.recommended import RECOMMENDED
 
 
+HELP_DESCRIPTION = (
+    "Train the SMLC, export model.onnx and publish it when its checks pass. Besides the arguments below: "
+    "--gpus N (the reference's flag: N GPUs with DDP, -1 all, 0 the CPU; mapped onto --trainer.accelerator, "
+    "--trainer.devices and --trainer.strategy) and --force-new (train another version of published settings). "
+    "Defaults: 320 px input, multiscale pooling, the metric embedding strategy (models/recommended.py).")
+
+
 def map_gpus_flag(argv: list[str]) -> list[str]:
     """``--gpus=N`` (the reference's flag, gone from today's Lightning) as accelerator/devices/strategy."""
     out, i = [], 0
@@ -103,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli = SmlcCLI(SkywayMultiLabelClassifier, SmlcDataModule, run=False, seed_everything_default=0,
                       trainer_defaults={"max_epochs": 40, "num_sanity_val_steps": 0, "log_every_n_steps": 10},
-                      save_config_kwargs={"overwrite": True})
+                      save_config_kwargs={"overwrite": True},
+                      parser_kwargs={"description": HELP_DESCRIPTION})
     except ImagesimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

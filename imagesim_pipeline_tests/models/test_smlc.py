@@ -297,3 +297,15 @@ def test_choose_device_trains_on_cpu_with_a_note_and_refuses_a_missing_gpu(monke
     assert choose_device("auto", "auto") == ("gpu", "auto", "training on 4 of 4 CUDA GPU(s) (NVIDIA A10G)")
     with pytest.raises(TrainingSetupError, match="devices=8 but this machine has 4 GPU"):
         choose_device("gpu", 8)
+
+
+def test_train_model_help_names_the_gpus_flag_and_the_defaults():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "imagesim_pipeline.models.train_model", "--help"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "--gpus N" in text and "metric embedding strategy" in text
+    assert "--model.strategy" in text and "--model.pooling" in text
