@@ -768,7 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     from imagesim_pipeline import chip as chip_cli
 
     p = sub.add_parser("chip", help="chip a local ARD folder, or classify a chip folder (reference chip.py)",
-                       description=chip_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=(chip_cli.__doc__ or "").replace("``", "`"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     chip_cli.add_arguments(p)
     p.set_defaults(func=chip_cli.run)
 
