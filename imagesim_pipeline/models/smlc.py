@@ -152,7 +152,7 @@ class SkywayMultiLabelClassifier(L.LightningModule):
         if len(y) == 0:
             return None
         logits, embedding = self(x)
-        loss = self.loss(logits, y.float())
+        loss = classification = self.loss(logits, y.float())  # stage/loss: the reference's BCE, whatever the strategy
         strategy = self.hparams.strategy
         if strategy == "metric":
             metric = jaccard_metric_loss(embedding, y)
@@ -164,8 +164,8 @@ class SkywayMultiLabelClassifier(L.LightningModule):
             self.log(f"{stage}/info_nce", contrast, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
             loss = loss + contrast  # separate parameters: labels never reach the embedder
         self.scores[f"{stage}_scores"].update(torch.sigmoid(logits.detach()), y.long())
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=len(y),
-                 sync_dist=True)
+        self.log(f"{stage}/loss", classification, on_step=False, on_epoch=True, prog_bar=stage != "test",
+                 batch_size=len(y), sync_dist=True)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
