@@ -79,7 +79,6 @@ def score(world: dict, reps: dict[str, np.ndarray], seed: int, repeats: int) -> 
 def train(strategy: str, size: int, pooling: str, bucket: str, epochs: int, seed: int):
     """A strategy trained through the project's Lightning module; (model, data, wall s, cpu s, test F2s)."""
     import lightning as L
-    import torch
 
     from imagesim_pipeline.models.data import SmlcDataModule
     from imagesim_pipeline.models.report import evaluate
@@ -101,7 +100,6 @@ def train(strategy: str, size: int, pooling: str, bucket: str, epochs: int, seed
     val_p, _, val_y = predict(model, data, "val")
     test_p, _, test_y = predict(model, data, "test")
     at = evaluate(val_p, val_y, test_p, test_y, model.labels)["test_at_thresholds"]
-    torch.set_grad_enabled(True)
     return model, data, wall, cpu, (at["f2_micro"], at["f2_macro"])
 
 

@@ -321,7 +321,8 @@ class SmlcDataModule(L.LightningDataModule):
                 if split == "train" and self.hparams.strategy == "label-free":
                     from imagesim_pipeline.models.strategies import place_partners
 
-                    chips = [c for c in self.data.splits[split].chips if c not in set(corrupt)]
+                    unreadable = set(corrupt)
+                    chips = [c for c in self.data.splits[split].chips if c not in unreadable]
                     self._sets[split] = PairedFeatureSet(features, targets, place_partners(chips))
                 else:
                     self._sets[split] = FeatureSet(features, targets)

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 STRATEGIES = ("classifier", "metric", "label-free", "descriptor")
-UNSUPERVISED_EMBEDDING = ("label-free", "descriptor")  # the embedding itself never sees a label
 NEEDS_CACHED_FEATURES = ("label-free", "descriptor")  # pairs of cached features / PCA of the cache
 
 
@@ -101,5 +100,5 @@ def fit_pca(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tenso
     return mean.float(), v[:dim].T.float().contiguous()
 
 
-__all__ = ["NEEDS_CACHED_FEATURES", "STRATEGIES", "UNSUPERVISED_EMBEDDING", "check_strategy", "fit_pca",
+__all__ = ["NEEDS_CACHED_FEATURES", "STRATEGIES", "check_strategy", "fit_pca",
            "hidden_layers", "info_nce", "jaccard_metric_loss", "label_set_jaccard", "place_partners"]
