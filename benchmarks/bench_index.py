@@ -110,8 +110,9 @@ class EmbeddingModel:
 
 
 def make_corpus(model: EmbeddingModel, n: int, seed: int, chunk: int = 50_000,
-                ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(vectors (n, dim) float32 normalised, cell of each row, grid side)."""
+                clusters: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(vectors (n, dim) float32 normalised, cell of each row, grid side); each row's cluster into
+    ``clusters`` when given."""
     rng = np.random.default_rng(seed)
     cells = math.ceil(n / CELL_ROWS)
     side = math.ceil(math.sqrt(cells))
@@ -130,6 +131,8 @@ def make_corpus(model: EmbeddingModel, n: int, seed: int, chunk: int = 50_000,
         assign = np.where(is_local, local[region, rng.integers(0, LOCAL_CLUSTERS, m)],
                           rng.choice(model.clusters, m, p=model.weights))
         model.sample(assign, rng, x[rows])
+        if clusters is not None:
+            clusters[rows] = assign
         if (s // chunk) % 5 == 4:
             log(f"  generated {rows.stop:,}/{n:,}")
     return x, cell_of_row, side

@@ -175,7 +175,7 @@ def bench_search(args) -> dict:
     bucket = open_bucket(workdir)
     engine = SearchEngine(bucket, version=VERSION)
     rng = np.random.default_rng(1)
-    sample = [engine.chips[i] for i in rng.choice(len(engine), args.queries, replace=False)]
+    sample = [engine.store.chips[i] for i in rng.choice(len(engine), args.queries, replace=False)]
     for chip in sample[:20]:
         engine.by_chip(chip, k=10)  # warm up FAISS and the page cache of a few files
     times = []
@@ -184,7 +184,7 @@ def bench_search(args) -> dict:
         engine.by_chip(chip, k=10)
         times.append(time.perf_counter() - started)
     p50, p99 = percentiles([t * 1000 for t in times], 50, 99)
-    result = {"vectors": len(engine), "index": type(engine.index).__name__,
+    result = {"vectors": len(engine), "index": engine.store.describe()["kind"],
               "engine": {"queries": len(times), "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
                          "qps_one_thread": round(len(times) / sum(times), 1)}}
     del engine

@@ -615,8 +615,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _print_search(bucket) -> bool:
     """An example search over the demo world and its top changes, as the CLI shows them."""
-    import numpy as np
-
     from imagesim_pipeline.errors import ImagesimError
     from imagesim_pipeline.search.engine import SearchEngine
 
@@ -625,8 +623,7 @@ def _print_search(bucket) -> bool:
     except ImagesimError as exc:
         _print(f"error: {exc}")
         return False
-    column = engine.labels.index("water") if "water" in engine.labels else 0
-    chip = engine.chips[int(np.argmax(engine.probs[:, column]))]
+    chip = engine.example_chip("water")
     _print(f"\nexample: chips that look like {chip} (`imagesim search --chip {chip} --k 8 --spread`):")
     _print(_hits_table(engine.by_chip(chip, k=8, spread=True)))
     _print("")

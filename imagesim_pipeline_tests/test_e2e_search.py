@@ -106,6 +106,6 @@ def test_embeddings_index_and_search_on_s3(demo_model, s3_env, dagster_home):
     meta = instance.get_latest_materialization_event(AssetKey("similarity_index")).asset_materialization.metadata
     assert meta["location"].value.startswith(s3_env)
     engine = SearchEngine(s3, version=version)
-    chip = engine.chips[0]
+    chip = engine.store.chips[0]
     hits = engine.by_chip(chip, k=3)
     assert len(hits) == 3 and ChipName.parse(chip).cell.id not in {h.place for h in hits}

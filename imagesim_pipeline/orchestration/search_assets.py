@@ -113,11 +113,12 @@ def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bu
 
 
 class IndexConfig(ModelChoice):
-    kind: str = Field(default="auto", description="auto (exact while small), flat, or an approximate kind")
+    kind: str = Field(default="auto", description="auto (exact while small), flat, an approximate kind, or "
+                                                   "ivf_rabitq (quantised: ~62 bytes of RAM per vector)")
     exact_below: int = Field(default=200_000, description="auto: exact search below this many vectors")
 
 
-@asset(deps=[chip_embeddings], group_name="search", kinds={"faiss"}, op_tags=DATAMAKER_TAGS,
+@asset(deps=[chip_embeddings], group_name="search", kinds={"faiss", "postgres"}, op_tags=DATAMAKER_TAGS,
        retry_policy=TRANSIENT_RETRY, pool=INDEX_POOL,
        check_specs=[AssetCheckSpec("finds_itself", asset="similarity_index",
                                    description="Indexed chips queried with their own embedding come back first")],
@@ -128,9 +129,9 @@ class IndexConfig(ModelChoice):
 def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket: BucketResource
                      ) -> MaterializeResult:
     from imagesim_pipeline.models.registry import read_pointer, require_published, set_pointer
-    from imagesim_pipeline.search.catalog import build_similarity_index
     from imagesim_pipeline.search.engine import SearchEngine
-    from imagesim_pipeline.search.index import IndexParams, normalise, search
+    from imagesim_pipeline.search.index import IndexParams
+    from imagesim_pipeline.search.stores import write_index
     from imagesim_pipeline.storage.layout import index_key, model_pointer_key
 
     store = bucket.get_bucket()
@@ -138,15 +139,9 @@ def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket
         version = _version(store, config)
         require_published(store, config.name, version)
         params = replace(IndexParams(), kind=config.kind, exact_below=config.exact_below)
-        build = build_similarity_index(store, version, params, progress=context.log.info, warn=context.log.warning)
+        build = write_index(store, version, params, progress=context.log.info, warn=context.log.warning)
         engine = SearchEngine(store, config.name, version)
-    rng = np.random.default_rng(0)
-    sample = rng.choice(len(engine), size=min(100, len(engine)), replace=False)
-    found = 0
-    for i in sample:
-        _, ids = search(engine.index, normalise(engine.vector_of_chip(engine.chips[i])[None]), 1)
-        found += int(ids[0, 0] == i)
-    share = found / max(len(sample), 1)
+    sampled, share = engine.finds_itself(100)
     with step_errors():
         serving = read_pointer(store, config.name, "serving")
         moved = share >= 0.95 and (serving is None or serving.version != version)
@@ -170,7 +165,7 @@ def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket
             "location": store.url(index_key(version, "")),
         },
         check_results=[AssetCheckResult(check_name="finds_itself", passed=share >= 0.95,
-                                        metadata={"sampled": len(sample), "first_is_itself": share})],
+                                        metadata={"sampled": sampled, "first_is_itself": share})],
     )
 
 

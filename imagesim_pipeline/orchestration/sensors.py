@@ -109,7 +109,7 @@ def dataset_version_sensor(context: SensorEvaluationContext, asset_event: EventL
                           "an index is not re-encoded.")
 def model_promoted_sensor(context: SensorEvaluationContext, asset_event: EventLogEntry, bucket: BucketResource
                           ) -> RunRequest | SkipReason:
-    from imagesim_pipeline.search.catalog import has_index
+    from imagesim_pipeline.search.stores import has_index
 
     version = _metadata_value(asset_event, "version")
     if not (_metadata_value(asset_event, "published") or _metadata_value(asset_event, "promoted")):

@@ -5,6 +5,9 @@
 * ``builds/<build>/items.parquet``: one row per indexed chip, in id order: ``chip``, ``place``,
   ``cell``, ``catalog_id``, ``date``, ``geometry`` (WKB, WGS84), its bounds ``minx`` .. ``maxy``
   and ``probs`` (the model's label probabilities);
+* ``builds/<build>/vectors.npy``: with the quantised kind ``ivf_rabitq`` only, the float16
+  vectors its shortlist is re-ranked against (memory-mapped: from the folder of a local bucket,
+  else from a copy under ``<data>/cache/``);
 * ``manifest.json``, written last (the completion marker, :class:`IndexManifest`): the current
   build, model version, labels, thresholds, index parameters and description, and each cell's
   embeddings file (key, size, time) the index holds, so an update knows what changed.
@@ -49,6 +52,7 @@ from imagesim_pipeline.search.index import (
     describe,
     extend_index,
     from_bytes,
+    index_kind,
     normalise,
     to_bytes,
 )
@@ -56,6 +60,7 @@ from imagesim_pipeline.storage import Bucket, StorageError, StorageUnavailableEr
 from imagesim_pipeline.storage.records import CorruptRecordError, read_record, write_record
 
 INDEX_FILE, ITEMS_FILE, MANIFEST_FILE = "index.faiss", "items.parquet", "manifest.json"
+VECTORS_FILE = "vectors.npy"  # the quantised kind's float16 re-rank vectors (search.quantised)
 Progress = Callable[[str], None]
 
 
@@ -95,7 +100,7 @@ class IndexBuild:
     left_out: tuple[str, ...] = ()  # cells whose embeddings file is unreadable
 
 
-def _listing(bucket: Bucket, version: str) -> dict[str, dict]:
+def embeddings_listing(bucket: Bucket, version: str) -> dict[str, dict]:
     out = {}
     for obj in bucket.list(version_prefix(version)):
         if obj.key.endswith(".parquet"):
@@ -151,7 +156,10 @@ def _previous(bucket: Bucket, version: str, warn: Progress) -> IndexManifest | N
 def _load_files(bucket: Bucket, manifest: IndexManifest) -> tuple[Any, pa.Table]:
     """The FAISS index and items table a manifest names; :class:`IndexNotFoundError` when either is unreadable."""
     try:
-        index = from_bytes(bucket.read_bytes(manifest.key(INDEX_FILE)))
+        if manifest.index.get("kind") == "ivf_rabitq":
+            index = _load_reranked(bucket, manifest)
+        else:
+            index = from_bytes(bucket.read_bytes(manifest.key(INDEX_FILE)))
         items = pq.read_table(io.BytesIO(bucket.read_bytes(manifest.key(ITEMS_FILE))))
     except StorageUnavailableError:
         raise
@@ -167,6 +175,29 @@ def _load_files(bucket: Bucket, manifest: IndexManifest) -> tuple[Any, pa.Table]
                                  f"{items.num_rows} items, manifest {manifest.vectors}): materialize "
                                  "similarity_index again")
     return index, items
+
+
+def _load_reranked(bucket: Bucket, manifest: IndexManifest) -> Any:
+    """The quantised index, its float16 vectors memory-mapped from a local file (copied once from a remote bucket)."""
+    from imagesim_pipeline.search.quantised import RerankedIndex
+    from imagesim_pipeline.settings import data_dir
+    from imagesim_pipeline.storage import LocalBucket
+
+    key = manifest.key(VECTORS_FILE)
+    if isinstance(bucket, LocalBucket):
+        path = bucket.root / key
+        if not path.is_file():
+            raise StorageError(f"{bucket.url(key)} is missing")
+    else:
+        path = data_dir() / "cache" / key
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+            bucket.download_file(key, partial)
+            partial.replace(path)
+    params = manifest.index.get("params", {})
+    return RerankedIndex.load(bucket.read_bytes(manifest.key(INDEX_FILE)), path, params.get("nprobe", 32),
+                              params.get("shortlist", 500))
 
 
 def _read_cells(bucket: Bucket, version: str, cells: list[str], warn: Progress) -> tuple[list[pa.Table], list[str]]:
@@ -190,7 +221,7 @@ def build_similarity_index(bucket: Bucket, version: str, params: IndexParams | N
     started = time.perf_counter()
     warn = warn or progress
     params = params or IndexParams()
-    listing = _listing(bucket, version)
+    listing = embeddings_listing(bucket, version)
     if not listing:
         raise IndexNotFoundError(f"no embeddings under {bucket.url(version_prefix(version))}: materialize "
                                  "chip_embeddings for some cells first")
@@ -232,7 +263,11 @@ def build_similarity_index(bucket: Bucket, version: str, params: IndexParams | N
     build = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
     buffer = io.BytesIO()
     pq.write_table(items, buffer, compression="zstd")
-    bucket.write_bytes(layout.index_build_key(version, build, INDEX_FILE), to_bytes(index))
+    if index_kind(index) == "ivf_rabitq":
+        bucket.write_bytes(layout.index_build_key(version, build, VECTORS_FILE), index.vectors_bytes())
+        bucket.write_bytes(layout.index_build_key(version, build, INDEX_FILE), index.codes_bytes())
+    else:
+        bucket.write_bytes(layout.index_build_key(version, build, INDEX_FILE), to_bytes(index))
     bucket.write_bytes(layout.index_build_key(version, build, ITEMS_FILE), buffer.getvalue())
     description = describe(index)
     held = {cell: entry for cell, entry in listing.items() if cell not in set(left_out)}

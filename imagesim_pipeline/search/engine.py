@@ -7,8 +7,9 @@ its look-alikes score lower and drop down the list.
 
 Filters (all optional, combined with "and"): a WGS84 bounding box the chip meets; predicted
 labels (each label's probability at or above the threshold stored with the model); a date range;
-catalog ids. They become an allow-mask over the index's ids, which the FAISS search honours
-(``search.index.search``), so ``k`` results come back whenever ``k`` chips pass the filters.
+catalog ids. The store applies them inside its nearest-neighbour search (FAISS: an allow-mask over
+its ids, ``search.index.search``; pgvector: SQL conditions with iterative index scans), so ``k``
+results come back whenever ``k`` chips pass the filters.
 
 Spread: the places of the example chips (all their acquisitions) are never returned, a place
 appears at most once (its best acquisition), and with ``spread`` at most one result comes from
@@ -32,8 +33,8 @@ from imagesim_pipeline.embeddings.cell_embeddings import read_cell_embeddings, v
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.models.registry import DEFAULT_NAME, served_version
 from imagesim_pipeline.search.bbox import MAX_K
-from imagesim_pipeline.search.catalog import load_index
-from imagesim_pipeline.search.index import normalise, search, stored_vector
+from imagesim_pipeline.search.index import normalise
+from imagesim_pipeline.search.stores import Item, VectorStore, open_store
 from imagesim_pipeline.storage import Bucket
 
 BETA = 0.5
@@ -88,34 +89,24 @@ class Example:
 
 
 class SearchEngine:
-    """Queries over ``index/<version>/`` of one model version (default: the one search serves, ``serving.json``)."""
+    """Queries over the index of one model version (default: the one search serves, ``serving.json``), on the
+    configured vector engine (``search.stores``)."""
 
-    def __init__(self, bucket: Bucket, name: str = DEFAULT_NAME, version: str = "") -> None:
+    def __init__(self, bucket: Bucket, name: str = DEFAULT_NAME, version: str = "",
+                 store: VectorStore | None = None) -> None:
         self.bucket = bucket
         self.name = name
         self.version = version or served_version(bucket, name)
-        self.index, items, manifest = load_index(bucket, self.version)
-        self.build = manifest.build  # a rebuild of the same version has another
-        self.labels: list[str] = manifest.labels
-        self.thresholds = np.asarray(manifest.thresholds, np.float32)
-        self.chips = np.asarray(items.column("chip").to_pylist(), dtype=object)
-        self.places = np.asarray(items.column("place").to_pylist(), dtype=object)
-        self.catalog_ids = np.asarray(items.column("catalog_id").to_pylist(), dtype=object)
-        self.dates = items.column("date").to_numpy(zero_copy_only=False).astype("datetime64[D]")
-        self.bounds = np.stack([items.column(c).to_numpy() for c in ("minx", "miny", "maxx", "maxy")], axis=1) \
-            if items.num_rows else np.zeros((0, 4))
-        self.geometry = items.column("geometry")
-        self.probs = vectors(items, "probs") if items.num_rows else np.zeros((0, len(self.labels)), np.float32)
-        self.row_of = {chip: i for i, chip in enumerate(self.chips)}
-        names, self.place_codes = np.unique(self.places.astype(str), return_inverse=True) if len(self.places) \
-            else (np.zeros(0, str), np.zeros(0, np.int64))
-        self.place_code = {name: code for code, name in enumerate(names.tolist())}
+        self.store = store or open_store(bucket, self.version)
+        self.build = self.store.build  # a rebuild of the same version has another
+        self.labels: list[str] = self.store.labels
+        self.thresholds = self.store.thresholds
         self._encoder = None
         self._cells: dict[str, dict[str, np.ndarray] | None] = {}  # cell -> chip -> embedding, a few recent cells
         self._cells_lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self.chips)
+        return len(self.store)
 
     # -- query vectors ---------------------------------------------------------------------
     def vector_of_chip(self, chip: str) -> np.ndarray:
@@ -125,14 +116,13 @@ class SearchEngine:
             name = ChipName.parse(chip)
         except ChipNameError as exc:
             raise UnknownChipError(f"unknown chip id {chip!r}: {exc}") from None
-        if chip in self.row_of:
-            stored = stored_vector(self.index, self.row_of[chip])
-            if stored is not None:
-                return stored
-        cell = self._cell_vectors(name.tile.id) if chip in self.row_of else None
+        stored = self.store.embedding(chip)
+        if stored is not None:
+            return stored
+        cell = self._cell_vectors(name.tile.id) if self.store.item(chip) is not None else None
         if cell is None or chip not in cell:
             raise UnknownChipError(f"unknown chip id {chip!r}: not among the {len(self)} chips indexed for model "
-                              f"{self.version} (materialize chip_embeddings and similarity_index for its cell)")
+                                   f"{self.version} (materialize chip_embeddings and similarity_index for its cell)")
         return cell[chip]
 
     def _cell_vectors(self, cell: str) -> dict[str, np.ndarray] | None:
@@ -164,76 +154,71 @@ class SearchEngine:
         return self.vector_of_image(example.image or b"", example.name or "image")
 
     # -- what the index holds ---------------------------------------------------------------
-    def row(self, chip: str) -> int:
-        """The chip's row in the index, or :class:`UnknownChipError`."""
-        if chip not in self.row_of:
+    def item(self, chip: str) -> Item:
+        """The chip's indexed record, or :class:`UnknownChipError`."""
+        found = self.store.item(chip)
+        if found is None:
             raise UnknownChipError(f"unknown chip id {chip!r}: not among the {len(self)} chips indexed for model "
                                    f"{self.version}")
-        return self.row_of[chip]
+        return found
 
     def describe(self, chip: str) -> dict:
         """The chip's place, acquisition, WGS84 outline and every label's probability (most probable first)."""
-        i = self.row(chip)
-        order = np.argsort(-self.probs[i])
-        return {"chip": chip, "place": self.places[i], "cell": ChipName.parse(chip).tile.id,
-                "date": self.dates[i].astype(date), "catalog_id": self.catalog_ids[i],
-                "geometry": self.wgs84(i),
-                "labels": [(self.labels[j], float(self.probs[i, j]), bool(self.probs[i, j] >= self.thresholds[j]))
+        it = self.item(chip)
+        order = np.argsort(-it.probs)
+        return {"chip": chip, "place": it.place, "cell": ChipName.parse(chip).tile.id, "date": it.date,
+                "catalog_id": it.catalog_id, "geometry": it.geometry,
+                "labels": [(self.labels[j], float(it.probs[j]), bool(it.probs[j] >= self.thresholds[j]))
                            for j in order]}
 
-    def places_in(self, bbox: tuple[float, float, float, float], limit: int) -> tuple[list[int], int]:
-        """Rows of the newest chip of each place meeting ``bbox``, at most ``limit``; and the place count."""
-        w, s, e, n = bbox
-        b = self.bounds
-        rows = np.flatnonzero((b[:, 0] <= e) & (b[:, 2] >= w) & (b[:, 1] <= n) & (b[:, 3] >= s))
-        if not len(rows):
-            return [], 0
-        newest = rows[np.lexsort((-self.dates[rows].astype(np.int64), self.place_codes[rows]))]
-        first = np.r_[True, self.place_codes[newest][1:] != self.place_codes[newest][:-1]]
-        newest = newest[first]
-        return newest[:limit].tolist(), len(newest)
+    def places_in(self, bbox: tuple[float, float, float, float], limit: int) -> tuple[list[Item], int]:
+        """The newest chip of each place meeting ``bbox``, at most ``limit``; and the place count."""
+        return self.store.newest_per_place(bbox, limit)
 
-    def wgs84(self, i: int) -> shapely.Geometry:
-        return shapely.from_wkb(self.geometry[i].as_py())
+    def example_chip(self, label: str) -> str:
+        """A chip the model is surest shows ``label`` (the demo's example query), among a sample of the index."""
+        j = self.labels.index(label) if label in self.labels else 0
+        items = [self.store.item(c) for c in self.store.sample(2000)]
+        return max((it for it in items if it is not None), key=lambda it: float(it.probs[j])).chip
+
+    def finds_itself(self, n: int = 100, seed: int = 0) -> tuple[int, float]:
+        """Sampled indexed chips queried with their own embedding: (sampled, share whose first hit is itself)."""
+        chips = self.store.sample(n, seed)
+        found = 0
+        for chip in chips:
+            first = self.store.nearest(normalise(self.vector_of_chip(chip)[None])[0], 1, Filters(), frozenset())
+            found += int(bool(first) and first[0][1].chip == chip)
+        return len(chips), found / max(len(chips), 1)
 
     # -- filters -----------------------------------------------------------------------------
-    def mask(self, filters: Filters) -> np.ndarray:
-        """The chips that pass ``filters``."""
-        keep = np.ones(len(self), bool)
+    def check(self, filters: Filters) -> Filters:
+        """``filters`` if they make sense for this index, else :class:`SearchError` saying which does not."""
         if filters.bbox:
             w, s, e, n = filters.bbox
             if not (w <= e and s <= n):
                 raise SearchError(f"bbox {filters.bbox} is not west,south,east,north")
-            b = self.bounds
-            keep &= (b[:, 0] <= e) & (b[:, 2] >= w) & (b[:, 1] <= n) & (b[:, 3] >= s)
         for label in filters.labels:
             if label not in self.labels:
                 raise SearchError(f"unknown label {label!r}; the model's labels: {', '.join(self.labels)}")
-            j = self.labels.index(label)
-            keep &= self.probs[:, j] >= self.thresholds[j]
-        if filters.since:
-            keep &= self.dates >= np.datetime64(filters.since, "D")
-        if filters.until:
-            keep &= self.dates <= np.datetime64(filters.until, "D")
-        if filters.catalog_ids:
-            keep &= np.isin(self.catalog_ids, list(filters.catalog_ids))
-        return keep
+        return filters
 
     def why_empty(self, filters: Filters) -> str:
         """Which filter leaves no indexed chip, and what the index holds instead (for a 0-result answer)."""
         reasons = []
+        extent = self.store.extent()
         if filters.catalog_ids:
-            known = sorted(set(self.catalog_ids.tolist()))
+            known = extent.catalog_ids
             unknown = sorted(set(filters.catalog_ids) - set(known))
             if unknown:
                 reasons.append(f"catalog id(s) {', '.join(unknown)} are not in the index, which holds "
                                f"{', '.join(known[:12])}{' ...' if len(known) > 12 else ''}")
-        if filters.bbox and not self.mask(Filters(bbox=filters.bbox)).any():
-            w, s, e, n = self.bounds[:, 0].min(), self.bounds[:, 1].min(), self.bounds[:, 2].max(), self.bounds[:, 3].max()
+        if filters.bbox and extent.bounds and not self.store.count(Filters(bbox=filters.bbox)):
+            w, s, e, n = extent.bounds
             reasons.append(f"the bbox meets no indexed chip; the index covers {w:.4f},{s:.4f},{e:.4f},{n:.4f}")
-        if (filters.since or filters.until) and not self.mask(Filters(since=filters.since, until=filters.until)).any():
-            reasons.append(f"no chip was acquired in that date range; the index holds {self.dates.min()} to "
-                           f"{self.dates.max()}")
+        if (filters.since or filters.until) and not self.store.count(Filters(since=filters.since,
+                                                                             until=filters.until)):
+            reasons.append(f"no chip was acquired in that date range; the index holds {extent.first} to "
+                           f"{extent.last}")
         return "; ".join(reasons) or "no indexed chip passes all the filters together; drop one to widen the search"
 
     # -- queries -----------------------------------------------------------------------------
@@ -245,16 +230,14 @@ class SearchEngine:
             raise SearchError("a query needs at least one positive example")
         if not 1 <= k <= MAX_K:
             raise SearchError(f"k must be between 1 and {MAX_K}; got {k}")
+        self.check(filters)
         pos = normalise(np.stack([self._vector(e) for e in positives]))
         q = pos.mean(axis=0)
         if negatives:
             q = q - beta * normalise(np.stack([self._vector(e) for e in negatives])).mean(axis=0)
-        q = normalise(q[None].astype(np.float32))
-        # Without filters no mask at all: the examples' places are dropped from the candidates
-        # instead, so a query costs no O(n) work at millions of chips.
-        allowed = self.mask(filters) if filters.active() else None
-        examples = {ChipName.parse(e.chip).cell.id for e in (*positives, *negatives) if e.chip is not None}
-        return self._collect(q, k, allowed, spread, spread_zoom, examples)
+        q = normalise(q[None].astype(np.float32))[0]
+        examples = frozenset(ChipName.parse(e.chip).cell.id for e in (*positives, *negatives) if e.chip is not None)
+        return self._collect(q, k, filters, spread, spread_zoom, examples)
 
     def by_chip(self, chip: str, k: int = 10, filters: Filters = Filters(), spread: bool = False) -> list[Hit]:
         return self.query([Example(chip=chip)], k=k, filters=filters, spread=spread)
@@ -263,39 +246,33 @@ class SearchEngine:
                  name: str = "image") -> list[Hit]:
         return self.query([Example(image=image, name=name)], k=k, filters=filters, spread=spread)
 
-    def _collect(self, q: np.ndarray, k: int, allowed: np.ndarray | None, spread: bool, spread_zoom: int,
-                 excluded: set[str] = frozenset()) -> list[Hit]:
-        """Search with a growing candidate count until ``k`` distinct places (and neighbourhoods), none of
-        them ``excluded``, are found."""
-        available = int(allowed.sum()) if allowed is not None else len(self)
-        fetch = min(available, k * (4 if spread else 2) + 4 * len(excluded))
-        hits: list[Hit] = []
-        while fetch > 0:
-            scores, ids = search(self.index, q, fetch, allowed=allowed)
-            hits, seen_places, seen_blocks = [], set(excluded), set()
-            for score, i in zip(scores[0], ids[0]):
-                if i < 0:
-                    break
-                place = self.places[i]
-                block = block_of(place, spread_zoom) if spread else None
-                if place in seen_places or block in seen_blocks:
+    def _collect(self, q: np.ndarray, k: int, filters: Filters, spread: bool, spread_zoom: int,
+                 excluded: frozenset[str] = frozenset()) -> list[Hit]:
+        """Ask the store for a growing number of candidates until ``k`` distinct places (and neighbourhoods),
+        none of them ``excluded``, are found."""
+        fetch = k * (4 if spread else 2)
+        while True:
+            candidates = self.store.nearest(q, fetch, filters, excluded)
+            hits: list[Hit] = []
+            seen_places, seen_blocks = set(excluded), set()
+            for score, it in candidates:
+                block = block_of(it.place, spread_zoom) if spread else None
+                if it.place in seen_places or block in seen_blocks:
                     continue
-                seen_places.add(place)
+                seen_places.add(it.place)
                 if spread:
                     seen_blocks.add(block)
-                hits.append(self._hit(len(hits) + 1, int(i), float(score)))
+                hits.append(self._hit(len(hits) + 1, it, score))
                 if len(hits) == k:
                     return hits
-            if fetch >= available:
-                break
-            fetch = min(available, fetch * 4)
-        return hits
+            if len(candidates) < fetch:  # the store has no more
+                return hits
+            fetch *= 4
 
-    def _hit(self, rank: int, i: int, score: float) -> Hit:
-        order = np.argsort(-self.probs[i])
-        labels = [(self.labels[j], float(self.probs[i, j])) for j in order if self.probs[i, j] >= self.thresholds[j]]
-        return Hit(rank, self.chips[i], score, self.places[i], self.dates[i].astype(date), self.catalog_ids[i],
-                   self.wgs84(i), labels)
+    def _hit(self, rank: int, it: Item, score: float) -> Hit:
+        order = np.argsort(-it.probs)
+        labels = [(self.labels[j], float(it.probs[j])) for j in order if it.probs[j] >= self.thresholds[j]]
+        return Hit(rank, it.chip, score, it.place, it.date, it.catalog_id, it.geometry, labels)
 
 
 def hits_to_geojson(hits: Sequence[Hit], query: dict | None = None) -> dict:

@@ -16,6 +16,9 @@ Kinds (``IndexParams.kind``), sizes at dim 320, m 32:
   similarities differ by ~1e-3, recall@10 stalls at ~0.81 at 1M.
 * ``"ivf_sq8"``: inverted lists (``nlist`` ~ 4·sqrt(n)) of 8-bit residual codes (~340 bytes);
   recall stalls at ~0.92, slow to train.
+* ``"ivf_rabitq"``: the quantised kind (``search.quantised``): IVF lists of 1-bit RaBitQ codes
+  (~62 bytes of RAM per vector at dim 368) whose best ``shortlist`` candidates are re-ranked
+  exactly against float16 vectors kept in a memory-mapped file beside the index.
 * ``"auto"``: ``"flat"`` below ``exact_below`` vectors, ``approximate`` at or above.
 
 Search-time settings (``ef_search``, ``nprobe``) are stored in the index (and survive
@@ -32,7 +35,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-KINDS = ("flat", "hnsw_flat", "hnsw_fp16", "hnsw_sq8", "ivf_sq8")
+KINDS = ("flat", "hnsw_flat", "hnsw_fp16", "hnsw_sq8", "ivf_sq8", "ivf_rabitq")
 _APPROXIMATE = KINDS[1:]
 _TRAIN_SAMPLE = 200_000  # rows used to train the scalar quantiser (min/max per dimension)
 _IVF_TRAIN_PER_LIST = 40  # k-means training rows per inverted list (faiss asks for >= 39)
@@ -46,7 +49,8 @@ class IndexParams:
     ``kind``: one of ``KINDS`` or ``"auto"``. ``exact_below``: with ``"auto"``, an exact
     ``IndexFlatIP`` below this many vectors and ``approximate`` at or above. ``m``,
     ``ef_construction``, ``ef_search``: HNSW graph degree, build beam and search beam.
-    ``nlist`` (0: ~4·sqrt(n)), ``nprobe``: IVF lists and lists probed per query.
+    ``nlist`` (0: ~4·sqrt(n)), ``nprobe``: IVF lists and lists probed per query; ``shortlist``:
+    candidates ``ivf_rabitq`` re-ranks exactly.
     ``filter_exact_below``, ``filter_boost``, ``filter_boost_max``: the filtered-search
     strategy (see :func:`search`).
     """
@@ -59,6 +63,7 @@ class IndexParams:
     ef_search: int = 64
     nlist: int = 0
     nprobe: int = 32
+    shortlist: int = 500
     filter_exact_below: int = 20_000
     filter_boost: float = 2.0
     filter_boost_max: float = 16.0
@@ -182,6 +187,10 @@ def build_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> fai
         if n == 0 and kind == "hnsw_sq8":
             raise ValueError("hnsw_sq8 needs vectors to train its 8-bit ranges")
         index.train(_sample(x, _TRAIN_SAMPLE))
+    elif kind == "ivf_rabitq":
+        from imagesim_pipeline.search.quantised import RerankedIndex
+
+        return RerankedIndex.build(x, params.nlist or ivf_nlist(n), params.nprobe, params.shortlist)
     else:  # ivf_sq8
         nlist = params.nlist or ivf_nlist(n)
         if n < nlist:
@@ -209,7 +218,7 @@ def extend_index(index: faiss.Index, vectors: np.ndarray) -> None:
     _ensure_threads()
     x = _as_rows(vectors, index.d)
     if len(x):
-        index.add(x)
+        index.add(x)  # RerankedIndex.add appends its float16 vectors too
 
 
 # --------------------------------------------------------------------------- inspect / serialise
@@ -220,8 +229,16 @@ def _concrete(index: faiss.Index) -> faiss.Index:
     return faiss.downcast_index(index) if type(index) is faiss.Index else index
 
 
+def _reranked(index: Any) -> bool:
+    from imagesim_pipeline.search.quantised import RerankedIndex
+
+    return isinstance(index, RerankedIndex)
+
+
 def index_kind(index: faiss.Index) -> str:
     """The kind name (one of ``KINDS``) of a faiss index built here."""
+    if _reranked(index):
+        return "ivf_rabitq"
     concrete = _concrete(index)
     if isinstance(concrete, faiss.IndexHNSWSQ):
         qtype = faiss.downcast_index(concrete.storage).sq.qtype
@@ -235,7 +252,7 @@ def index_kind(index: faiss.Index) -> str:
     raise TypeError(f"not an index built by imagesim: {type(concrete).__name__}")
 
 
-LOSSLESS_KINDS = ("flat", "hnsw_flat", "hnsw_fp16")  # stored vectors within float16 rounding of the input
+LOSSLESS_KINDS = ("flat", "hnsw_flat", "hnsw_fp16", "ivf_rabitq")  # stored vectors within float16 rounding of the input
 
 
 def stored_vector(index: faiss.Index, i: int) -> np.ndarray | None:
@@ -261,6 +278,10 @@ def _bytes_per_vector(index: faiss.Index, kind: str) -> float:
 
 def describe(index: faiss.Index) -> dict[str, Any]:
     """Kind, vector count, dimension, approximate bytes per vector and the stored parameters."""
+    if _reranked(index):
+        return {"kind": "ivf_rabitq", "n": index.ntotal, "dim": index.d,
+                "bytes_per_vector": round(index.bytes_per_vector(), 1), "disk_bytes_per_vector": 2 * index.d,
+                "params": {"nlist": index.nlist, "nprobe": index.nprobe, "shortlist": index.shortlist}}
     concrete = _concrete(index)
     kind = index_kind(concrete)
     params: dict[str, Any] = {}
@@ -363,6 +384,14 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray 
     _ensure_threads()
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if _reranked(index):
+        fp = params or IndexParams()
+        mask = None if allowed is None else np.asarray(allowed, dtype=bool)
+        if mask is not None and mask.shape != (index.ntotal,):
+            raise ValueError(f"allowed must be a boolean mask of shape ({index.ntotal},), got {mask.shape}")
+        return index.search(_as_rows(queries, index.d), k, mask, params.nprobe if params else None,
+                            params.shortlist if params else None, fp.filter_exact_below, fp.filter_boost,
+                            fp.filter_boost_max)
     owner, index = index, _concrete(index)  # noqa: F841  (owner keeps a downcast target alive)
     kind = index_kind(index)
     x = _as_rows(queries, index.d)

@@ -52,7 +52,7 @@ from imagesim_pipeline.chips.naming import ChipName, ChipNameError, chip_key
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.models.registry import DEFAULT_NAME, ModelNotFoundError, read_pointer, served_version
 from imagesim_pipeline.search.catalog import IndexNotFoundError
-from imagesim_pipeline.search.catalog import read_manifest as read_index_manifest
+from imagesim_pipeline.search.stores import index_build
 from imagesim_pipeline.search.engine import MAX_K, Example, Filters, Hit, SearchEngine, UnknownChipError
 from imagesim_pipeline.service.schemas import (CHIP_ID_PATTERN, ChangeOut, ChangesResponse, ChipOut, FiltersIn,
                                                Health, HitOut, LabelOut, ModelRef, SearchRequest, SearchResponse)
@@ -123,7 +123,7 @@ class EngineHolder:
     def _refresh(self) -> None:
         try:
             version = self.pinned or served_version(self.bucket, self.name)
-            build = read_index_manifest(self.bucket, version).build
+            build = index_build(self.bucket, version)
             if self._engine is None or (self._engine.version, self._engine.build) != (version, build):
                 self._engine = SearchEngine(self.bucket, self.name, version)
                 log.info("serving model %s/%s (index build %s): %d indexed chips", self.name, version,
@@ -274,7 +274,8 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
                       pending=ModelRef(name=engines.name, version=engines.pending) if engines.pending else None,
                       index_build=engine.build if engine else "",
                       index_vectors=len(engine) if engine else 0,
-                      index_kind=type(engine.index).__name__ if engine else "",
+                      index_kind=engine.store.describe()["kind"] if engine else "",
+                      index_engine=engine.store.engine if engine else "",
                       labels=engine.labels if engine else [], acquisitions=mosaic.acquisitions(),
                       bounds=mosaic.bounds(), start=mosaic.start(), bucket=bucket.url(""))
 
@@ -354,12 +355,11 @@ def create_app(bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", refr
         """The chip grid in ``bbox``: each place's newest indexed chip, as GeoJSON outlines."""
         engine = engines.require()
         box = _query_filters(bbox, [], None, None, []).bbox
-        rows, total = engine.places_in(box, limit)
-        features = [{"type": "Feature", "geometry": _geojson(engine.wgs84(i)),
-                     "properties": {"chip": engine.chips[i], "place": engine.places[i],
-                                    "date": str(engine.dates[i])}} for i in rows]
+        items, total = engine.places_in(box, limit)
+        features = [{"type": "Feature", "geometry": _geojson(it.geometry),
+                     "properties": {"chip": it.chip, "place": it.place, "date": str(it.date)}} for it in items]
         return JSONResponse({"type": "FeatureCollection", "features": features, "places": total,
-                             "truncated": total > len(rows)}, media_type="application/geo+json")
+                             "truncated": total > len(items)}, media_type="application/geo+json")
 
     # -- changes -----------------------------------------------------------------------------------
     @app.get("/api/changes", response_model=ChangesResponse, tags=["changes"])

@@ -124,6 +124,7 @@ class Health(BaseModel):
     index_build: str = Field("", description="the index build served (a rebuild of the same version has another)")
     index_vectors: int
     index_kind: str = ""
+    index_engine: str = ""  # faiss (embedded) or pgvector (shared by every search process)
     labels: list[str]
     acquisitions: list[dict[str, Any]]
     bounds: tuple[float, float, float, float] | None

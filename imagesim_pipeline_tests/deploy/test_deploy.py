@@ -1,6 +1,7 @@
 """The AWS deployment: the CloudFormation template (deploy/aws/imagesim.yaml) against imagesim's settings and
-Dagster instance file, its IAM policies, the three Dockerfiles, and the search service image's requirements
-(the service must run without Dagster and with nothing but those requirements)."""
+Dagster instance file, its IAM policies, its conditions (VectorEngine=pgvector) and rules, the three Dockerfiles
+(the trainer's volta variant), and the search service image's requirements (the service must run without
+Dagster and with nothing but those requirements)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import time
 import tomllib
+import typing
+import urllib.parse
 import urllib.request
 from functools import cache
 from pathlib import Path
@@ -48,11 +51,26 @@ GPU_INSTANCES = {"g4dn.12xlarge": (4, 48, 192, (7, 5)), "g5.12xlarge": (4, 48, 1
                  "g6.12xlarge": (4, 48, 192, (8, 9)), "g6e.12xlarge": (4, 48, 384, (8, 9)),
                  "p3.8xlarge": (4, 32, 244, (7, 0))}
 DAGSTER_FAMILIES = ("imagesim-datamaker", "imagesim-trainer", "imagesim-webserver", "imagesim-daemon")
+# The task definitions that touch the similarity index: similarity_index's steps (and run workers), the daemon
+# (model_promoted_sensor asks whether a version has an index), the search service.
+INDEX_FAMILIES = ("imagesim-datamaker", "imagesim-daemon", "imagesim-search")
+# Parameter overrides for each vector engine (the template's conditions resolved for them).
+ENGINES = {"faiss": {}, "pgvector": {"VectorEngine": "pgvector"}}
+# torch/torchvision pairs for the trainer's TORCH_VARIANT=volta (p3, V100, compute capability 7.0), with the
+# index that has their CUDA builds and those builds' kernels. Each torchvision wheel's metadata requires exactly
+# that torch (PyPI torchvision 0.29.0: "Requires-Dist: torch (==2.14.0)"; 0.22.1: "torch (==2.7.1)"). PyTorch's
+# CUDA 12.6 wheels are built for 5.0, 6.0, 7.0, 7.5, 8.0, 8.6, 9.0 (RELEASE.md's CUDA support matrix for 2.9
+# through 2.14: https://github.com/pytorch/pytorch/issues/190355); 2.15 publishes no CUDA 12.x wheels
+# (https://github.com/pytorch/pytorch/issues/190385), and the CUDA 12.8 builds lost sm_70 in 2.11
+# (https://github.com/pytorch/pytorch/issues/172352).
+CU126_ARCHS = ("sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90")
+VOLTA_PAIRS = {("2.14.0", "0.29.0"): ("https://download.pytorch.org/whl/cu126", CU126_ARCHS),
+               ("2.7.1", "0.22.1"): ("https://download.pytorch.org/whl/cu126", CU126_ARCHS)}
 
 
 # --- loading ---------------------------------------------------------------------------------------
 @cache
-def template() -> dict:
+def raw_template() -> dict:
     from cfnlint.decode import decode_str
 
     decoded, problems = decode_str(TEMPLATE.read_text())
@@ -60,12 +78,128 @@ def template() -> dict:
     return json.loads(json.dumps(decoded))  # plain dicts: {"Ref": ...}, {"Fn::Sub": ...}
 
 
-def resources(kind: str) -> dict[str, dict]:
-    return {name: r for name, r in template()["Resources"].items() if r["Type"] == kind}
+def parameter_values(**overrides: str) -> dict[str, str]:
+    """The template's parameter defaults with ``overrides``, as strings (how CloudFormation passes them)."""
+    parameters = raw_template()["Parameters"]
+    assert set(overrides) <= set(parameters), set(overrides) - set(parameters)
+    values = {name: str(p["Default"]) for name, p in parameters.items() if "Default" in p}
+    return values | {name: str(value) for name, value in overrides.items()}
 
 
-def props(name: str) -> dict:
-    return template()["Resources"][name]["Properties"]
+def _scalar(node, values: dict[str, str]) -> str:
+    if isinstance(node, dict):
+        assert set(node) == {"Ref"}, node
+        return values[node["Ref"]]
+    assert isinstance(node, (str, int, float, bool)), node
+    return str(node)
+
+
+def _condition(node, values: dict[str, str], conditions: dict) -> bool:
+    (fn, arg), = node.items()
+    if fn == "Condition":
+        return _condition(conditions[arg], values, conditions)
+    if fn == "Fn::Equals":
+        return _scalar(arg[0], values) == _scalar(arg[1], values)
+    if fn == "Fn::Not":
+        return not _condition(arg[0], values, conditions)
+    if fn in ("Fn::And", "Fn::Or"):
+        found = [_condition(c, values, conditions) for c in arg]
+        return all(found) if fn == "Fn::And" else any(found)
+    raise AssertionError(f"unsupported condition {node!r}")
+
+
+_NO_VALUE = object()
+
+
+def _resolve(node, truth: dict[str, bool]):
+    """``node`` with every Fn::If decided by ``truth`` and every AWS::NoValue left out."""
+    if isinstance(node, dict):
+        if set(node) == {"Fn::If"}:
+            name, yes, no = node["Fn::If"]
+            return _resolve(yes if truth[name] else no, truth)
+        if node == {"Ref": "AWS::NoValue"}:
+            return _NO_VALUE
+        resolved = {k: _resolve(v, truth) for k, v in node.items()}
+        return {k: v for k, v in resolved.items() if v is not _NO_VALUE}
+    if isinstance(node, list):
+        return [v for v in (_resolve(x, truth) for x in node) if v is not _NO_VALUE]
+    return node
+
+
+@cache
+def _template(overrides: tuple[tuple[str, str], ...]) -> dict:
+    raw = raw_template()
+    values = parameter_values(**dict(overrides))
+    conditions = raw.get("Conditions", {})
+    truth = {name: _condition(c, values, conditions) for name, c in conditions.items()}
+    out = dict(raw)
+    for section in ("Resources", "Outputs"):
+        out[section] = {name: _resolve(r, truth) for name, r in raw.get(section, {}).items()
+                        if "Condition" not in r or truth[r["Condition"]]}
+    return out
+
+
+def template(**overrides: str) -> dict:
+    """The template as CloudFormation creates it with these parameter values (defaults otherwise): resources
+    and outputs whose condition is false left out, Fn::If decided."""
+    return _template(tuple(sorted(overrides.items())))
+
+
+def failing_rules(**overrides: str) -> list[str]:
+    """The AssertDescription of every rule assertion that fails with these parameter values."""
+    values = parameter_values(**overrides)
+
+    def value(node):
+        if isinstance(node, list):
+            return [value(v) for v in node]
+        if not isinstance(node, dict):
+            return str(node)
+        (fn, arg), = node.items()
+        if fn == "Ref":
+            return values[arg]
+        if fn == "Fn::Equals":
+            return value(arg[0]) == value(arg[1])
+        if fn == "Fn::Not":
+            return not value(arg[0])
+        if fn in ("Fn::And", "Fn::Or"):
+            found = [value(a) for a in arg]
+            return all(found) if fn == "Fn::And" else any(found)
+        if fn == "Fn::Contains":
+            return value(arg[1]) in value(arg[0])
+        raise AssertionError(f"unsupported rule function {fn}")
+
+    failed = []
+    for name, rule in raw_template().get("Rules", {}).items():
+        if "RuleCondition" in rule and not value(rule["RuleCondition"]):
+            continue
+        failed += [f"{name}: {a.get('AssertDescription', '')}" for a in rule["Assertions"] if not value(a["Assert"])]
+    return failed
+
+
+def rule_lists(parameter: str) -> set[str]:
+    """Every value a rule's Fn::Contains lists for ``parameter``."""
+    found: set[str] = set()
+
+    def visit(node):
+        if isinstance(node, dict):
+            if "Fn::Contains" in node and node["Fn::Contains"][1] == {"Ref": parameter}:
+                found.update(node["Fn::Contains"][0])
+            for v in node.values():
+                visit(v)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+
+    visit(raw_template().get("Rules", {}))
+    return found
+
+
+def resources(kind: str, **overrides: str) -> dict[str, dict]:
+    return {name: r for name, r in template(**overrides)["Resources"].items() if r["Type"] == kind}
+
+
+def props(name: str, **overrides: str) -> dict:
+    return template(**overrides)["Resources"][name]["Properties"]
 
 
 def ref_name(value) -> str:
@@ -101,8 +235,8 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def task_definition(family: str) -> dict:
-    found = [p["Properties"] for p in resources("AWS::ECS::TaskDefinition").values()
+def task_definition(family: str, **overrides: str) -> dict:
+    found = [p["Properties"] for p in resources("AWS::ECS::TaskDefinition", **overrides).values()
              if p["Properties"].get("Family") == family]
     assert len(found) == 1, f"{len(found)} task definitions of family {family}"
     return found[0]
@@ -123,14 +257,14 @@ def env_names(config) -> set[str]:
     return set()
 
 
-def statements_by_role() -> dict[str, list[dict]]:
+def statements_by_role(**overrides: str) -> dict[str, list[dict]]:
     """Every Allow/Deny statement of the template's IAM policies, by the role that holds it."""
-    out: dict[str, list[dict]] = {name: [] for name in resources("AWS::IAM::Role")}
-    for name, role in resources("AWS::IAM::Role").items():
+    out: dict[str, list[dict]] = {name: [] for name in resources("AWS::IAM::Role", **overrides)}
+    for name, role in resources("AWS::IAM::Role", **overrides).items():
         for policy in role["Properties"].get("Policies", []):
             out[name] += as_list(policy["PolicyDocument"]["Statement"])
     for kind in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::IAM::RolePolicy"):
-        for policy in resources(kind).values():
+        for policy in resources(kind, **overrides).values():
             p = policy["Properties"]
             roles = [ref_name(r) for r in p.get("Roles", [])] + ([p["RoleName"]] if "RoleName" in p else [])
             assert roles, "a policy attached to no role"
@@ -204,11 +338,23 @@ def _arch_supported(capability: tuple[int, int], arch_flags: list[str]) -> bool:
     return False
 
 
-def test_the_trainer_profile_scales_from_zero_on_gpus_that_the_pinned_torch_supports():
+def _installed_torch_arch_flags() -> list[str] | None:
+    """The compiled CUDA architectures of the installed torch (pyproject's pin: the default trainer image's);
+    None for a torch without CUDA kernels."""
+    import torch
+
+    flags = torch._C._cuda_getArchFlags().split() if hasattr(torch._C, "_cuda_getArchFlags") else []
+    return flags or None
+
+
+def test_the_trainer_profile_scales_from_zero_on_gpus_that_its_torch_supports():
+    """Every TrainerInstanceType, with every TrainerImageVariant and TrainerTaskCpu that the rules let through,
+    gets a torch with kernels for its GPUs and room for the training step."""
     asg = _asg_of(_default("ecs_trainer_capacity_provider"))
     assert str(asg["MinSize"]) == "0" and "DesiredCapacity" not in asg
     instance_type = _instance_type(asg)
-    parameter = template()["Parameters"][ref_name(instance_type)] if isinstance(instance_type, dict) else None
+    parameters = template()["Parameters"]
+    parameter = parameters[ref_name(instance_type)] if isinstance(instance_type, dict) else None
     choices = parameter["AllowedValues"] if parameter else [instance_type]
     default = parameter["Default"] if parameter else instance_type
     assert default in choices
@@ -216,23 +362,114 @@ def test_the_trainer_profile_scales_from_zero_on_gpus_that_the_pinned_torch_supp
     (container,) = trainer["ContainerDefinitions"]
     gpus = {r["Type"]: int(r["Value"]) for r in container.get("ResourceRequirements", [])}.get("GPU")
     assert gpus == 4, "a training step takes the instance's four GPUs"
+    assert ref_name(container["Image"]) == "TrainerImage"
+    variants = parameters["TrainerImageVariant"]["AllowedValues"]
+    assert set(variants) == {"default", "volta"} and parameters["TrainerImageVariant"]["Default"] == "default"
 
     def number(value) -> int:
-        return int(template()["Parameters"][value["Ref"]]["Default"] if isinstance(value, dict) else value)
+        return int(parameters[value["Ref"]]["Default"] if isinstance(value, dict) else value)
 
-    cpu, memory = number(trainer["Cpu"]), number(trainer["Memory"])
+    memory = number(trainer["Memory"])
+    # the CPU values to try: the default and every value a rule lists for the parameter
+    cpu_parameter = ref_name(trainer["Cpu"]) if isinstance(trainer["Cpu"], dict) else None
+    cpus = ({str(number(trainer["Cpu"]))} | rule_lists(cpu_parameter)) if cpu_parameter else {str(trainer["Cpu"])}
+    volta_torch, volta_vision = _volta_pair()
+    archs = {"default": _installed_torch_arch_flags(), "volta": list(VOLTA_PAIRS[(volta_torch, volta_vision)][1])}
     import torch
 
-    flags = torch._C._cuda_getArchFlags().split() if hasattr(torch._C, "_cuda_getArchFlags") else []
-    if not flags:
-        pytest.skip(f"torch {torch.__version__} has no CUDA kernels to check")
     for choice in choices:
         assert choice in GPU_INSTANCES, f"{choice}: add its GPUs, vCPUs, memory and compute capability here"
         n_gpus, vcpus, gib, capability = GPU_INSTANCES[choice]
-        assert _arch_supported(capability, flags), (
-            f"{choice}: torch {torch.__version__} (CUDA {torch.version.cuda}) has kernels for {flags}, "
-            f"none for compute capability {capability[0]}.{capability[1]}")
-        assert n_gpus >= gpus and cpu <= vcpus * 1024 and memory <= gib * 1024 * 0.95, choice
+        deployable = []
+        for variant in variants:
+            for cpu in sorted(cpus):
+                overrides = {"TrainerInstanceType": choice, "TrainerImageVariant": variant}
+                if cpu_parameter:
+                    overrides[cpu_parameter] = cpu
+                if failing_rules(**overrides):
+                    continue
+                deployable.append((variant, cpu))
+                assert n_gpus >= gpus and int(cpu) <= vcpus * 1024 and memory <= gib * 1024 * 0.95, (
+                    f"{choice} with TrainerImageVariant={variant}: a step of {cpu} CPU units and {memory} MiB "
+                    f"does not fit {vcpus} vCPUs and {gib} GiB")
+                flags = archs[variant]
+                if flags is None:
+                    continue  # the installed torch has no CUDA kernels to check
+                what = (f"torch {torch.__version__} (CUDA {torch.version.cuda})" if variant == "default"
+                        else f"torch {volta_torch} (TORCH_VARIANT=volta)")
+                assert _arch_supported(capability, flags), (
+                    f"{choice} with TrainerImageVariant={variant}: {what} has kernels for {flags}, none for "
+                    f"compute capability {capability[0]}.{capability[1]}")
+        assert deployable, f"{choice}: no TrainerImageVariant and TrainerTaskCpu pass the template's rules"
+    assert not failing_rules(), "the default parameters break a rule"
+
+
+def test_p3_trainers_are_allowed_only_with_the_volta_image():
+    choices = template()["Parameters"]["TrainerInstanceType"]["AllowedValues"]
+    assert "p3.8xlarge" in choices
+    p3 = {"TrainerInstanceType": "p3.8xlarge"}
+    assert failing_rules(**p3, TrainerTaskCpu="28672"), "p3.8xlarge with the default image"
+    assert failing_rules(**p3, TrainerImageVariant="volta"), "p3.8xlarge with 40 vCPUs of its 32"
+    assert not failing_rules(**p3, TrainerImageVariant="volta", TrainerTaskCpu="28672")
+    for choice in set(choices) - {"p3.8xlarge"}:
+        for variant in ("default", "volta"):
+            assert not failing_rules(TrainerInstanceType=choice, TrainerImageVariant=variant), (choice, variant)
+
+
+# --- the trainer image's volta variant ---------------------------------------------------------------
+def _dockerfile_args(dockerfile: Path) -> dict[str, str]:
+    """The ARG defaults of a Dockerfile (a name declared in several stages must keep one default)."""
+    args: dict[str, str] = {}
+    for word, rest in _instructions(dockerfile):
+        if word == "ARG" and "=" in rest:
+            name, _, value = rest.partition("=")
+            assert args.setdefault(name, value) == value, f"ARG {name}: {args[name]} and {value}"
+    return args
+
+
+def _volta_pair() -> tuple[str, str]:
+    args = _dockerfile_args(DOCKERFILES["trainer"])
+    return args["VOLTA_TORCH_VERSION"], args["VOLTA_TORCHVISION_VERSION"]
+
+
+def test_the_volta_trainer_image_installs_a_known_pair_with_sm_70_kernels():
+    args = _dockerfile_args(DOCKERFILES["trainer"])
+    assert args["TORCH_VARIANT"] == "default", "a plain build is the pinned torch"
+    pair = _volta_pair()
+    assert pair in VOLTA_PAIRS, f"torch/torchvision {pair}: not a pair known to ship sm_70 kernels"
+    index, archs = VOLTA_PAIRS[pair]
+    assert args["VOLTA_TORCH_INDEX_URL"] == index
+    assert _arch_supported((7, 0), list(archs))
+    pinned = _pyproject_requirements()
+    assert pair != (str(pinned["torch"].specifier).lstrip("="), str(pinned["torchvision"].specifier).lstrip("="))
+    # the project's other pins accept that torch (lightning, torchmetrics and timm are pyproject's versions)
+    from packaging.version import Version
+
+    for name in ("lightning", "pytorch-lightning", "torchmetrics", "timm"):
+        try:
+            requires = md.distribution(name).requires or []
+        except md.PackageNotFoundError:
+            pytest.fail(f"{name} is not installed")
+        if name in pinned:
+            assert md.version(name) in pinned[name].specifier, f"installed {name} {md.version(name)} is not the pin"
+        for line in requires:
+            req = Requirement(line)
+            if canonicalize_name(req.name) in ("torch", "torchvision") and not req.marker:
+                version = Version(pair[0] if canonicalize_name(req.name) == "torch" else pair[1])
+                assert req.specifier.contains(version, prereleases=True), f"{name} requires {req}"
+    # the build: the variants the stack knows, the pair from its index first, the rest constrained to it, and a
+    # check of the installed versions and of sm_70
+    runs = [rest for word, rest in _instructions(DOCKERFILES["trainer"]) if word == "RUN"]
+    (install,) = [r for r in runs if 'case "$TORCH_VARIANT" in' in r]
+    branches = set(re.findall(r"(\w+)\)\s", install.split(" in ", 1)[1]))
+    assert branches == set(template()["Parameters"]["TrainerImageVariant"]["AllowedValues"]), branches
+    volta = install.split("volta)", 1)[1].split(";;", 1)[0]
+    assert ('--index-url "$VOLTA_TORCH_INDEX_URL" "torch==$VOLTA_TORCH_VERSION" '
+            '"torchvision==$VOLTA_TORCHVISION_VERSION"') in re.sub(r"\s+", " ", volta)
+    assert re.search(r"pip install -r \S+ -c \S+", volta), "the other dependencies must be constrained to the pair"
+    assert "pip install ." not in volta, "pip install . would pull pyproject's torch"
+    (check,) = [r for r in runs if "pip install --no-deps ." in r]
+    assert "'sm_70'" in check and '"$TORCH_VARIANT" "$VOLTA_TORCH_VERSION" "$VOLTA_TORCHVISION_VERSION"' in check
 
 
 def test_dagster_tasks_get_every_variable_the_instance_file_reads():
@@ -277,8 +514,9 @@ def test_services_and_commands():
 
 
 # --- (c) least privilege -----------------------------------------------------------------------------
-def test_no_wildcard_permissions():
-    for role, statements in statements_by_role().items():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_wildcard_permissions(engine):
+    for role, statements in statements_by_role(**ENGINES[engine]).items():
         for s in statements:
             if s["Effect"] != "Allow":
                 continue
@@ -291,8 +529,9 @@ def test_no_wildcard_permissions():
                 assert not any(r == "*" or r.startswith("arn:aws:s3:::*") for r in resources_), (role, resources_)
 
 
-def test_bucket_access_stays_under_the_prefix():
-    by_role = statements_by_role()
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bucket_access_stays_under_the_prefix(engine):
+    by_role = statements_by_role(**ENGINES[engine])
     for role, statements in by_role.items():
         for s in statements:
             actions = set(as_list(s["Action"]))
@@ -320,8 +559,9 @@ def test_bucket_access_stays_under_the_prefix():
     assert {a.split(":")[0] for a in allowed_actions(by_role[role_of("imagesim-trainer")])} == {"s3"}
 
 
-def test_ecs_and_pass_role_permissions_are_scoped():
-    by_role = statements_by_role()
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ecs_and_pass_role_permissions_are_scoped(engine):
+    by_role = statements_by_role(**ENGINES[engine])
     task_roles = {ref_name(p["Properties"]["TaskRoleArn"]) for p in resources("AWS::ECS::TaskDefinition").values()}
     execution_roles = {ref_name(p["Properties"]["ExecutionRoleArn"])
                        for p in resources("AWS::ECS::TaskDefinition").values()}
@@ -339,7 +579,20 @@ def test_ecs_and_pass_role_permissions_are_scoped():
                 assert passed <= task_roles | execution_roles, (role, passed)
                 assert s["Condition"]["StringEquals"]["iam:PassedToService"] == "ecs-tasks.amazonaws.com"
             if "secretsmanager:GetSecretValue" in actions:
-                assert role in execution_roles and [ref_name(r) for r in as_list(s["Resource"])] == ["DatabaseSecret"]
+                assert role in execution_roles and actions == {"secretsmanager:GetSecretValue"}, (role, actions)
+    # the secrets each execution role reads: the Dagster tasks' the database's (and with pgvector the vector
+    # database's); the search service's none, or with pgvector exactly the vector database's
+    def secrets(role: str) -> set[str]:
+        return {ref_name(r) for s in by_role[role] if s["Effect"] == "Allow"
+                and "secretsmanager:GetSecretValue" in as_list(s["Action"]) for r in as_list(s["Resource"])}
+
+    vector = {"VectorDatabaseSecret"} if engine == "pgvector" else set()
+    dagster_execution = {ref_name(task_definition(f)["ExecutionRoleArn"]) for f in DAGSTER_FAMILIES}
+    search_execution = ref_name(task_definition("imagesim-search")["ExecutionRoleArn"])
+    assert search_execution not in dagster_execution
+    for role in dagster_execution:
+        assert secrets(role) == {"DatabaseSecret"} | vector, role
+    assert secrets(search_execution) == vector
     # the webserver/daemon start run workers only; run workers start steps on both profiles
     orchestrator = ref_name(task_definition("imagesim-daemon")["TaskRoleArn"])
     runs = [render(r) for s in by_role[orchestrator] if "ecs:RunTask" in as_list(s["Action"])
@@ -380,23 +633,139 @@ def test_every_dagster_task_may_write_where_the_instance_keeps_compute_logs():
 
 
 # --- (d) no plaintext password ------------------------------------------------------------------------
-def test_the_database_password_only_travels_as_a_secret():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_database_password_only_travels_as_a_secret(engine):
+    overrides = ENGINES[engine]
+    secret_of = {"DAGSTER_PG_PASSWORD": "DatabaseSecret", "PGPASSWORD": "VectorDatabaseSecret"}
     for family in (*DAGSTER_FAMILIES, "imagesim-search"):
-        for container in task_definition(family)["ContainerDefinitions"]:
-            env = [e["Name"] for e in container.get("Environment", [])]
-            assert not [n for n in env if "PASSWORD" in n or "SECRET" in n], (family, env)
+        for container in task_definition(family, **overrides)["ContainerDefinitions"]:
+            env = {e["Name"]: e["Value"] for e in container.get("Environment", [])}
+            assert not [n for n in env if "PASSWORD" in n or "SECRET" in n], (family, list(env))
+            if "IMAGESIM_PGVECTOR_DSN" in env:
+                assert urllib.parse.urlsplit(render(env["IMAGESIM_PGVECTOR_DSN"])).password is None, family
             for secret in container.get("Secrets", []):
-                if secret["Name"] == "DAGSTER_PG_PASSWORD":
-                    assert secret["ValueFrom"] == {"Fn::Sub": "${DatabaseSecret}:password::"}
+                assert secret["Name"] in secret_of, (family, secret["Name"])
+                assert secret["ValueFrom"] == {"Fn::Sub": f"${{{secret_of[secret['Name']]}}}:password::"}, family
     for family in DAGSTER_FAMILIES:
-        (container,) = task_definition(family)["ContainerDefinitions"]
+        (container,) = task_definition(family, **overrides)["ContainerDefinitions"]
         assert "DAGSTER_PG_PASSWORD" in {s["Name"] for s in container["Secrets"]}, family
-    assert "Secrets" not in task_definition("imagesim-search")["ContainerDefinitions"][0]
-    (database,) = resources("AWS::RDS::DBInstance").values()
-    password = database["Properties"]["MasterUserPassword"]
-    assert password == {"Fn::Sub": "{{resolve:secretsmanager:${DatabaseSecret}:SecretString:password}}"}
-    (secret,) = resources("AWS::SecretsManager::Secret").values()
-    assert "SecretString" not in secret["Properties"] and secret["Properties"]["GenerateSecretString"]
+    (search,) = task_definition("imagesim-search", **overrides)["ContainerDefinitions"]
+    assert {s["Name"] for s in search.get("Secrets", [])} == ({"PGPASSWORD"} if engine == "pgvector" else set())
+    databases = resources("AWS::RDS::DBInstance", **overrides)
+    assert set(databases) == {"Database"} | ({"VectorDatabase"} if engine == "pgvector" else set())
+    secrets = {}
+    for name, database in databases.items():
+        password = database["Properties"]["MasterUserPassword"]["Fn::Sub"]
+        (secret,) = re.fullmatch(r"\{\{resolve:secretsmanager:\$\{(\w+)\}:SecretString:password\}\}", password).groups()
+        secrets[name] = secret
+    assert len(set(secrets.values())) == len(secrets), f"the databases share a secret: {secrets}"
+    assert set(resources("AWS::SecretsManager::Secret", **overrides)) == set(secrets.values())
+    for secret in resources("AWS::SecretsManager::Secret", **overrides).values():
+        assert "SecretString" not in secret["Properties"] and secret["Properties"]["GenerateSecretString"]
+
+
+# --- (d2) the vector engine: faiss in the search tasks, or a second PostgreSQL with pgvector ------------------
+def test_the_vector_engine_parameter_is_the_settings_choice():
+    parameter = template()["Parameters"]["VectorEngine"]
+    engines = set(typing.get_args(Settings.model_fields["vector_engine"].annotation))
+    assert set(parameter["AllowedValues"]) == engines == set(ENGINES)
+    assert parameter["Default"] == _default("vector_engine") == "faiss"
+
+
+def test_the_vector_database_exists_only_with_pgvector():
+    vector = {"VectorDatabase", "VectorDatabaseSecret", "VectorDatabaseSecurityGroup"}
+    raw = raw_template()["Resources"]
+    assert raw["Database"].get("Condition") is None
+    for name in vector:
+        assert raw[name].get("Condition") == "UsePgvector", name
+    assert raw_template()["Conditions"]["UsePgvector"] == {"Fn::Equals": [{"Ref": "VectorEngine"}, "pgvector"]}
+    faiss, pgvector = (set(template(**ENGINES[e])["Resources"]) for e in ("faiss", "pgvector"))
+    assert not faiss & vector and vector <= pgvector
+    assert pgvector - faiss == vector, pgvector - faiss
+    # the outputs that name it exist only with it too
+    for name, output in raw_template()["Outputs"].items():
+        if "VectorDatabase" in json.dumps(output["Value"]):
+            assert output.get("Condition") == "UsePgvector", name
+            assert name not in template()["Outputs"]
+
+
+def test_the_vector_database_is_private_encrypted_and_its_own():
+    pg = ENGINES["pgvector"]
+    db, dagster_db = props("VectorDatabase", **pg), props("Database", **pg)
+    parameters = template()["Parameters"]
+    assert db["Engine"] == "postgres" and db["StorageEncrypted"] is True and db["PubliclyAccessible"] is False
+    assert db["StorageType"] == "gp3"
+    assert ref_name(db["DBInstanceClass"]) != ref_name(dagster_db["DBInstanceClass"])
+    assert parameters[ref_name(db["DBInstanceClass"])]["Default"].startswith(("db.r", "db.x")), "memory-optimised"
+    version = parameters[ref_name(db["EngineVersion"])]["Default"]
+    assert int(version.split(".")[0]) >= 17, f"PostgreSQL {version}: pgvector >= 0.8 needs a current RDS version"
+    assert "AllocatedStorage" in db and ref_name(db["AllocatedStorage"]) in parameters
+    assert raw_template()["Resources"]["VectorDatabase"]["DeletionPolicy"] == "Snapshot"
+    # the private subnets, behind its own security group that only the ECS instances reach, on 5432
+    group = props(ref_name(db["DBSubnetGroupName"]), **pg)
+    assert group["SubnetIds"] == {"Ref": "PrivateSubnetIds"}
+    (sg,) = [ref_name(g) for g in db["VPCSecurityGroups"]]
+    assert sg not in [ref_name(g) for g in dagster_db["VPCSecurityGroups"]]
+    (ingress,) = props(sg, **pg)["SecurityGroupIngress"]
+    assert (ingress["FromPort"], ingress["ToPort"], ingress["IpProtocol"]) == (5432, 5432, "tcp")
+    assert set(ingress) & {"CidrIp", "CidrIpv6", "SourcePrefixListId"} == set()
+    assert ref_name(ingress["SourceSecurityGroupId"]) == "InstanceSecurityGroup"
+    instances = props("DatamakerLaunchTemplate", **pg)["LaunchTemplateData"]["SecurityGroupIds"]
+    assert "InstanceSecurityGroup" in [ref_name(g) for g in instances]
+
+
+def _dsn(value) -> urllib.parse.SplitResult:
+    """IMAGESIM_PGVECTOR_DSN with the vector database's endpoint filled in (any other reference fails)."""
+    endpoint = {"VectorDatabase.Endpoint.Address": "vectors.abc123.eu-west-1.rds.amazonaws.com",
+                "VectorDatabase.Endpoint.Port": "5432"}
+    assert set(value) == {"Fn::Sub"}, value
+    return urllib.parse.urlsplit(re.sub(r"\$\{([^}]+)\}", lambda m: endpoint[m.group(1)], value["Fn::Sub"]))
+
+
+def test_index_writers_and_search_get_the_engine_settings():
+    pg = ENGINES["pgvector"]
+    secret = props("VectorDatabaseSecret", **pg)["GenerateSecretString"]
+    user = json.loads(secret["SecretStringTemplate"])["username"]
+    for family in INDEX_FAMILIES:
+        for engine, overrides in ENGINES.items():
+            (container,) = task_definition(family, **overrides)["ContainerDefinitions"]
+            env = {e["Name"]: e["Value"] for e in container["Environment"]}
+            assert env["IMAGESIM_VECTOR_ENGINE"] == {"Ref": "VectorEngine"}, family
+            for name in env:
+                if name.startswith("IMAGESIM_"):
+                    assert name.removeprefix("IMAGESIM_").lower() in Settings.model_fields, (family, name)
+            secrets = {s["Name"]: s["ValueFrom"] for s in container.get("Secrets", [])}
+            if engine == "faiss":
+                assert "IMAGESIM_PGVECTOR_DSN" not in env and "PGPASSWORD" not in secrets, family
+                continue
+            dsn = _dsn(env["IMAGESIM_PGVECTOR_DSN"])
+            assert dsn.scheme in ("postgresql", "postgres") and dsn.password is None, family
+            assert (dsn.username, dsn.hostname, dsn.port) == (user, "vectors.abc123.eu-west-1.rds.amazonaws.com",
+                                                              5432), family
+            assert dsn.path == "/" + props("VectorDatabase", **pg)["DBName"], family
+            assert secrets["PGPASSWORD"] == {"Fn::Sub": "${VectorDatabaseSecret}:password::"}, family
+    # the webserver and the training steps never touch the index
+    for family in ("imagesim-webserver", "imagesim-trainer"):
+        (container,) = task_definition(family, **pg)["ContainerDefinitions"]
+        names = {e["Name"] for e in container["Environment"]} | {s["Name"] for s in container.get("Secrets", [])}
+        assert not names & {"IMAGESIM_VECTOR_ENGINE", "IMAGESIM_PGVECTOR_DSN", "PGPASSWORD"}, family
+
+
+def test_pgvector_runs_two_or_more_search_tasks():
+    assert template()["Parameters"]["SearchDesiredCount"]["Default"] == 1
+    for count in ("0", "1"):
+        assert not failing_rules(SearchDesiredCount=count), f"faiss refuses SearchDesiredCount={count}"
+        assert failing_rules(VectorEngine="pgvector", SearchDesiredCount=count), f"pgvector with {count} task(s)"
+    for count in ("2", "3", "10"):
+        assert not failing_rules(VectorEngine="pgvector", SearchDesiredCount=count), count
+    services = {e: {p["Properties"]["ServiceName"]: p["Properties"]
+                    for p in resources("AWS::ECS::Service", **o).values()} for e, o in ENGINES.items()}
+    for engine in ENGINES:
+        assert ref_name(services[engine]["imagesim-search"]["DesiredCount"]) == "SearchDesiredCount"
+    # faiss as before: every task stopped before new ones start; pgvector keeps half of them serving
+    assert services["faiss"]["imagesim-search"]["DeploymentConfiguration"] == {"MinimumHealthyPercent": 0,
+                                                                                "MaximumPercent": 100}
+    assert services["pgvector"]["imagesim-search"]["DeploymentConfiguration"]["MinimumHealthyPercent"] >= 50
 
 
 # --- (e) the Dockerfiles and the service image's requirements --------------------------------------

@@ -29,9 +29,9 @@ def indexed(demo_index):
 
 
 def _two_acquisition_chip(engine: SearchEngine) -> str:
-    places, counts = np.unique(engine.places, return_counts=True)
+    places, counts = np.unique(engine.store.places, return_counts=True)
     place = places[counts >= 2][0]
-    return engine.chips[np.flatnonzero(engine.places == place)[0]]
+    return engine.store.chips[np.flatnonzero(engine.store.places == place)[0]]
 
 
 def test_a_chip_query_never_returns_its_own_place_and_each_place_once(indexed):
@@ -50,7 +50,7 @@ def test_a_chip_query_never_returns_its_own_place_and_each_place_once(indexed):
 
 def test_an_image_query_finds_the_chip_it_was_cut_from(indexed):
     bucket, _, engine = indexed
-    chip = engine.chips[len(engine) // 2]
+    chip = engine.store.chips[len(engine) // 2]
     hits = engine.by_image(bucket.read_bytes(chip_key(ChipName.parse(chip))), k=3)
     assert hits[0].chip == chip and hits[0].score > 0.999
 
@@ -73,29 +73,29 @@ def test_a_negative_example_pushes_its_look_alikes_down(indexed):
 
 def test_filters_hold_for_every_result(indexed):
     _, _, engine = indexed
-    chip = engine.chips[0]
-    w, s, e, n = np.median(engine.bounds, axis=0)[[0, 1, 2, 3]]
+    chip = engine.store.chips[0]
+    w, s, e, n = np.median(engine.store.bounds, axis=0)[[0, 1, 2, 3]]
     box = (float(w) - 0.01, float(s) - 0.005, float(w) + 0.01, float(s) + 0.005)
     hits = engine.by_chip(chip, k=20, filters=Filters(bbox=box))
     assert hits and all(h.geometry.intersects(shapely.box(*box)) for h in hits)
-    label = engine.labels[int(np.argmax((engine.probs >= engine.thresholds).sum(0)))]
+    label = engine.labels[int(np.argmax((engine.store.probs >= engine.thresholds).sum(0)))]
     for h in engine.by_chip(chip, k=20, filters=Filters(labels=(label,))):
         assert label in [name for name, _ in h.labels]
-    day = sorted(set(engine.dates.tolist()))[-1]
+    day = sorted(set(engine.store.dates.tolist()))[-1]
     hits = engine.by_chip(chip, k=20, filters=Filters(since=day))
     assert hits and all(h.date >= day for h in hits)
     hits = engine.by_chip(chip, k=20, filters=Filters(until=date(1999, 1, 1)))
     assert hits == []
-    catalog = engine.catalog_ids[-1]
+    catalog = engine.store.catalog_ids[-1]
     hits = engine.by_chip(chip, k=20, filters=Filters(catalog_ids=(catalog,)))
     assert hits and {h.catalog_id for h in hits} == {catalog}
 
 
 def test_k_up_to_1000_and_spread_keeps_one_result_per_neighbourhood(indexed):
     _, _, engine = indexed
-    chip = engine.chips[0]
+    chip = engine.store.chips[0]
     everything = engine.by_chip(chip, k=1000)
-    distinct = len(set(engine.places)) - 1  # every place but the query's
+    distinct = len(set(engine.store.places)) - 1  # every place but the query's
     assert len(everything) == min(1000, distinct)
     spread = engine.by_chip(chip, k=10, spread=True)
     blocks = [block_of(h.place, 15) for h in spread]
@@ -113,7 +113,7 @@ def test_bad_queries_say_what_is_wrong(indexed):
     with pytest.raises(SearchError, match="not a readable image"):
         engine.by_image(b"\xff\xd8 truncated", name="broken.jpg")
     with pytest.raises(SearchError, match="unknown label"):
-        engine.by_chip(engine.chips[0], filters=Filters(labels=("volcano",)))
+        engine.by_chip(engine.store.chips[0], filters=Filters(labels=("volcano",)))
 
 
 def test_versions_never_mix_and_new_cells_extend_the_index(indexed, tmp_path):
@@ -152,13 +152,13 @@ def test_versions_never_mix_and_new_cells_extend_the_index(indexed, tmp_path):
     assert build_similarity_index(copy, version).mode == "built"
     fresh = SearchEngine(copy, version=version)
     assert len(fresh) == len(engine)
-    chip = engine.chips[0]
+    chip = engine.store.chips[0]
     assert [h.chip for h in fresh.by_chip(chip, k=5)] == [h.chip for h in engine.by_chip(chip, k=5)]
 
 
 def test_several_positive_examples_query_their_mean_and_exclude_every_example_place(indexed):
     _, _, engine = indexed
-    a, b = engine.chips[0], engine.chips[len(engine) - 1]
+    a, b = engine.store.chips[0], engine.store.chips[len(engine) - 1]
     hits = engine.query([Example(chip=a), Example(chip=b)], k=20)
     places = {h.place for h in hits}
     assert ChipName.parse(a).cell.id not in places and ChipName.parse(b).cell.id not in places
@@ -173,12 +173,12 @@ def test_several_positive_examples_query_their_mean_and_exclude_every_example_pl
 
 def test_an_empty_answer_says_which_filter_emptied_it(indexed):
     _, _, engine = indexed
-    chip = engine.chips[0]
+    chip = engine.store.chips[0]
     assert engine.by_chip(chip, k=5, filters=Filters(catalog_ids=("NOPE",))) == []
     hint = engine.why_empty(Filters(catalog_ids=("NOPE",)))
-    assert "NOPE" in hint and str(engine.catalog_ids[0]) in hint
+    assert "NOPE" in hint and str(engine.store.catalog_ids[0]) in hint
     far = Filters(bbox=(-10.0, -10.0, -9.9, -9.9))
     assert engine.by_chip(chip, k=5, filters=far) == []
     assert "the bbox meets no indexed chip; the index covers" in engine.why_empty(far)
     late = Filters(since=date(2099, 1, 1))
-    assert "date range" in engine.why_empty(late) and str(engine.dates.max()) in engine.why_empty(late)
+    assert "date range" in engine.why_empty(late) and str(engine.store.dates.max()) in engine.why_empty(late)

@@ -32,9 +32,9 @@ def service(demo_index):
 
 
 def _two_acquisition_chip(engine: SearchEngine) -> str:
-    places, counts = np.unique(engine.places, return_counts=True)
+    places, counts = np.unique(engine.store.places, return_counts=True)
     place = places[counts >= 2][len(places[counts >= 2]) // 2]
-    return engine.chips[np.flatnonzero(engine.places == place)[0]]
+    return engine.store.chips[np.flatnonzero(engine.store.places == place)[0]]
 
 
 def _png(size=(64, 64), mode="RGB") -> bytes:
@@ -48,7 +48,7 @@ def test_health_names_the_model_and_index_in_use(service):
     body = client.get("/api/health").json()
     assert body["status"] == "ok" and body["model"] == {"name": "smlc", "version": engine.version}
     assert body["index_vectors"] == len(engine) > 100 and body["labels"] == engine.labels
-    assert {a["catalog_id"] for a in body["acquisitions"]} == set(engine.catalog_ids) >= {"KOTKAA", "KOTKAB"}
+    assert {a["catalog_id"] for a in body["acquisitions"]} == set(engine.store.catalog_ids) >= {"KOTKAA", "KOTKAB"}
     w, s, e, n = body["bounds"]
     lon, lat = body["start"]
     assert w < lon < e and s < lat < n
@@ -86,7 +86,7 @@ def test_negative_examples_and_filters_through_the_api(service):
     again = client.post("/api/search", json={"positives": [chip], "negatives": [negative], "k": 10}).json()["hits"]
     assert [h["chip"] for h in again] != [h["chip"] for h in first]
     assert ChipName.parse(negative).cell.id not in {h["place"] for h in again}
-    label = engine.labels[int(np.argmax((engine.probs >= engine.thresholds).sum(axis=0)))]
+    label = engine.labels[int(np.argmax((engine.store.probs >= engine.thresholds).sum(axis=0)))]
     body = {"positives": [chip], "k": 20,
             "filters": {"labels": [label], "since": "2023-10-01", "until": "2023-12-31"}}
     hits = client.post("/api/search", json=body).json()["hits"]
@@ -97,7 +97,7 @@ def test_negative_examples_and_filters_through_the_api(service):
 
 def test_search_by_uploaded_image_finds_the_chip(service):
     client, bucket, engine = service
-    chip = engine.chips[len(engine) // 3]
+    chip = engine.store.chips[len(engine) // 3]
     data = bucket.read_bytes(chip_key(ChipName.parse(chip)))
     response = client.post("/api/search/image", params={"k": 3}, files={"file": ("query.jpg", data, "image/jpeg")})
     assert response.status_code == 200, response.text
@@ -107,9 +107,9 @@ def test_search_by_uploaded_image_finds_the_chip(service):
 
 def test_chip_metadata_names_its_labels_and_source_cog(service):
     client, bucket, engine = service
-    chip = engine.chips[0]
+    chip = engine.store.chips[0]
     body = client.get(f"/api/chips/{chip}").json()
-    assert [x["label"] for x in body["labels"]] == sorted(engine.labels, key=lambda n: -engine.probs[0][
+    assert [x["label"] for x in body["labels"]] == sorted(engine.labels, key=lambda n: -engine.store.probs[0][
         engine.labels.index(n)])
     assert body["catalog_id"] == ChipName.parse(chip).catalog_id and body["cell"] == ChipName.parse(chip).tile.id
     assert body["source_cog"].endswith(f"{body['catalog_id']}-visual.tif")
@@ -118,12 +118,12 @@ def test_chip_metadata_names_its_labels_and_source_cog(service):
 
 def test_places_give_the_chip_grid_in_view(service):
     client, _, engine = service
-    w, s, e, n = engine.wgs84(0).bounds
+    w, s, e, n = engine.store.item(engine.store.chips[0]).geometry.bounds
     box = f"{w - 0.01},{s - 0.005},{e + 0.01},{n + 0.005}"
     fc = client.get("/api/places", params={"bbox": box}).json()
     places = [f["properties"]["place"] for f in fc["features"]]
     assert len(places) == len(set(places)) == fc["places"] > 20 and not fc["truncated"]
-    assert engine.places[0] in places
+    assert engine.store.places[0] in places
     few = client.get("/api/places", params={"bbox": box, "limit": 3}).json()
     assert len(few["features"]) == 3 and few["truncated"]
 
@@ -141,8 +141,8 @@ def test_changes_list_the_most_changed_places_first(service):
 
 def _tile_over(engine: SearchEngine, zoom: int, edge: bool = False) -> mercantile.Tile:
     """A tile inside the chips' deliveries, or (``edge``) on the west edge of the westernmost one."""
-    i = int(np.argmin(engine.bounds[:, 0])) if edge else len(engine) // 2
-    x0, y0, x1, y1 = engine.bounds[i]
+    i = int(np.argmin(engine.store.bounds[:, 0])) if edge else len(engine) // 2
+    x0, y0, x1, y1 = engine.store.bounds[i]
     return mercantile.tile(x0 if edge else (x0 + x1) / 2, (y0 + y1) / 2, zoom)
 
 
@@ -157,7 +157,7 @@ def test_tiles_mosaic_the_ard_cogs_newest_first(service):
     assert newest.status_code == 200 and newest.headers["content-type"] == "image/png"
     pixels = _rgba(newest.content)
     assert pixels.shape == (256, 256, 4) and (pixels[..., 3] == 255).mean() > 0.9 and pixels[..., :3].std() > 5
-    days = sorted({str(d) for d in engine.dates})
+    days = sorted({str(d) for d in engine.store.dates})
     older = client.get(f"/tiles/{t.z}/{t.x}/{t.y}.png", params={"date": days[0]})
     latest = client.get(f"/tiles/{t.z}/{t.x}/{t.y}.png", params={"date": days[-1]})
     assert older.status_code == latest.status_code == 200
@@ -217,7 +217,7 @@ BAD_REQUESTS = [
 def test_bad_input_gets_a_clear_4xx_and_no_traceback(service, method, path, kwargs, status, message):
     client, _, engine = service
     t = _tile_over(engine, 16)
-    response = getattr(client, method)(path.format(chip=engine.chips[0], x=t.x, y=t.y), **kwargs)
+    response = getattr(client, method)(path.format(chip=engine.store.chips[0], x=t.x, y=t.y), **kwargs)
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
     assert isinstance(detail, str) and message in detail and "\n" not in detail
