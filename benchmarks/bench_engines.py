@@ -14,7 +14,8 @@ Engines (each through the project's own code where the product uses it):
 * ``faiss-rabitq``: the quantised kind ``ivf_rabitq`` (``search.quantised``): 1-bit codes in RAM,
   shortlist re-ranked from float16 on disk;
 * ``pgvector``: PostgreSQL 18 + pgvector 0.8 (``search.pgvector_store``: the product's table,
-  COPY, HNSW over halfvec, SQL filters, iterative scans), a local server started here and stopped
+  COPY, float32 rows, HNSW over their float16 cast with a float32 re-rank, SQL filters, iterative
+  scans), a local server started here and stopped
   by its process id;
 * ``pgvector-bq``: the same table with pgvector's own quantisation: an HNSW index over
   ``binary_quantize(embedding)`` (1 bit per dimension) and an exact re-rank of 500 candidates
@@ -104,8 +105,10 @@ class Corpus:
                 frac = rng.uniform(0.05, 1.0)
                 b = max(1, round(self.side * math.sqrt(frac)))
                 gx, gy = rng.integers(0, self.side - b + 1, 2)
-                bbox = (24.0 + gx * CELL_W, 60.0 + gy * CELL_H, 24.0 + (gx + b) * CELL_W - 1e-9,
-                        60.0 + (gy + b) * CELL_H - 1e-9)
+                # edges mid-chip: PostgreSQL's box overlap tolerates 1e-6, exact comparisons do not
+                inset_x, inset_y = CELL_W / 64, CELL_H / 64
+                bbox = (24.0 + gx * CELL_W + inset_x, 60.0 + gy * CELL_H + inset_y,
+                        24.0 + (gx + b) * CELL_W - inset_x, 60.0 + (gy + b) * CELL_H - inset_y)
                 first = int(rng.integers(0, len(DATES)))
                 last = int(rng.integers(first, len(DATES)))
                 f = Filters(bbox=bbox, labels=(LABELS[int(rng.integers(0, len(LABELS)))],),
@@ -214,7 +217,7 @@ class PgvectorEngine:
         conn.execute(f"DROP TABLE IF EXISTS {self.table}")
         pg._create_table(conn, self.table, c.x.shape[1])
         pg.copy_rows(conn, self.table, self._rows(c, np.arange(len(c.x))))
-        pg._create_hnsw(conn, self.table, pg.PgParams())
+        pg._create_hnsw(conn, self.table, pg.PgParams(), c.x.shape[1])
         manifest = IndexManifest(version="bench", labels=LABELS, thresholds=[0.5] * len(LABELS), params={},
                                  index={"engine": "pgvector", "dim": c.x.shape[1]}, vectors=len(c.x), cells={},
                                  built=time.time())
@@ -279,15 +282,12 @@ class PgvectorBqEngine(PgvectorEngine):
         return {"bytes_per_vector": round(total / n, 1), "index_bytes_per_vector": round(vec / n, 1)}
 
     def query(self, q: np.ndarray, f: Filters | None) -> list[int]:
-        from pgvector import HalfVector
-
         if f is not None:
             return []
-        h = HalfVector(q)
         rows = self.conn.execute(
             f"SELECT chip FROM (SELECT chip, embedding FROM {self.table} ORDER BY "
-            f"binary_quantize(embedding)::bit({self.d}) <~> binary_quantize(%s::halfvec) LIMIT {self.shortlist}) s "
-            "ORDER BY embedding <#> %s LIMIT %s", (h, h, K)).fetchall()
+            f"binary_quantize(embedding)::bit({self.d}) <~> binary_quantize(%s::vector) LIMIT {self.shortlist}) s "
+            "ORDER BY embedding <#> %s LIMIT %s", (q, q, K)).fetchall()
         return [int(r[0]) for r in rows]
 
 

@@ -65,8 +65,8 @@ class IndexParams:
     nprobe: int = 32
     shortlist: int = 500
     filter_exact_below: int = 20_000
-    filter_boost: float = 2.0
-    filter_boost_max: float = 16.0
+    filter_boost: float = 8.0
+    filter_boost_max: float = 32.0
 
     def __post_init__(self) -> None:
         if self.kind not in (*KINDS, "auto"):
@@ -372,8 +372,10 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray 
       recall 0.995-0.998 in ~10-13 ms, against 0.965-0.975 for the plain filtered walk;
     * more allowed ids: the graph walk with a faiss ``IDSelectorBitmap``, its beam (``efSearch``,
       or ``nprobe``) raised by ``filter_boost / sqrt(fraction)`` (capped at ``filter_boost_max``
-      x), since disallowed vectors still take beam steps. At 10 % of 1M: recall 0.985, p50
-      ~1.1 ms (exhaustive: 0.99 in 20-28 ms). A query whose walk finds fewer than
+      x), since disallowed vectors still take beam steps. At 10 % of 1M (random or one block of
+      cells, boost 2): recall 0.985, p50 ~1.1 ms (exhaustive: 0.99 in 20-28 ms). A bbox, label
+      and date filter together passing 34 % of 100 000 (``benchmarks/bench_engines.py``) needs
+      more: recall 0.875 at boost 2, 0.939 at 8 (the default, p50 1.3 ms). A query whose walk finds fewer than
       min(k, allowed) hits is redone exhaustively, so k results come back whenever k pass;
     * all allowed: a plain search.
 

@@ -8,8 +8,8 @@ extension >= 0.8 must be installable, as on RDS/Aurora PostgreSQL 16+):
 * ``imagesim_chips_<version>``: one row per indexed chip: ``chip``, ``place``, ``cell``,
   ``catalog_id``, ``date``, ``box`` (the WGS84 bounds, GiST-indexed), ``wkb`` (the outline),
   ``probs`` (label probabilities), ``labels`` (the predicted labels' numbers, GIN-indexed) and
-  ``embedding`` (``halfvec``: float16 as the FAISS default stores them; HNSW index, inner product
-  on unit vectors = cosine).
+  ``embedding`` (``vector``, float32; the HNSW index is over its float16 cast, ``halfvec``, half
+  the size, inner product on unit vectors = cosine).
 
 Writes (:func:`sync_index`) bring a version's table up to date with ``embeddings/<version>/`` in the
 bucket one cell at a time: a cell's rows are deleted and copied in again and the manifest row
@@ -18,11 +18,15 @@ manifest always describes what the table holds. A first build loads every cell, 
 index, then commits once. Versions never mix: each has its own table.
 
 Reads (:class:`PgvectorStore`) hold no index state: filters are SQL conditions, so any number of
-search processes share one database. Filtered nearest neighbours follow the FAISS store's rule:
-when few chips pass (at most ``filter_exact_below``) they are scored exactly (the planner reads
-them through the filter indexes); otherwise the HNSW index is walked with pgvector's iterative
-scan (``hnsw.iterative_scan``, 0.8), which keeps walking until ``k`` rows pass the filters instead
-of returning too few, as a plain post-filtered walk does.
+search processes share one database. Nearest neighbours: the HNSW index (over the float16 cast)
+gives a shortlist that the float32 vectors re-rank. Filtered ones follow the FAISS store's rule:
+when few chips pass (at most ``filter_exact_below``, a count that stops there) they are scored
+exactly (read through the filter indexes); otherwise the HNSW index is walked with pgvector's
+iterative scan (``hnsw.iterative_scan``, 0.8), which keeps walking until enough rows pass instead
+of returning too few, as a plain post-filtered walk does. The conditions are then written so that
+no filter index matches them (``IS TRUE``): PostgreSQL estimates combined conditions far too low
+(61 rows for 9 995 at 100 000) and would otherwise read every passing row and sort them (110 ms
+against 6 ms for the walk, ``benchmarks/bench_engines.py``).
 """
 
 from __future__ import annotations
@@ -59,11 +63,12 @@ class VectorEngineError(ImagesimError):
 class PgParams:
     """HNSW build and search settings (defaults measured in ``benchmarks/bench_engines.py``)."""
 
-    m: int = 16
-    ef_construction: int = 64
+    m: int = 32
+    ef_construction: int = 200  # at 80 the graph's recall varied 0.85-0.97 from build to build (ef_search 100)
     ef_search: int = 100
+    shortlist: int = 100  # HNSW candidates (float16) re-ranked with the float32 vectors
     max_scan_tuples: int = 40_000  # iterative scan: most tuples one filtered query may visit
-    filter_exact_below: int = 20_000
+    filter_exact_below: int = 2_000  # exact scoring reads ~10 µs of heap per row; the HNSW walk ~6 ms at 10 %
     build_memory: str = "1GB"  # maintenance_work_mem while the HNSW index is built
 
 
@@ -184,29 +189,30 @@ def _create_table(conn: psycopg.Connection, table: str, dim: int) -> None:
     conn.execute(f"""CREATE TABLE {table} (
         id bigserial PRIMARY KEY, chip text NOT NULL UNIQUE, place text NOT NULL, cell text NOT NULL,
         catalog_id text NOT NULL, date date NOT NULL, box box NOT NULL, wkb bytea NOT NULL,
-        probs real[] NOT NULL, labels smallint[] NOT NULL, embedding halfvec({dim}) NOT NULL)""")
+        probs real[] NOT NULL, labels smallint[] NOT NULL, embedding vector({dim}) NOT NULL)""")
     for column, method in (("cell", "btree"), ("place", "btree"), ("date", "btree"), ("catalog_id", "btree"),
                            ("box", "gist"), ("labels", "gin")):
         conn.execute(f"CREATE INDEX ON {table} USING {method} ({column})")
 
 
-def _create_hnsw(conn: psycopg.Connection, table: str, params: PgParams) -> None:
+def _create_hnsw(conn: psycopg.Connection, table: str, params: PgParams, dim: int) -> None:
     # a graph that fits in maintenance_work_mem builds several times faster (PostgreSQL's default is 64 MB)
     conn.execute(f"SET LOCAL maintenance_work_mem = '{params.build_memory}'")
-    conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding halfvec_ip_ops) "
+    conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw "
+                 f"((embedding::halfvec({int(dim)})) halfvec_ip_ops) "
                  f"WITH (m = {int(params.m)}, ef_construction = {int(params.ef_construction)})")
 
 
 def copy_rows(conn: psycopg.Connection, table: str, rows: Iterator[tuple]) -> int:
     """COPY ``(chip, place, cell, catalog_id, date, box, wkb, probs, labels, embedding)`` rows; the count."""
-    from pgvector import HalfVector
+    from pgvector import Vector
 
     n = 0
     columns = "chip, place, cell, catalog_id, date, box, wkb, probs, labels, embedding"
     with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
         for chip, place, cell, catalog, day, box, wkb, probs, labels, vec in rows:
             copy.write_row((chip, place, cell, catalog, day, "({},{}),({},{})".format(*box), wkb, list(probs),
-                            labels, HalfVector(vec)))
+                            labels, Vector(vec)))
             n += 1
     return n
 
@@ -274,7 +280,7 @@ def sync_index(bucket: Bucket, version: str, params: PgParams = PgParams(), prog
                 _create_table(conn, table, dim)
                 manifest = IndexManifest(version=version, model=meta.get("model"), labels=meta["labels"],
                                          thresholds=meta["thresholds"], params=vars(params),
-                                         index={"engine": "pgvector", "kind": "hnsw_halfvec", "dim": dim,
+                                         index={"engine": "pgvector", "kind": "hnsw_halfvec_rerank", "dim": dim,
                                                 "table": table}, vectors=0, cells={}, built=time.time())
             conn.execute(f"DELETE FROM {table} WHERE cell = %s", (cell,))
             if cell_table is not None:
@@ -291,7 +297,7 @@ def sync_index(bucket: Bucket, version: str, params: PgParams = PgParams(), prog
                                      f"({len(left_out)} unreadable): materialize chip_embeddings again")
         if first:
             progress(f"index {version}: building the HNSW index over {added} vectors")
-            _create_hnsw(conn, table, params)
+            _create_hnsw(conn, table, params, int(manifest.index["dim"]))
             _commit(conn, table, manifest)
         conn.execute(f"ANALYZE {table}")
         conn.commit()
@@ -384,7 +390,10 @@ class PgvectorStore:
         rows = self._rows(f"SELECT embedding FROM {self.table} WHERE chip = %s", (chip,))
         return rows[0][0].to_numpy().astype(np.float32) if rows else None
 
-    def _where(self, filters: Filters, excluded_places: frozenset[str] = frozenset()) -> tuple[str, list]:
+    def _where(self, filters: Filters, excluded_places: frozenset[str] = frozenset(),
+               opaque: bool = False) -> tuple[str, list]:
+        """SQL conditions and their arguments. ``opaque`` wraps each in ``IS TRUE``, which no index matches: the
+        planner then cannot read the filter indexes first and walks the HNSW index, testing each row."""
         clauses, args = ["TRUE"], []
         if filters.bbox:
             clauses.append("box && box(point(%s, %s), point(%s, %s))")
@@ -404,38 +413,58 @@ class PgvectorStore:
         if excluded_places:
             clauses.append("place <> ALL(%s)")
             args.append(sorted(excluded_places))
+        if opaque:
+            clauses = [f"({c}) IS TRUE" for c in clauses]
         return " AND ".join(clauses), args
 
     def nearest(self, query: np.ndarray, k: int, filters: Filters,
                 excluded_places: frozenset[str] = frozenset()) -> list[tuple[float, Item]]:
+        import psycopg
         from pgvector import HalfVector
 
-        where, args = self._where(filters, excluded_places)
-        q = HalfVector(np.asarray(query, np.float32))
-        exact = filters.active() and self.count(filters) <= self.params.filter_exact_below
-        # "+ 0" hides the distance from the HNSW index: the planner then scores the filtered rows exactly
-        order = "(embedding <#> %s) + 0" if exact else "embedding <#> %s"
-        sql = (f"SELECT {_ITEM}, (embedding <#> %s) AS d FROM {self.table} WHERE {where} "
-               f"ORDER BY {order} LIMIT %s")
+        # Few rows pass: read them through the filter indexes and score them all exactly. Many: walk the HNSW
+        # index (float16) with an iterative scan, which goes on until enough rows pass, then re-rank that
+        # shortlist with the float32 vectors (float16 alone cannot order neighbours closer than ~1e-3).
+        # PostgreSQL's row estimates for combined conditions are far off, so a count decides, not the planner.
+        exact = filters.active() and self.count(filters, self.params.filter_exact_below + 1) \
+            <= self.params.filter_exact_below
+        where, args = self._where(filters, excluded_places, opaque=not exact)
+        q = np.asarray(query, np.float32)
+        if exact:
+            sql = (f"SELECT {_ITEM}, (embedding <#> %s) AS d FROM {self.table} WHERE {where} ORDER BY d LIMIT %s")
+            params: tuple = (q, *args, k)
+        else:
+            sql = (f"SELECT * FROM (SELECT {_ITEM}, (embedding <#> %s) AS d FROM {self.table} WHERE {where} "
+                   f"ORDER BY embedding::halfvec({self.dim}) <#> %s LIMIT %s) shortlist ORDER BY d LIMIT %s")
+            params = (q, *args, HalfVector(q), max(k, self.params.shortlist), k)
         conn = self._conn()
-        import psycopg
-
         try:
             with conn.transaction():
                 conn.execute(f"SET LOCAL hnsw.ef_search = {max(int(self.params.ef_search), min(k, 1000))}")
                 conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
                 conn.execute(f"SET LOCAL hnsw.max_scan_tuples = {int(self.params.max_scan_tuples)}")
-                rows = conn.execute(sql, (q, *args, q, k)).fetchall()
+                if not exact:
+                    conn.execute("SET LOCAL enable_seqscan = off")
+                rows = conn.execute(sql, params).fetchall()
         except psycopg.OperationalError as exc:
             self._local.conn = None
             raise VectorEngineError(f"the vector database failed: {str(exc).strip().splitlines()[0]}") from None
+        if not exact and filters.active() and len(rows) < min(k, self.count(filters, k)):
+            # the walk hit max_scan_tuples before k rows passed: score the passing rows exactly instead
+            where, args = self._where(filters, excluded_places)
+            rows = self._rows(f"SELECT {_ITEM}, (embedding <#> %s) AS d FROM {self.table} WHERE {where} "
+                              "ORDER BY d LIMIT %s", (q, *args, k))
         return [(-float(r[6]), _item(r)) for r in rows]
 
-    def count(self, filters: Filters) -> int:
+    def count(self, filters: Filters, at_most: int | None = None) -> int:
+        """How many chips pass ``filters``; counting stops at ``at_most`` when given (a broad filter then costs
+        little: the count decides between the exact and the HNSW path)."""
         if not filters.active():
-            return self._n
+            return self._n if at_most is None else min(self._n, at_most)
         where, args = self._where(filters)
-        return int(self._rows(f"SELECT count(*) FROM {self.table} WHERE {where}", args)[0][0])
+        limit = "" if at_most is None else f" LIMIT {int(at_most)}"
+        return int(self._rows(f"SELECT count(*) FROM (SELECT 1 FROM {self.table} WHERE {where}{limit}) passing",
+                              args)[0][0])
 
     def newest_per_place(self, bbox: tuple[float, float, float, float], limit: int) -> tuple[list[Item], int]:
         box = "box && box(point(%s, %s), point(%s, %s))"

@@ -200,3 +200,46 @@ def test_params_override_per_call_and_dict_round_trip(data, approx_index):
     assert approx_index.hnsw.efSearch == stored  # the override does not stick
     with pytest.raises(ValueError):
         search(approx_index, q[:1], 5, allowed=np.ones(len(x) - 1, bool))
+
+
+# --------------------------------------------------------------------------- the quantised kind
+
+def test_quantised_kind_is_small_in_ram_and_recalls_after_re_ranking(data):
+    x, q = data
+    index = build_index(x, approx("ivf_rabitq"))
+    info = describe(index)
+    assert info["kind"] == "ivf_rabitq" and info["n"] == len(x)
+    assert info["bytes_per_vector"] <= DIM / 8 + 8 + 8  # 1 bit per dimension, two factors, the id
+    assert info["disk_bytes_per_vector"] == 2 * DIM  # float16 re-rank vectors
+    _, ids = search(index, q, 10)
+    assert recall(ids, exact_topk(x, q, 10)) >= 0.97
+    # without the re-rank (a shortlist of k) the 1-bit estimate alone is far worse: the re-rank matters
+    _, rough = search(index, q, 10, params=approx("ivf_rabitq", shortlist=10))
+    assert recall(rough, exact_topk(x, q, 10)) < recall(ids, exact_topk(x, q, 10))
+    np.testing.assert_allclose(index.reconstruct(7), x[7], atol=1e-3)  # lossless up to float16
+
+
+@pytest.mark.parametrize("allowed_count", [150, 3000])  # exact gather and the filtered list scan
+def test_quantised_kind_filters(data, allowed_count):
+    x, q = data
+    index = build_index(x, approx("ivf_rabitq"))
+    mask = np.zeros(len(x), bool)
+    mask[np.random.default_rng(6).choice(len(x), allowed_count, replace=False)] = True
+    _, ids = search(index, q, 10, allowed=mask, params=approx("ivf_rabitq", filter_exact_below=1000))
+    assert (ids >= 0).all() and mask[ids].all()
+    assert recall(ids, exact_topk(x, q, 10, mask)) >= (0.999 if allowed_count <= 1000 else 0.95)
+
+
+def test_quantised_kind_extends_and_round_trips_through_its_two_files(data, tmp_path):
+    from imagesim_pipeline.search.quantised import RerankedIndex
+
+    x, q = data
+    index = build_index(x[:3000], approx("ivf_rabitq"))
+    extend_index(index, x[3000:])
+    assert index.ntotal == len(x) and len(index.vectors) == len(x)
+    (tmp_path / "vectors.npy").write_bytes(index.vectors_bytes())
+    restored = RerankedIndex.load(index.codes_bytes(), tmp_path / "vectors.npy", index.nprobe, index.shortlist)
+    assert isinstance(restored.vectors, np.memmap)  # read from disk on demand, not loaded
+    np.testing.assert_array_equal(search(index, q, 10)[1], search(restored, q, 10)[1])
+    _, new = search(restored, x[3000:3050], 1)
+    assert np.mean(new[:, 0] == np.arange(3000, 3050)) >= 0.95
