@@ -221,7 +221,8 @@ class PgvectorEngine:
         manifest = IndexManifest(version="bench", labels=LABELS, thresholds=[0.5] * len(LABELS), params={},
                                  index={"engine": "pgvector", "dim": c.x.shape[1]}, vectors=len(c.x), cells={},
                                  built=time.time())
-        pg._commit(conn, self.table, manifest)
+        manifest.vectors = len(c.x)
+        pg._commit(conn, manifest)
         conn.execute(f"ANALYZE {self.table}")
         conn.commit()
         self.conn = conn
@@ -387,17 +388,10 @@ def print_table(rows: list[dict]) -> None:
                   f"{f['p50_ms']:>8}{f['p99_ms']:>8}{f['short_answers']:>7}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", type=int, default=100_000)
-    ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--dim", type=int, default=368)
-    ap.add_argument("--engines", default="faiss,faiss-rabitq,pgvector,pgvector-bq,lancedb")
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    names = args.engines.split(",")
-    c = Corpus(args.size, args.dim, seed=3)
-    queries = make_queries(EmbeddingModel(args.dim, 300), args.queries, seed=11)
+def run(size: int, dim: int, n_queries: int, names: list[str]) -> list[dict]:
+    """One row per engine in ``names`` over a corpus of ``size`` (see the module's doc)."""
+    c = Corpus(size, dim, seed=3)
+    queries = make_queries(EmbeddingModel(dim, 300), n_queries, seed=11)
     filters = c.filters(seed=5)
     truths = {None: truth(c.x, queries, None)}
     for target, f, share in filters:
@@ -422,6 +416,18 @@ def main() -> None:
         if server is not None:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--dim", type=int, default=368)
+    ap.add_argument("--engines", default="faiss,faiss-rabitq,pgvector,pgvector-bq,lancedb")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    rows = run(args.size, args.dim, args.queries, args.engines.split(","))
     print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"size": args.size, "dim": args.dim, "queries": args.queries,

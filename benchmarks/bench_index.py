@@ -27,8 +27,14 @@ Measured, for each size, in one process (nothing cached between runs):
   the one ``search`` picks by default, recall@10 against exact filtered search (numpy over the
   allowed float32 rows) and latency (2 threads).
 
+* the quantised kind ``ivf_rabitq`` among the kinds (bytes per vector: the codes in RAM; its
+  float16 re-rank vectors live on disk);
+* the vector engines of ``bench_engines.py`` (``--engines``, default ``pgvector``) at the smallest
+  size, on that benchmark's corpus and filters; every JSON row names its ``engine``.
+
 Usage: python benchmarks/bench_index.py [--sizes 100000,1000000] [--queries 1000] [--dim 320]
-       [--json OUT] [--kinds hnsw_flat,hnsw_fp16,hnsw_sq8,ivf_sq8] [--latency-queries 1000]
+       [--json OUT] [--kinds hnsw_flat,hnsw_fp16,hnsw_sq8,ivf_sq8,ivf_rabitq] [--engines pgvector]
+       [--latency-queries 1000]
 The default run took 21 min on the 2-core development machine (four ~3-5 min builds at 1M);
 ``--kinds hnsw_fp16`` alone takes about a third of that.
 """
@@ -61,7 +67,7 @@ from imagesim_pipeline.search.index import (
 
 LATENT, CELL_ROWS, LOCAL_SHARE, LOCAL_CLUSTERS = 32, 1024, 0.7, 3
 SWEEPS = {"hnsw_flat": [16, 32, 64, 128], "hnsw_fp16": [16, 32, 64, 128], "hnsw_sq8": [16, 32, 64, 128, 256],
-          "ivf_sq8": [16, 32, 64, 128]}
+          "ivf_sq8": [16, 32, 64, 128], "ivf_rabitq": [16, 32, 64]}
 FILTER_BOOSTS = [1.0, 2.0, 4.0, 8.0]
 K = 10
 
@@ -199,9 +205,13 @@ def build_measured(x: np.ndarray, params: IndexParams):
     index = build_index(x, params)
     seconds = time.perf_counter() - t
     grown = (rss_mb() - before) * 2**20 / len(x)
-    serial = faiss.serialize_index(index).nbytes / len(x)
-    return index, {"build_s": round(seconds, 1), "bytes_per_vector": round(serial, 1),
-                   "rss_bytes_per_vector": round(grown, 1), "describe": describe(index)}
+    info = describe(index)
+    if info["kind"] == "ivf_rabitq":  # codes in RAM; its float16 re-rank vectors go to disk
+        serial = len(index.codes_bytes()) / len(x)
+    else:
+        serial = faiss.serialize_index(index).nbytes / len(x)
+    return index, {"engine": "faiss", "build_s": round(seconds, 1), "bytes_per_vector": round(serial, 1),
+                   "rss_bytes_per_vector": round(grown, 1), "describe": info}
 
 
 def run_size(n: int, args, model: EmbeddingModel, queries: np.ndarray, last: bool) -> dict:
@@ -320,7 +330,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=320)
     ap.add_argument("--clusters", type=int, default=300)
-    ap.add_argument("--kinds", default="hnsw_flat,hnsw_fp16,hnsw_sq8,ivf_sq8")
+    ap.add_argument("--kinds", default="hnsw_flat,hnsw_fp16,hnsw_sq8,ivf_sq8,ivf_rabitq")
+    ap.add_argument("--engines", default="pgvector",
+                    help="vector engines measured by bench_engines.py at the smallest size ('' for none)")
     ap.add_argument("--filter-kind", default=IndexParams().approximate)
     ap.add_argument("--latency-queries", type=int, default=1000)
     ap.add_argument("--flat-latency-queries", type=int, default=100)
@@ -339,12 +351,21 @@ def main() -> None:
     results = []
     for i, n in enumerate(sizes):
         results.append(run_size(n, args, model, queries, last=i == len(sizes) - 1))
+    engines = []
+    if args.engines:
+        import bench_engines
+
+        log(f"engines {args.engines} at n={sizes[0]:,} (bench_engines.py, its bbox+label+date filters)")
+        engines = bench_engines.run(sizes[0], args.dim, min(args.queries, 200), args.engines.split(","))
     print_report(results, args)
+    if engines:
+        print(f"\n-- vector engines at n = {sizes[0]:,} (benchmarks/bench_engines.py; B/vec = stored bytes / n)")
+        bench_engines.print_table(engines)
     total = time.perf_counter() - started
     print(f"\ntotal {total:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": {k: v for k, v in vars(args).items()}, "results": results,
+            json.dump({"args": {k: v for k, v in vars(args).items()}, "results": results, "engines": engines,
                        "total_s": round(total, 1), "faiss": faiss.__version__}, f, indent=1)
 
 

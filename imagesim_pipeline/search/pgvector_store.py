@@ -250,6 +250,9 @@ def sync_index(bucket: Bucket, version: str, params: PgParams = PgParams(), prog
     conn = connect(dsn)
     try:
         ensure_schema(conn)
+        # one writer per version at a time (released with the connection); readers are never blocked
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (table,))
+        conn.commit()
         try:
             old = read_manifest(version, conn)
         except IndexNotFoundError:
@@ -282,14 +285,17 @@ def sync_index(bucket: Bucket, version: str, params: PgParams = PgParams(), prog
                                          thresholds=meta["thresholds"], params=vars(params),
                                          index={"engine": "pgvector", "kind": "hnsw_halfvec_rerank", "dim": dim,
                                                 "table": table}, vectors=0, cells={}, built=time.time())
-            conn.execute(f"DELETE FROM {table} WHERE cell = %s", (cell,))
+            deleted = conn.execute(f"DELETE FROM {table} WHERE cell = %s", (cell,)).rowcount
+            copied = 0
             if cell_table is not None:
-                added += copy_rows(conn, table, _cell_rows(cell_table, np.asarray(manifest.thresholds, np.float32)))
+                copied = copy_rows(conn, table, _cell_rows(cell_table, np.asarray(manifest.thresholds, np.float32)))
                 manifest.cells[cell] = listing[cell]
             else:
                 manifest.cells.pop(cell, None)
+            added += copied
+            manifest.vectors += copied - max(deleted, 0)
             if not first:  # an update commits cell by cell, its manifest with it
-                _commit(conn, table, manifest)
+                _commit(conn, manifest)
             if (n + 1) % 50 == 0:
                 progress(f"index {version}: {n + 1}/{len(changed) + len(removed)} cells written")
         if manifest is None:
@@ -298,7 +304,7 @@ def sync_index(bucket: Bucket, version: str, params: PgParams = PgParams(), prog
         if first:
             progress(f"index {version}: building the HNSW index over {added} vectors")
             _create_hnsw(conn, table, params, int(manifest.index["dim"]))
-            _commit(conn, table, manifest)
+            _commit(conn, manifest)
         conn.execute(f"ANALYZE {table}")
         conn.commit()
     finally:
@@ -307,8 +313,8 @@ def sync_index(bucket: Bucket, version: str, params: PgParams = PgParams(), prog
                       time.perf_counter() - started, manifest.index, manifest.build, tuple(left_out))
 
 
-def _commit(conn: psycopg.Connection, table: str, manifest: IndexManifest) -> None:
-    manifest.vectors = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+def _commit(conn: psycopg.Connection, manifest: IndexManifest) -> None:
+    """The manifest row (a new build id) in the transaction that changed the table, then commit."""
     manifest.index = {**manifest.index, "n": manifest.vectors}
     manifest.build = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
     manifest.built = time.time()

@@ -1,15 +1,17 @@
 """The quantised index kind ``ivf_rabitq``: RaBitQ codes in memory, an exact re-rank from float16 vectors on disk.
 
-FAISS's ``IndexIVFRaBitQ`` keeps one bit per dimension plus two correction factors per vector
-(``code_size`` = d/8 + 8 bytes; 54 at d 368) in inverted lists (+ 8 bytes of id): about 62 bytes
-of RAM per vector against ~900 for the HNSW float16 default. A query takes the ``shortlist`` best
-candidates by the RaBitQ estimate and re-ranks them exactly (inner product) against the float16
-vectors, which stay in a memory-mapped ``.npy`` file: only the shortlist's rows are read, so the
-operating system keeps in RAM what queries touch and the rest on disk.
+The vectors are projected on their ``PCA_DIMS`` (256) principal axes and coded by FAISS's
+``IndexIVFRaBitQ`` with ``BITS`` (2) bits per projected dimension plus correction factors
+(``code_size`` 84 bytes at 368-d) in inverted lists (+ 8 bytes of id): 92 bytes of RAM per vector
+against ~1 000 for the HNSW float16 default. The codes are compared by L2, which on unit vectors
+orders like cosine and, unlike an inner product, is unchanged by PCA's centring. A query takes the
+``shortlist`` best candidates by the estimate and re-ranks them exactly (inner product) against
+the float16 vectors, which stay in a memory-mapped ``.npy`` file: only the shortlist's rows are
+read, so the operating system keeps in RAM what queries touch and the rest on disk.
 
-Measured in ``benchmarks/bench_index.py`` (generated embeddings): at 200 000 vectors with nprobe
-32, a 500-row shortlist gives recall@10 0.967 (RaBitQ alone, no re-rank: far lower); see README
-for 10⁷.
+Chosen on generated embeddings (``benchmarks/bench_quantised_scale.py``, README): 1 bit per full
+dimension (62 bytes) re-ranked from 500 candidates reached recall@10 0.99 at 10⁵ but 0.90 at 10⁶
+and 0.69 at 10⁷ (0.87 from 2 000); PCA-256 with 2 bits held 0.98 at 10⁶ and searches faster.
 
 Filtered search follows ``search.index.search``'s rule with a lower cut-off: up to 4 096 allowed
 rows are scored exactly from the float16 vectors (a gather from disk, unlike FAISS's in-memory
@@ -27,6 +29,7 @@ import faiss
 import numpy as np
 
 KIND = "ivf_rabitq"
+PCA_DIMS, BITS = 256, 2
 GATHER_BELOW = 4096  # exact filtered path: gathering float16 rows from disk costs ~2 µs each, so fewer than FAISS's codes
 
 
@@ -53,14 +56,20 @@ class RerankedIndex:
     def nlist(self) -> int:
         return int(faiss.extract_index_ivf(self.codes).nlist)
 
+    @staticmethod
+    def untrained(d: int, nlist: int) -> faiss.Index:
+        """The empty code index for ``d``-dimensional vectors: PCA (when ``d`` exceeds ``PCA_DIMS``), IVF, RaBitQ."""
+        pca = f"PCA{PCA_DIMS}," if d > PCA_DIMS else ""
+        return faiss.index_factory(d, f"{pca}IVF{nlist},RaBitQ{BITS}", faiss.METRIC_L2)
+
     @classmethod
     def build(cls, x: np.ndarray, nlist: int, nprobe: int = 32, shortlist: int = 500,
-              train_rows: int = 100_000, seed: int = 0) -> RerankedIndex:
+              train_rows: int = 200_000, seed: int = 0) -> RerankedIndex:
         """Train on a sample of the normalised rows ``x`` and add them all."""
         n, d = x.shape
         if n < nlist:
             raise ValueError(f"{KIND} needs at least nlist={nlist} vectors, got {n}")
-        codes = faiss.index_factory(d, f"IVF{nlist},RaBitQ", faiss.METRIC_INNER_PRODUCT)
+        codes = cls.untrained(d, nlist)
         sample = x if n <= train_rows else x[np.sort(np.random.default_rng(seed).choice(n, train_rows, False))]
         codes.train(sample)
         index = cls(codes, np.zeros((0, d), np.float16), nprobe, shortlist)

@@ -209,7 +209,7 @@ def test_quantised_kind_is_small_in_ram_and_recalls_after_re_ranking(data):
     index = build_index(x, approx("ivf_rabitq"))
     info = describe(index)
     assert info["kind"] == "ivf_rabitq" and info["n"] == len(x)
-    assert info["bytes_per_vector"] <= DIM / 8 + 8 + 8  # 1 bit per dimension, two factors, the id
+    assert info["bytes_per_vector"] <= DIM * 2 / 8 + 20 + 8  # 2 bits per dimension, the factors, the id
     assert info["disk_bytes_per_vector"] == 2 * DIM  # float16 re-rank vectors
     _, ids = search(index, q, 10)
     assert recall(ids, exact_topk(x, q, 10)) >= 0.97
@@ -228,6 +228,17 @@ def test_quantised_kind_filters(data, allowed_count):
     _, ids = search(index, q, 10, allowed=mask, params=approx("ivf_rabitq", filter_exact_below=1000))
     assert (ids >= 0).all() and mask[ids].all()
     assert recall(ids, exact_topk(x, q, 10, mask)) >= (0.999 if allowed_count <= 1000 else 0.95)
+
+
+def test_quantised_kind_projects_wide_vectors_and_stays_under_100_bytes():
+    from imagesim_pipeline.search.quantised import PCA_DIMS
+
+    x = clustered(6000, seed=8, dim=368)  # the model's width: projected on 256 principal axes first
+    base, q = x[:5950], x[5950:]
+    index = build_index(base, approx("ivf_rabitq"))
+    assert index.d == 368 and describe(index)["bytes_per_vector"] <= 100 and PCA_DIMS < 368
+    _, ids = search(index, q, 10)
+    assert recall(ids, exact_topk(base, q, 10)) >= 0.95
 
 
 def test_quantised_kind_extends_and_round_trips_through_its_two_files(data, tmp_path):

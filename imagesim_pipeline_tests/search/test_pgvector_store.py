@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import requests
 
 from imagesim_pipeline.embeddings.cell_embeddings import version_prefix
 from imagesim_pipeline.search.engine import Filters, SearchEngine
+from imagesim_pipeline.search.local_postgres import LocalPostgres
 from imagesim_pipeline.search.pgvector_store import (
     PgParams,
     PgvectorStore,
@@ -204,3 +206,33 @@ def test_a_missing_dsn_says_what_to_set(monkeypatch):
     monkeypatch.delenv("IMAGESIM_PGVECTOR_DSN", raising=False)
     with pytest.raises(VectorEngineError, match="IMAGESIM_PGVECTOR_DSN is not set"):
         connect()
+
+
+def test_engine_commands(pg_index, tmp_path):
+    bucket, version, _, dsn = pg_index
+    imagesim = str(Path(sys.executable).parent / "imagesim")
+    env = {**os.environ, "IMAGESIM_VECTOR_ENGINE": "pgvector", "IMAGESIM_PGVECTOR_DSN": dsn}
+    status = subprocess.run([imagesim, "engine", "status", "--bucket", str(bucket.root)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert "pgvector 0.8" in status.stdout and version in status.stdout and "postgres:***@" in status.stdout
+    broken = {**env, "IMAGESIM_PGVECTOR_DSN": "postgresql://nobody@127.0.0.1:1/none"}
+    failed = subprocess.run([imagesim, "engine", "status", "--bucket", str(bucket.root)], env=broken,
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and "cannot connect to the vector database" in failed.stderr
+    # a local server of its own, started and stopped by the CLI (the folder must be reachable by its user)
+    root = Path(tempfile.mkdtemp(prefix="imagesim-engine-cli-"))
+    try:
+        started = subprocess.run([imagesim, "engine", "start", "--dir", str(root)], capture_output=True, text=True,
+                                 timeout=300)
+        assert started.returncode == 0, started.stderr
+        server = LocalPostgres.running(root)
+        assert server is not None and f"IMAGESIM_PGVECTOR_DSN={server.dsn}" in started.stdout
+        stopped = subprocess.run([imagesim, "engine", "stop", "--dir", str(root)], capture_output=True, text=True,
+                                 timeout=120)
+        assert stopped.returncode == 0 and LocalPostgres.running(root) is None
+    finally:
+        leftover = LocalPostgres.running(root)
+        if leftover is not None:
+            leftover.stop()
+        shutil.rmtree(root, ignore_errors=True)
