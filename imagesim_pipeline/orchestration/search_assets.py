@@ -114,7 +114,7 @@ def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bu
 
 class IndexConfig(ModelChoice):
     kind: str = Field(default="auto", description="auto (exact while small), flat, an approximate kind, or "
-                                                   "ivf_rabitq (quantised: ~62 bytes of RAM per vector)")
+                                                   "ivf_rabitq (quantised: ~92 bytes of RAM per vector)")
     exact_below: int = Field(default=200_000, description="auto: exact search below this many vectors")
 
 

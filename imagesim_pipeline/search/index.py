@@ -16,8 +16,8 @@ Kinds (``IndexParams.kind``), sizes at dim 320, m 32:
   similarities differ by ~1e-3, recall@10 stalls at ~0.81 at 1M.
 * ``"ivf_sq8"``: inverted lists (``nlist`` ~ 4·sqrt(n)) of 8-bit residual codes (~340 bytes);
   recall stalls at ~0.92, slow to train.
-* ``"ivf_rabitq"``: the quantised kind (``search.quantised``): IVF lists of 1-bit RaBitQ codes
-  (~62 bytes of RAM per vector at dim 368) whose best ``shortlist`` candidates are re-ranked
+* ``"ivf_rabitq"``: the quantised kind (``search.quantised``): IVF lists of PCA-256, 2-bit RaBitQ
+  codes (92 bytes of RAM per vector at dim 368) whose best ``shortlist`` candidates are re-ranked
   exactly against float16 vectors kept in a memory-mapped file beside the index.
 * ``"auto"``: ``"flat"`` below ``exact_below`` vectors, ``approximate`` at or above.
 
