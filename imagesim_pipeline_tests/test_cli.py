@@ -7,7 +7,7 @@ import pytest
 from imagesim_pipeline.cli import build_parser, main
 
 SUBCOMMANDS = ["ingest", "discover", "materialize", "chip", "samples", "grid", "dataset", "model", "search", "changes",
-               "serve", "demo", "ui", "daemon", "check", "backfill"]
+               "serve", "demo", "ui", "daemon", "check", "backfill", "engine"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

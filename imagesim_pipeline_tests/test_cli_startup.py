@@ -74,7 +74,7 @@ def test_search_checks_k_while_parsing(k, tmp_path):
 
 
 def test_cli_k_limit_is_the_engines():
-    from imagesim_pipeline import cli
+    from imagesim_pipeline.cli import common as cli
     from imagesim_pipeline.search.engine import MAX_K
 
     with pytest.raises(argparse.ArgumentTypeError):

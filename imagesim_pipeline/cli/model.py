@@ -1,0 +1,94 @@
+"""Model commands: train through Dagster, list versions, report quality."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from imagesim_pipeline.cli.common import BUCKET_HELP, _print
+
+
+def _print_model(bucket) -> bool:
+    """The published model's quality beside its baselines; whether a model is published."""
+    from imagesim_pipeline.models.registry import ModelNotFoundError, get_pointer, read_metrics
+    from imagesim_pipeline.models.report import quality_table
+
+    try:
+        version = get_pointer(bucket, "smlc", "latest")
+    except ModelNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    metrics = read_metrics(bucket, "smlc", version)
+    _print(f"model smlc/{version}: val loss {metrics['val_loss']:.3f}, val accuracy {metrics['val']['accuracy']:.3f} "
+           f"(reference benchmark: < 0.3, > 0.85); ONNX max |diff| {metrics['onnx']['max_abs_diff']:.1e}")
+    _print("test split (never trained on), baselines from the same run:")
+    _print(quality_table(metrics))
+    return True
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from imagesim_pipeline.models.registry import get_pointer, read_metrics, verify
+    from imagesim_pipeline.models.report import per_label_table, quality_table
+    from imagesim_pipeline.storage import open_bucket
+
+    if args.action == "train":
+        from imagesim_pipeline.orchestration.instance import run_job
+
+        trained = run_job("trainer_job", progress=_print, bucket=args.bucket, assets=["smlc_model", "onnx_model"])
+        return 0 if trained and _print_model(open_bucket(args.bucket)) else 1
+    bucket = open_bucket(args.bucket)
+    if args.action == "list":
+        return _list_models(bucket, args.name)
+    version = args.version or get_pointer(bucket, args.name, "latest")
+    verify(bucket, args.name, version)  # a damaged or unpublished version: one line, exit 2
+    metrics = read_metrics(bucket, args.name, version)
+    if args.json:
+        _print(json.dumps(metrics, indent=2))
+        return 0
+    _print(f"{args.name}/{version} on dataset {metrics['data']['dataset_version']} "
+           f"({', '.join(f'{s} {n}' for s, n in metrics['data']['chips'].items())} chips)")
+    _print(f"val: loss {metrics['val_loss']:.3f}, accuracy {metrics['val']['accuracy']:.3f}")
+    _print("test, beside the baselines computed in the same run:")
+    _print(quality_table(metrics))
+    _print("")
+    _print(per_label_table(metrics))
+    return 0
+
+
+def _list_models(bucket, name: str) -> int:
+    """Every published version, oldest first, with the pointers that name it."""
+    from datetime import datetime, timezone
+
+    from imagesim_pipeline.models.registry import published_versions, read_pointer
+
+    pointers = {which: (p.version if (p := read_pointer(bucket, name, which)) else None)
+                for which in ("latest", "serving", "trained")}
+    versions = published_versions(bucket, name)
+    if not versions:
+        _print(f"no published version of {name} in {bucket.url('models/')}: `imagesim model train`")
+        return 0
+    _print(f"{'version':<20} {'published (UTC)':<19}  {'dataset':<20} roles")
+    for m in versions:
+        roles = [which for which, v in pointers.items() if v == m.version]
+        when = datetime.fromtimestamp(m.published, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        _print(f"{m.version:<20} {when:<19}  {m.dataset_version:<20} {', '.join(roles)}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the model command."""
+    p = sub.add_parser("model", help="train the SMLC through Dagster; show a model's quality",
+                       description="`imagesim model train`: run trainer_job's smlc_model and onnx_model through "
+                                   "Dagster. "
+                                   "`imagesim model report [VERSION]`: the figures of metrics.json of the latest "
+                                   "published SMLC (or VERSION): test micro/macro F2 at 0.5 and at the val-chosen "
+                                   "thresholds, mAP, per-label table, next to the baselines of the same run. "
+                                   "`imagesim model list`: every published version and which one is latest "
+                                   "(newest published), serving (what search answers with) and trained.")
+    p.add_argument("action", choices=["train", "report", "list"])
+    p.add_argument("version", nargs="?", help="report: model version (default: models/<name>/latest.json)")
+    p.add_argument("--name", default="smlc", help="model name (default smlc)")
+    p.add_argument("--bucket", help=BUCKET_HELP)
+    p.add_argument("--json", action="store_true", help="the whole metrics.json")
+    p.set_defaults(func=cmd_model)
