@@ -10,11 +10,14 @@ from pathlib import Path
 from imagesim_pipeline.cli.common import BUCKET_HELP, _model_options, _parse_bounds, _parse_date, _parse_k, _port_free, _print
 
 
-def _hits_table(hits) -> str:
-    lines = [f"{'#':>3}  {'score':>6}  {'chip':<40} {'date':<10}  {'catalog':<18} labels"]
+def _hits_table(hits, first: tuple[str, ...] = ()) -> str:
+    """Hits as a table; every predicted label, the ``first`` ones (a label filter) leading."""
+    lines = [f"{'#':>3}  {'score':>6}  {'chip':<40} {'date':<10}  {'catalog':<18} predicted labels"]
     for h in hits:
+        names = [name for name, _ in h.labels]
+        names = [n for n in first if n in names] + [n for n in names if n not in first]
         lines.append(f"{h.rank:>3}  {h.score:6.3f}  {h.chip:<40} {h.date.isoformat():<10}  {h.catalog_id:<18} "
-                     f"{', '.join(name for name, _ in h.labels[:4])}")
+                     f"{', '.join(names)}")
     return "\n".join(lines)
 
 
@@ -26,23 +29,19 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     positives = [Example(chip=c) for c in args.chip or []] + [Example(chip=c) for c in args.positive or []]
     negatives = [Example(chip=c) for c in args.negative or []]
-    try:
-        for path in args.image or []:  # checked as the API checks an upload, before the index is opened
-            try:
-                data = Path(path).read_bytes()
-            except OSError as exc:
-                raise ImagesimError(f"cannot read image {path}: {exc.strerror}") from None
-            check_image(data, path)  # UploadError: too large, a decompression bomb, not an image, ...
-            positives.append(Example(image=data, name=path))
-        if not positives:
-            raise ImagesimError("name a query: --chip CHIP_ID, --image FILE or --positive CHIP_ID")
-        engine = SearchEngine(open_bucket(args.bucket), args.name, args.version or "")
-        filters = Filters(bbox=args.bbox, labels=tuple(args.label or ()), since=args.since, until=args.until,
-                          catalog_ids=tuple(args.catalog or ()))
-        hits = engine.query(positives, negatives, k=args.k, filters=filters, spread=args.spread)
-    except ImagesimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for path in args.image or []:  # checked as the API checks an upload, before the index is opened
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ImagesimError(f"cannot read image {path}: {exc.strerror}") from None
+        check_image(data, path)  # UploadError: too large, a decompression bomb, not an image, ...
+        positives.append(Example(image=data, name=path))
+    if not positives:
+        raise ImagesimError("name a query: --chip CHIP_ID, --image FILE or --positive CHIP_ID")
+    engine = SearchEngine(open_bucket(args.bucket), args.name, args.version or "")
+    filters = Filters(bbox=args.bbox, labels=tuple(args.label or ()), since=args.since, until=args.until,
+                      catalog_ids=tuple(args.catalog or ()))
+    hits = engine.query(positives, negatives, k=args.k, filters=filters, spread=args.spread)
     if args.geojson:
         query = {"positives": [e.chip or e.name for e in positives], "negatives": [e.chip for e in negatives],
                  "k": args.k, "model_version": engine.version}
@@ -51,8 +50,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         _print(json.dumps([h.to_feature()["properties"] for h in hits], indent=1))
     else:
         _print(f"{len(hits)} results of {len(engine)} indexed chips (model {engine.version})")
-        _print(_hits_table(hits))
-    if not hits and filters.active:
+        _print(_hits_table(hits, tuple(args.label or ())))
+    if not hits and filters.active():
         print(f"hint: {engine.why_empty(filters)}", file=sys.stderr)
     return 0
 
@@ -62,17 +61,12 @@ def cmd_changes(args: argparse.Namespace) -> int:
 
     from imagesim_pipeline.changes.detect import read_changes
     from imagesim_pipeline.demo.truth import CHANGES_KEY, ChangeTruth
-    from imagesim_pipeline.errors import ImagesimError
     from imagesim_pipeline.models.registry import served_version
     from imagesim_pipeline.storage import open_bucket
 
     bucket = open_bucket(args.bucket)
-    try:
-        version = args.version or served_version(bucket, args.name)
-        table = read_changes(bucket, version)
-    except ImagesimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    version = args.version or served_version(bucket, args.name)
+    table = read_changes(bucket, version)
     rows = table.to_pylist()
     if args.bbox:
         area = shapely.box(*args.bbox)
@@ -162,18 +156,13 @@ def cmd_engine(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from imagesim_pipeline.errors import ImagesimError
     from imagesim_pipeline.service.app import create_app
     from imagesim_pipeline.storage import open_bucket
 
     if not _port_free(args.host, args.port):
         return 2
-    try:
-        bucket = open_bucket(args.bucket)
-        app = create_app(bucket, args.name, args.version or "", refresh_s=args.refresh)
-    except ImagesimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    bucket = open_bucket(args.bucket)
+    app = create_app(bucket, args.name, args.version or "", refresh_s=args.refresh)
     health = app.state.engines.get()
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     _print(f"imagesim search over {bucket.url('')}: "
