@@ -1,6 +1,6 @@
 # imagesim: two commands for a newcomer.
 #   make demo   set up, fetch the offline sample data, ingest it, run the main job, print where to look
-#   make test   set up and run the test suite
+#   make test   set up, lint (make lint) and run the test suite
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 PYTHON ?= python3.11
@@ -9,7 +9,7 @@ PIP_FLAGS ?= --disable-pip-version-check --no-input --progress-bar off
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench ui serve clean
+.PHONY: setup demo test lint bench ui serve clean
 
 setup: $(STAMP)
 
@@ -31,7 +31,10 @@ $(STAMP): pyproject.toml $(WEB)/package-lock.json
 demo: setup
 	$(BIN)/imagesim demo
 
-test: setup
+lint: setup
+	$(BIN)/ruff check imagesim_pipeline
+
+test: setup lint
 	$(BIN)/imagesim samples fetch
 	$(BIN)/python -m pytest
 

@@ -14,8 +14,8 @@ from shapely.geometry import box, mapping
 from shapely.ops import unary_union
 
 from imagesim_pipeline.ard.discovery import Acquisition, CellDelivery
-from imagesim_pipeline.storage import Bucket, StorageError
 from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.storage import Bucket, StorageError
 
 
 @dataclass

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Iterable
 
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, GridError
 from imagesim_pipeline.storage import Bucket, ObjectInfo, layout
@@ -180,9 +180,9 @@ def discover(listing: Iterable[ObjectInfo]) -> Discovery:
         if isinstance(when, str):
             result.problems.append(Problem(key, when))
             continue
-        for suffix, kind in ASSET_SUFFIXES.items():
+        for suffix, asset_kind in ASSET_SUFFIXES.items():
             if name.endswith(suffix):
-                catalog_id = name[: -len(suffix)]
+                catalog_id, kind = name[: -len(suffix)], asset_kind
                 break
         else:
             result.problems.append(Problem(key, "unknown asset file (expected <catalog_id>-visual.tif, "

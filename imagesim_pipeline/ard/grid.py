@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator
 
 import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
+
 from imagesim_pipeline.errors import ImagesimError
 
 MAP_SIZE = 10_240_000
@@ -70,7 +71,7 @@ class ArdCell:
 
     # --- parsing and formatting -------------------------------------------------------------
     @classmethod
-    def parse(cls, text: str) -> "ArdCell":
+    def parse(cls, text: str) -> ArdCell:
         """Parse ``Z33-120020223133`` or ``33/120020223133``."""
         text = text.strip()
         match = _ID_RE.match(text) or _PATH_RE.match(text)
@@ -84,7 +85,7 @@ class ArdCell:
         return cls(zone, match["quadkey"])
 
     @classmethod
-    def from_tile(cls, zone: int, x: int, y: int, zoom: int) -> "ArdCell":
+    def from_tile(cls, zone: int, x: int, y: int, zoom: int) -> ArdCell:
         """The cell at column ``x`` and row ``y`` (counted from the top) of ``zoom``."""
         if not 0 <= x < 2**zoom or not 0 <= y < 2**zoom:
             raise GridError(f"tile ({x}, {y}) is outside zoom {zoom}")
@@ -170,35 +171,35 @@ class ArdCell:
 
     # --- hierarchy --------------------------------------------------------------------------
     @property
-    def parent(self) -> "ArdCell":
+    def parent(self) -> ArdCell:
         if self.zoom == 1:
             raise GridError(f"{self.id} is at zoom 1 and has no parent")
         return ArdCell(self.zone, self.quadkey[:-1])
 
-    def ancestor(self, zoom: int) -> "ArdCell":
+    def ancestor(self, zoom: int) -> ArdCell:
         """The cell at ``zoom`` (<= own zoom) containing this one."""
         if not 1 <= zoom <= self.zoom:
             raise GridError(f"{self.id}: ancestor zoom {zoom} must be in 1..{self.zoom}")
         return ArdCell(self.zone, self.quadkey[:zoom])
 
-    def children(self, zoom: int | None = None) -> list["ArdCell"]:
+    def children(self, zoom: int | None = None) -> list[ArdCell]:
         """The cells at ``zoom`` (default: one level down) inside this cell, in quadkey order."""
         zoom = self.zoom + 1 if zoom is None else zoom
         if not self.zoom < zoom <= MAX_ZOOM:
             raise GridError(f"{self.id}: child zoom {zoom} must be in {self.zoom + 1}..{MAX_ZOOM}")
         return list(self.iter_children(zoom))
 
-    def iter_children(self, zoom: int) -> Iterator["ArdCell"]:
+    def iter_children(self, zoom: int) -> Iterator[ArdCell]:
         depth = zoom - self.zoom
         for n in range(4**depth):
             digits = np.base_repr(n, 4).rjust(depth, "0") if depth else ""
             yield ArdCell(self.zone, self.quadkey + digits)
 
-    def contains(self, other: "ArdCell") -> bool:
+    def contains(self, other: ArdCell) -> bool:
         return self.zone == other.zone and other.quadkey.startswith(self.quadkey)
 
 
-def wgs84_quads(cells: "list[ArdCell]") -> np.ndarray:
+def wgs84_quads(cells: list[ArdCell]) -> np.ndarray:
     """WGS84 polygons of many small cells (chips) from their four reprojected corners, vectorised.
 
     For chip-sized cells the densified outline of :attr:`ArdCell.wgs84_geometry` differs from the
@@ -225,7 +226,7 @@ def _reproject(fn, geometry: BaseGeometry) -> BaseGeometry:
 
 # --- covering -------------------------------------------------------------------------------
 @lru_cache(maxsize=256)
-def _to_wgs84(epsg: int) -> "callable":
+def _to_wgs84(epsg: int) -> callable:
     return Transformer.from_crs(epsg, 4326, always_xy=True).transform
 
 

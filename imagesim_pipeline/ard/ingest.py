@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import rasterio
@@ -43,8 +43,8 @@ from shapely.geometry import box, mapping, shape
 from shapely.ops import unary_union
 
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, cell_size, cells_covering
-from imagesim_pipeline.storage import Bucket, StorageError, layout
 from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.storage import Bucket, StorageError, layout
 
 PIXEL_MULTIPLE = 128  # 2 ** (19 - 12): cells down to zoom 19 are whole pixel windows
 NODATA = 0
@@ -200,7 +200,8 @@ def cell_pixels(resolution: float, zoom: int = TILE_ZOOM) -> int:
 
 # --- per-cell output -----------------------------------------------------------------------
 def _write_cell(src: rasterio.DatasetReader, path: str, cell: ArdCell, bands: list[int], stretch: _Stretch,
-                resolution: float | None, resampling: Resampling, workdir: Path) -> tuple[Path, object, float, float] | None:
+                resolution: float | None, resampling: Resampling,
+                workdir: Path) -> tuple[Path, object, float, float] | None:
     """Warp the source onto ``cell``'s pixel grid; returns (cog, footprint, valid share, res) or None."""
     epsg = cell.epsg
     n = cell_pixels(resolution or native_resolution(src, epsg))
@@ -276,7 +277,7 @@ def stac_item(cell: ArdCell, catalog_id: str, acquired: date, footprint, resolut
         "bbox": list(wgs84.bounds),
         "geometry": mapping(wgs84),
         "properties": {
-            "datetime": datetime.combine(acquired, datetime.min.time(), timezone.utc).isoformat().replace("+00:00", "Z"),
+            "datetime": datetime.combine(acquired, datetime.min.time(), UTC).isoformat().replace("+00:00", "Z"),
             "gsd": resolution,
             "proj:code": f"EPSG:{cell.epsg}",
             "proj:shape": [n, n],
@@ -285,11 +286,12 @@ def stac_item(cell: ArdCell, catalog_id: str, acquired: date, footprint, resolut
             "catalog_id": catalog_id,
             "valid_fraction": round(valid_fraction, 6),
             "imagesim:source": source,
-            "imagesim:ingested": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "imagesim:ingested": datetime.now(UTC).isoformat(timespec="seconds"),
         },
         "links": [],
         "assets": {
-            "visual": {"href": f"./{catalog_id}-visual.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+            "visual": {"href": f"./{catalog_id}-visual.tif",
+                       "type": "image/tiff; application=geotiff; profile=cloud-optimized",
                        "roles": ["visual"]},
             "data-mask": {"href": f"./{catalog_id}-data-mask.gpkg", "type": "application/geopackage+sqlite3",
                           "roles": ["data-mask"]},

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -71,9 +71,9 @@ def write_cell_changes(bucket: Bucket, version: str, cell_id: str, rows: list[di
 
 def read_change_map(bucket: Bucket, key: str, chip_before: str, chip_after: str) -> np.ndarray:
     """The change map of a pair, from the cell file ``key`` (a change-table row's ``map``), as 0..1 floats."""
-    from imagesim_pipeline.changes.maps import ChangeMapError, decode_map
-
     import pyarrow.compute as pc
+
+    from imagesim_pipeline.changes.maps import ChangeMapError, decode_map
 
     try:
         table = _read(bucket, key)

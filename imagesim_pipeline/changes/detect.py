@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -107,10 +108,12 @@ def pair_distances(bucket: Bucket, version: str, progress: Progress = lambda m: 
         raise ChangesError(f"no embeddings of model {version}: materialize chip_embeddings first")
     return pa.table({
         "place": pa.array(rows["place"], pa.string()), "cell": pa.array(rows["cell"], pa.string()),
-        "chip_before": pa.array(rows["chip_before"], pa.string()), "chip_after": pa.array(rows["chip_after"], pa.string()),
+        "chip_before": pa.array(rows["chip_before"], pa.string()),
+        "chip_after": pa.array(rows["chip_after"], pa.string()),
         "catalog_before": pa.array(rows["catalog_before"], pa.string()),
         "catalog_after": pa.array(rows["catalog_after"], pa.string()),
-        "date_before": pa.array(rows["date_before"], pa.date32()), "date_after": pa.array(rows["date_after"], pa.date32()),
+        "date_before": pa.array(rows["date_before"], pa.date32()),
+        "date_after": pa.array(rows["date_after"], pa.date32()),
         "distance": pa.array(rows["distance"], pa.float64()), "kind": pa.array(rows["kind"], pa.string()),
         "geometry": pa.array(rows["geometry"], pa.binary()),
         "change": pa.array(rows["change"] if scorer else [None] * len(rows["place"]), pa.float64()),

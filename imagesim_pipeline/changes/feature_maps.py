@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class OnnxFeatureMaps:
         self.version: str = self.meta["version"]
 
     @classmethod
-    def from_bucket(cls, bucket: Bucket, name: str, version: str, threads: int = 0) -> "OnnxFeatureMaps | None":
+    def from_bucket(cls, bucket: Bucket, name: str, version: str, threads: int = 0) -> OnnxFeatureMaps | None:
         """The maps of a published version; None when its model has no feature-map outputs (an older export)."""
         from imagesim_pipeline.models.registry import published_model_file
 

@@ -100,4 +100,5 @@ def triptych(before: np.ndarray, after: np.ndarray, change: np.ndarray, gap: int
     return buffer.getvalue()
 
 
-__all__ = ["STORED_DOWNSAMPLE", "ChangeMapError", "composite", "decode_map", "encode_map", "heat_overlay", "overlay_png", "triptych"]
+__all__ = ["STORED_DOWNSAMPLE", "ChangeMapError", "composite", "decode_map", "encode_map", "heat_overlay",
+           "overlay_png", "triptych"]

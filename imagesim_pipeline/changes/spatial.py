@@ -15,8 +15,8 @@ encoder did not score (cells encoded before, or by a run that stopped between it
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 

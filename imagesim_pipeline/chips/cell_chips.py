@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from imagesim_pipeline.ard.discovery import CellDelivery
 from imagesim_pipeline.chips.chipper import ChipError, ChipJob, chip_acquisition, classify

@@ -11,9 +11,10 @@ processes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import simplejpeg
@@ -133,7 +134,8 @@ def _strip_chips(src, job: ChipJob, row: int, n: int, px: int, clouds) -> Iterat
         else:
             mask = src.dataset_mask(window=window, boundless=not inside) > 0
     except RasterioError as exc:
-        raise ChipError(f"{job.path}: reading chip row {row} failed ({exc}); the file is corrupt or truncated") from None
+        raise ChipError(f"{job.path}: reading chip row {row} failed ({exc}); "
+                        "the file is corrupt or truncated") from None
     cloud = None
     if clouds is not None:
         from rasterio.features import rasterize

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 from PIL import Image, ImageDraw
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from imagesim_pipeline.ard.discovery import Problem, discover
 from imagesim_pipeline.chips.chipper import ChipJob, chip_acquisition, classify
@@ -15,7 +15,7 @@ from imagesim_pipeline.storage import LocalBucket, ObjectInfo
 def local_listing(ard_path: Path) -> tuple[list[ObjectInfo], dict[str, Path]]:
     """Files under an ARD folder (``ard/``, or one zone's folder) keyed as ``ard/<zone>/...``."""
     listing, paths = [], {}
-    when = datetime.now(timezone.utc)
+    when = datetime.now(UTC)
     for path in sorted(ard_path.rglob("*")):
         if not path.is_file():
             continue

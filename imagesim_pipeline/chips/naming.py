@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, GridError
-from imagesim_pipeline.storage import layout
 from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.storage import layout
 
 MIN_ZOOM, MAX_ZOOM = 13, 19
 # The first '_' ends the quadkey; catalog ids may hold '_' and '.' themselves.
@@ -27,7 +27,7 @@ class ChipName:
     catalog_id: str
 
     @classmethod
-    def parse(cls, name: str) -> "ChipName":
+    def parse(cls, name: str) -> ChipName:
         match = _NAME_RE.match(Path(name).name)
         if not match:
             raise ChipNameError(f"{name!r} is not a chip name (Z<zone>-<quadkey>_<catalog id>.jpg)")

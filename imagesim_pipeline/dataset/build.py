@@ -21,10 +21,11 @@ import json
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +39,7 @@ from imagesim_pipeline.dataset.splits import (
     split_of,
     unit_hash,
 )
+from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.labels.cell_labels import (
     CHIP_SCHEMA,
     LabelError,
@@ -48,7 +50,6 @@ from imagesim_pipeline.labels.cell_labels import (
 from imagesim_pipeline.labels.encoding import HEADER_LINE, csv_line
 from imagesim_pipeline.labels.vocabulary import Vocabulary
 from imagesim_pipeline.storage import Bucket, StorageError, layout
-from imagesim_pipeline.errors import ImagesimError
 
 DATASETS_PREFIX = layout.DATASETS
 LATEST_KEY = layout.DATASETS_LATEST
@@ -80,7 +81,8 @@ class DatasetConfig:
     def validate(self) -> None:
         check_fractions(self.fractions)
         if not 13 <= self.block_zoom <= 19:
-            raise ValueError(f"block_zoom must be 13..19 (coarser than a level-12 cell is pointless); got {self.block_zoom}")
+            raise ValueError(f"block_zoom must be 13..19 (coarser than a level-12 cell is pointless); "
+                             f"got {self.block_zoom}")
         if not 0 <= self.unlabelled_share <= 1:
             raise ValueError(f"unlabelled_share must be within 0..1; got {self.unlabelled_share}")
         if not 0 <= self.max_cloud_fraction <= 1:
@@ -170,7 +172,8 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
     started = time.perf_counter()
     cells = indexed_cells(bucket)
     if not cells:
-        raise DatasetError(f"no nodata index tables under {bucket.url(INDEX_PREFIX)}: run datamaker_job for some cells first")
+        raise DatasetError(f"no nodata index tables under {bucket.url(INDEX_PREFIX)}: "
+                           "run datamaker_job for some cells first")
     counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
     chips_per_split: Counter = Counter()
     label_free: Counter = Counter()
@@ -254,7 +257,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
             bucket.upload_file(path, dataset_key(version, path.name))
     manifest = {
         "version": version,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": asdict(config) | {"version": version},
         "vocabulary": json.loads(vocabulary.to_json()),
         "counts": {"chips": sum(chips_per_split.values()), "by_split": {s: chips_per_split[s] for s in SPLITS},

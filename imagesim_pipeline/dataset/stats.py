@@ -74,7 +74,8 @@ def dataset_stats(bucket: Bucket, version: str | None = None, batch_rows: int = 
         "labels_per_chip": per_chip.tolist(),
         "chips_by_zone": dict(sorted(zones.items())),
         "area_share_histogram": {"bins": AREA_BINS.tolist(),
-                                 "counts": {names[i]: area_hist[i].tolist() for i in range(n) if "polygon" in kinds[i]}},
+                                 "counts": {names[i]: area_hist[i].tolist()
+                                            for i in range(n) if "polygon" in kinds[i]}},
         "length_m_histogram": {"bins": [float(b) for b in LENGTH_BINS[:-1]] + ["inf"],
                                "counts": {names[i]: length_hist[i].tolist() for i in range(n) if "line" in kinds[i]}},
     }
@@ -85,7 +86,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     names = stats["labels"]
     width = max(len(n) for n in names)
     total = {s: max(1, stats["chips_by_split"][s]) for s in SPLITS}
-    lines = [f"dataset {stats['version']}: " + ", ".join(f"{s} {stats['chips_by_split'][s]}" for s in SPLITS) + " chips",
+    lines = [f"dataset {stats['version']}: "
+             + ", ".join(f"{s} {stats['chips_by_split'][s]}" for s in SPLITS) + " chips",
              "", f"{'label':<{width}}  " + "  ".join(f"{s:>13}" for s in SPLITS)]
     for name in names:
         cells = [f"{stats['label_counts'][s][name]:>6} {100 * stats['label_counts'][s][name] / total[s]:5.1f}%"
@@ -95,7 +97,8 @@ def format_stats(stats: dict[str, Any]) -> str:
               "labels per chip: " + ", ".join(f"{k}: {v}" for k, v in enumerate(stats["labels_per_chip"]) if v)]
     co = np.asarray(stats["cooccurrence"], dtype=float)
     pairs = [(co[i, j], names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names)) if co[i, j]]
-    lines.append("most frequent pairs: " + ", ".join(f"{a}+{b} {int(c)}" for c, a, b in sorted(pairs, reverse=True)[:8]))
+    lines.append("most frequent pairs: "
+                 + ", ".join(f"{a}+{b} {int(c)}" for c, a, b in sorted(pairs, reverse=True)[:8]))
     return "\n".join(lines)
 
 
@@ -136,9 +139,10 @@ def stats_plots(stats: dict[str, Any]) -> dict[str, bytes]:
     if area:
         fig, ax = plt.subplots(figsize=(6.5, 4), dpi=80)
         centres = (AREA_BINS[:-1] + AREA_BINS[1:]) / 2
-        for name, counts in area.items():
+        colours = plt.get_cmap("tab20")  # one colour per label (the default cycle repeats after 10)
+        for j, (name, counts) in enumerate(area.items()):
             if sum(counts):
-                ax.plot(centres, counts, marker="o", label=name)
+                ax.plot(centres, counts, marker="o", label=name, color=colours(j % 20))
         ax.set_xlabel("area share of the chip")
         ax.set_ylabel("chips")
         ax.set_yscale("symlog")

@@ -34,7 +34,8 @@ def area_class(tags) -> str | None:
     get = tags.get
     if get("building"):
         return "building"
-    if get("natural") == "water" or get("waterway") in ("riverbank", "dock") or get("landuse") in ("reservoir", "basin"):
+    if (get("natural") == "water" or get("waterway") in ("riverbank", "dock")
+            or get("landuse") in ("reservoir", "basin")):
         return "water"
     if get("amenity") == "parking" or get("parking") == "surface":
         return None if get("parking") in ("underground", "multi-storey", "rooftop") else "parking"

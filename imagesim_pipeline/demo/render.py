@@ -104,7 +104,7 @@ class Scene:
 
     @classmethod
     def build(cls, features_utm: dict[str, list[BaseGeometry]], look: Look, seed: int,
-              heights: list[float] | None = None, world_seed: int | None = None) -> "Scene":
+              heights: list[float] | None = None, world_seed: int | None = None) -> Scene:
         """The shapes of an acquisition (``seed``: which buildings vanished) in a world (``world_seed``,
         default ``seed``: roof colours, random heights); ``heights``: tagged heights (NaN: random)."""
         geoms: list[np.ndarray] = []

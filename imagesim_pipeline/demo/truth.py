@@ -40,7 +40,7 @@ class ChangeTruth:
                      Vanished(int(r["vanished_buildings"]), float(r["vanished_share"])) for r in table.to_pylist()}
 
     @classmethod
-    def from_bucket(cls, bucket: Bucket) -> "ChangeTruth | None":
+    def from_bucket(cls, bucket: Bucket) -> ChangeTruth | None:
         """The truth of a demo bucket; None for a bucket that is not a demo world."""
         return cls(read_changes(bucket)) if bucket.exists(CHANGES_KEY) else None
 

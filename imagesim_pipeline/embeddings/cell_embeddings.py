@@ -16,9 +16,10 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +27,6 @@ import pyarrow.parquet as pq
 import shapely
 
 from imagesim_pipeline.ard.grid import wgs84_quads
-
 from imagesim_pipeline.chips.cell_chips import read_manifest
 from imagesim_pipeline.chips.chipper import ALL_DATA
 from imagesim_pipeline.chips.naming import ChipName, chip_key
@@ -161,7 +161,7 @@ def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Pro
 
         pairs = CellPairScorer()
         scored = read_cell_changes(bucket, encoder.version, cell_id, warn or progress)
-        for place, chips in places.items():
+        for _place, chips in places.items():
             keys = [pair_key(a, b) for a, b in zip(chips, chips[1:])]
             if all(c["chip"] in reuse for c in chips) and all(k in scored for k in keys):
                 for k in keys:

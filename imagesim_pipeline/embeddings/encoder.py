@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ class OnnxEncoder:
 
     @classmethod
     def from_bucket(cls, bucket: Bucket, name: str = DEFAULT_NAME, version: str = "", threads: int = 0,
-                    batch_size: int = 32) -> "OnnxEncoder":
+                    batch_size: int = 32) -> OnnxEncoder:
         """A published version of a model (checked against its manifest), by default the newest (``latest.json``)."""
         version = version or get_pointer(bucket, name, "latest")
         with published_model_file(bucket, name, version) as path:

@@ -26,13 +26,13 @@ import pyarrow.parquet as pq
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.chips.naming import ChipName
 from imagesim_pipeline.chips.nodata_index import cell_index_key
+from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.labels.encoding import write_sparse_csv
 from imagesim_pipeline.labels.labeller import FootprintLabels, label_footprints
 from imagesim_pipeline.labels.osm_geometry import osm_features
 from imagesim_pipeline.labels.vocabulary import Vocabulary, vocabulary_from_json
 from imagesim_pipeline.osm.store import read_osm_data
 from imagesim_pipeline.storage import Bucket, StorageError, layout
-from imagesim_pipeline.errors import ImagesimError
 
 LABELS_PREFIX = layout.LABELS
 VOCAB_META = b"imagesim.vocabulary"
@@ -196,4 +196,5 @@ def fingerprint_of(table: pa.Table) -> str | None:
 
 
 __all__ = ["CHIP_SCHEMA", "COVERAGE_SCHEMA", "CellLabels", "LabelError", "coverage_key", "csv_key",
-           "fingerprint_of", "label_cell", "labels_key", "load_cell_labels", "with_vocabulary", "read_cell_labels", "read_chip_index", "table_vocabulary"]
+           "fingerprint_of", "label_cell", "labels_key", "load_cell_labels", "with_vocabulary", "read_cell_labels",
+           "read_chip_index", "table_vocabulary"]

@@ -9,8 +9,8 @@ count are summed per (footprint, label) with vectorized shapely calls.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import shapely

@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
+
 from imagesim_pipeline.errors import ImagesimError
 
 KINDS = ("polygon", "line", "point")
@@ -38,7 +40,7 @@ class TagRule:
     values: frozenset[str] | None = None  # None: any value but "no"
 
     @classmethod
-    def parse(cls, text: str, where: str) -> "TagRule":
+    def parse(cls, text: str, where: str) -> TagRule:
         if not isinstance(text, str):
             raise VocabularyError(f"{where}: tag rule {text!r} is not a string")
         key, eq, values = text.partition("=")
@@ -117,7 +119,7 @@ class Vocabulary:
         return json.dumps({**self.as_config(), "fingerprint": self.fingerprint}, indent=2)
 
     @classmethod
-    def from_config(cls, config: Any, source: str = "config") -> "Vocabulary":
+    def from_config(cls, config: Any, source: str = "config") -> Vocabulary:
         if not isinstance(config, Mapping) or not isinstance(config.get("labels"), list) or not config["labels"]:
             raise VocabularyError(f"{source}: expected a mapping with a non-empty 'labels' list")
         labels = [_parse_label(entry, f"{source}: label {i}") for i, entry in enumerate(config["labels"])]
@@ -156,7 +158,8 @@ def _parse_label(entry: Any, where: str) -> Label:
     where = f"{where.rsplit(': ', 1)[0]}: label {name!r}"
     unknown = sorted(set(entry) - _LABEL_FIELDS)
     if unknown:
-        raise VocabularyError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_LABEL_FIELDS))}")
+        raise VocabularyError(f"{where}: unknown field(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(_LABEL_FIELDS))}")
     tags = _rules(entry, "tags", where)
     if not tags:
         raise VocabularyError(f"{where}: needs at least one tag rule")

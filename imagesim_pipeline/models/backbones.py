@@ -96,7 +96,7 @@ def _match(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: 
     target = model.state_dict()
     # Classifier weights are not part of a feature extractor.
     state = OrderedDict((k, v) for k, v in state.items()
-                        if not k.split(".")[0] in ("fc", "_fc", "classifier", "head"))
+                        if k.split(".")[0] not in ("fc", "_fc", "classifier", "head"))
     if set(state) == set(target):
         pairs = [(k, state[k]) for k in target]
     elif len(state) == len(target):

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -53,7 +54,7 @@ class LabelledChips:
     source: str  # bucket URI or chip folder
     version: str  # dataset version, or "csv:<sha>" for the reference's inputs
 
-    def reader(self) -> "ChipReader":
+    def reader(self) -> ChipReader:
         return ChipReader(self.source, self.version.startswith("csv:"))
 
 
@@ -385,6 +386,6 @@ class SmlcDataModule(L.LightningDataModule):
         return self._loader(split, shuffle=False)
 
 
-__all__ = ["ChipImages", "ChipReader", "DataError", "FeatureSet", "LabelledChips", "RecordingLoader", "PairedFeatureSet",
-           "SmlcDataModule", "SplitData", "Unreadable", "collate_skipping", "load_dataset_version", "load_reference_inputs",
-           "union_over_ranks"]
+__all__ = ["ChipImages", "ChipReader", "DataError", "FeatureSet", "LabelledChips", "RecordingLoader",
+           "PairedFeatureSet", "SmlcDataModule", "SplitData", "Unreadable", "collate_skipping", "load_dataset_version",
+           "load_reference_inputs", "union_over_ranks"]

@@ -155,6 +155,5 @@ def check_parity(model: nn.Module, path: str | Path, images: torch.Tensor) -> Pa
     return Parity(diff("logits"), diff("embedding"), len(images), max(diff(n, relative=True) for n in MAP_OUTPUTS))
 
 
-__all__ = ["ExportError", "INPUT", "MAP_OUTPUTS", "METADATA_KEY", "OUTPUTS", "Parity", "check_parity", "export_features",
-           "export_onnx",
-           "read_metadata", "session"]
+__all__ = ["ExportError", "INPUT", "MAP_OUTPUTS", "METADATA_KEY", "OUTPUTS", "Parity", "check_parity",
+           "export_features", "export_onnx", "read_metadata", "session"]

@@ -16,9 +16,9 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import numpy as np
 import torch
@@ -137,7 +137,8 @@ def onnx_extractor(backbone: torch.nn.Module, name: str, pooling: str, size: int
         runtime = session(path)  # loads the file: the folder can go
 
     def extract(images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(runtime.run(["features"], {"input": np.ascontiguousarray(images.numpy(), np.float32)})[0])
+        return torch.from_numpy(runtime.run(["features"],
+                                            {"input": np.ascontiguousarray(images.numpy(), np.float32)})[0])
 
     return extract
 
@@ -220,7 +221,8 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
     seconds = time.perf_counter() - started
     manifest = {"key": key, "dataset_version": data.version, "backbone": backbone, "weights": weights,
                 "weights_sha256_12": weights_fingerprint(weights), "preprocessing": prep.to_dict(),
-                "augmentation": augmentation, "pooling": pooling, "chips": counts, "corrupt": corrupt_all, "device": str(device),
+                "augmentation": augmentation, "pooling": pooling, "chips": counts, "corrupt": corrupt_all,
+                "device": str(device),
                 "seconds": round(seconds, 1), "chips_per_second": round(sum(counts.values()) / max(seconds, 1e-9), 1)}
     bucket.write_text(features_key(key, "manifest.json"), json.dumps(manifest, indent=2))
     return FeatureCache(key, loaded, manifest)

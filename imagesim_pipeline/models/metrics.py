@@ -10,17 +10,18 @@ many labels the macro figures average over.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.functional.classification import multilabel_fbeta_score
 from torchmetrics.classification import (
     MultilabelAccuracy,
     MultilabelAveragePrecision,
     MultilabelFBetaScore,
     MultilabelStatScores,
 )
+from torchmetrics.functional.classification import multilabel_fbeta_score
 
 THRESHOLD_GRID = torch.tensor([round(0.05 * i, 2) for i in range(1, 20)])  # 0.05 .. 0.95
 

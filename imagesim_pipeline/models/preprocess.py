@@ -16,8 +16,8 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image, ImageOps
 
-from imagesim_pipeline.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 
 class CorruptImageError(ImagesimError, ValueError):

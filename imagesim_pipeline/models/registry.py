@@ -105,7 +105,8 @@ def get_pointer(bucket: Bucket, name: str = DEFAULT_NAME, which: PointerName = "
     if pointer is None:
         step = {"trained": "materialize smlc_model",
                 "latest": "materialize smlc_model and onnx_model (trainer_job)",
-                "serving": "materialize chip_embeddings and similarity_index (encoder_job) for a published model"}[which]
+                "serving": "materialize chip_embeddings and similarity_index (encoder_job) "
+                           "for a published model"}[which]
         raise ModelNotFoundError(f"no {which} model under {bucket.url(f'{layout.MODELS}{name}/')}: {step}, or run "
                                  "`python -m imagesim_pipeline.models.train_model`")
     return pointer.version
@@ -132,7 +133,8 @@ def is_published(bucket: Bucket, name: str, version: str) -> bool:
 def require_published(bucket: Bucket, name: str, version: str) -> ModelManifest:
     manifest = read_manifest(bucket, name, version)
     if manifest is None:
-        raise ModelNotFoundError(f"model {name}/{version} is not published ({bucket.url(model_key(name, version, MANIFEST))} "
+        raise ModelNotFoundError(f"model {name}/{version} is not published "
+                                 f"({bucket.url(model_key(name, version, MANIFEST))} "
                                  "does not exist): materialize onnx_model for it, or pick a published version "
                                  "(`imagesim model list`)")
     return manifest

@@ -10,7 +10,8 @@ Baselines, scored like the model (at 0.5 and at their own F2-optimal thresholds 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -159,7 +160,8 @@ def report_plots(metrics: dict[str, Any], test_probs: torch.Tensor, test_targets
     x = np.arange(len(labels))
     series = [("SMLC @0.5", metrics["test"]), ("SMLC @thresholds", metrics["test_at_thresholds"])]
     if "logistic_regression" in metrics.get("baselines", {}):
-        series.append(("logistic regression @thresholds", metrics["baselines"]["logistic_regression"]["test_at_thresholds"]))
+        series.append(("logistic regression @thresholds",
+                       metrics["baselines"]["logistic_regression"]["test_at_thresholds"]))
     for k, (name, figures) in enumerate(series):
         ax.bar(x + (k - 1) * 0.27, [figures["per_label"][n]["f2"] or 0 for n in labels], 0.27, label=name)
     ax.set_xticks(x, labels, rotation=40, ha="right")
@@ -175,9 +177,12 @@ def report_plots(metrics: dict[str, Any], test_probs: torch.Tensor, test_targets
             warnings.simplefilter("ignore", UserWarning)
             precision, recall, _ = multilabel_precision_recall_curve(test_probs, test_targets.long(),
                                                                      num_labels=len(labels))
+        from matplotlib import colormaps
+
+        colours = colormaps["tab20"]  # one colour per label (the default cycle repeats after 10)
         for j, name in enumerate(labels):
             if test_targets[:, j].sum() > 0:
-                ax.plot(recall[j].numpy(), precision[j].numpy(), label=name, linewidth=1)
+                ax.plot(recall[j].numpy(), precision[j].numpy(), label=name, linewidth=1, color=colours(j % 20))
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_title("test precision-recall per label")

@@ -108,7 +108,7 @@ class SkywayMultiLabelClassifier(L.LightningModule):
     def embedding_dim(self) -> int:
         return self.hparams.pca_dim if self.hparams.strategy == "descriptor" else self.feature_dim // 4
 
-    def train(self, mode: bool = True) -> "SkywayMultiLabelClassifier":
+    def train(self, mode: bool = True) -> SkywayMultiLabelClassifier:
         """Frozen backbone layers stay in eval mode (their BatchNorm statistics are ImageNet's);
         with ``unfreeze_last_stage`` only that stage trains."""
         super().train(mode)

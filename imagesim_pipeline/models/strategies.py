@@ -22,7 +22,7 @@ demo's held-out queries; docs/architecture.md records the choice.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -29,9 +29,8 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 
 from imagesim_pipeline.models.data import SmlcDataModule
-from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
 from imagesim_pipeline.models.recommended import RECOMMENDED
-
+from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
 
 HELP_DESCRIPTION = (
     "Train the SMLC, export model.onnx and publish it when its checks pass. Besides the arguments below: "
@@ -88,11 +87,13 @@ class SmlcCLI(LightningCLI):
         parser.add_argument("--force_new", type=bool, default=False,
                             help="train another version although these settings are already published "
                                  "(published versions are never rewritten: it becomes <id>-2, <id>-3...)")
-        parser.add_argument("--min_test_f2", type=float, default=0.5, help="publishing floor: test micro F2 at thresholds")
+        parser.add_argument("--min_test_f2", type=float, default=0.5,
+                            help="publishing floor: test micro F2 at thresholds")
 
 
 def main(argv: list[str] | None = None) -> int:
     from imagesim_pipeline.errors import ImagesimError
+    from imagesim_pipeline.models.registry import AlreadyPublishedError, next_version
     from imagesim_pipeline.models.training import (
         Benchmark,
         checkpointing,
@@ -101,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         tensorboard,
         train_and_stage,
     )
-    from imagesim_pipeline.models.registry import AlreadyPublishedError, next_version
     from imagesim_pipeline.settings import runs_dir
     from imagesim_pipeline.storage import open_bucket
 

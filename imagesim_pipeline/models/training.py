@@ -23,14 +23,16 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
+from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.models.data import ChipImages, SmlcDataModule, collate_skipping
 from imagesim_pipeline.models.export import ExportError, Parity, check_parity, export_onnx
 from imagesim_pipeline.models.features import keep_freed_memory
@@ -53,7 +55,6 @@ from imagesim_pipeline.models.registry import (
 from imagesim_pipeline.models.report import baselines, evaluate, model_card, report_plots
 from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
 from imagesim_pipeline.models.strategies import NEEDS_CACHED_FEATURES
-from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.storage import Bucket
 
 
@@ -151,7 +152,8 @@ def evaluate_model(model: SkywayMultiLabelClassifier, data: SmlcDataModule
         if len(val_y) else float("nan")
     if data.hparams.cache_features:
         sets = {s: (data._sets[s].features.numpy() if data._sets[s].features.shape[0] > 1
-                    else data._sets[s].features[0].numpy(), data._sets[s].targets.numpy()) for s in ("train", "val", "test")}
+                    else data._sets[s].features[0].numpy(), data._sets[s].targets.numpy())
+                for s in ("train", "val", "test")}
         figures["baselines"] = baselines(sets, model.labels)
     return figures, (test_p, test_y)
 
@@ -199,7 +201,8 @@ def train_and_stage(model: SkywayMultiLabelClassifier, data: SmlcDataModule, tra
                      "unfreeze_last_stage": hp.unfreeze_last_stage, "lr": hp.lr, "eta_min": hp.eta_min,
                      "strategy": hp.strategy, "pooling": hp.pooling, "embedding_dim": model.embedding_dim,
                      "epochs": trainer.current_epoch, "seconds": seconds,
-                     "device": f"{trainer.num_devices}x {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}",
+                     "device": f"{trainer.num_devices}x "
+                               f"{trainer.accelerator.__class__.__name__.replace('Accelerator', '')}",
                      "cached_features": bool(data.hparams.cache_features), "augmentation": data.hparams.augmentation,
                      "resumed_from": str(resume) if resume else None},
     }
@@ -322,8 +325,8 @@ def export_and_publish(bucket: Bucket, name: str = DEFAULT_NAME, version: str = 
 
 
 __all__ = ["Benchmark", "EpochLog", "Publication", "TrainOutcome", "checkpointing", "choose_device", "evaluate_model",
-           "export_and_publish", "load_checkpoint", "make_trainer", "model_version", "onnx_metadata", "predict", "resumable_checkpoint",
-           "tensorboard", "train_and_stage"]
+           "export_and_publish", "load_checkpoint", "make_trainer", "model_version", "onnx_metadata", "predict",
+           "resumable_checkpoint", "tensorboard", "train_and_stage"]
 
 
 class EpochLog(L.Callback):

@@ -75,7 +75,8 @@ def ard_tile(context: AssetExecutionContext, bucket: BucketResource) -> Material
         "cell_coverage": MetadataValue.float(round(footprint.area / cell.geometry.area, 4)),
         "footprint_wgs84": MetadataValue.json(summary.footprint_wgs84_geojson()),
         "acquisition_table": MetadataValue.md(_acquisition_table(summary)),
-        "location": MetadataValue.url(store.url(prefix)) if store.uri.startswith("s3://") else MetadataValue.path(store.url(prefix)),
+        "location": (MetadataValue.url(store.url(prefix)) if store.uri.startswith("s3://")
+                     else MetadataValue.path(store.url(prefix))),
         "unusable_entries": len(found.problems) + len(summary.problems),
     }
     check = AssetCheckResult(
@@ -83,7 +84,8 @@ def ard_tile(context: AssetExecutionContext, bucket: BucketResource) -> Material
         passed=not summary.problems and not found.problems,
         severity=AssetCheckSeverity.WARN,
         metadata={"problems": MetadataValue.md("\n".join(f"- {p}" for p in
-                                                         [str(p) for p in found.problems] + summary.problems) or "none")},
+                                                         [str(p) for p in found.problems] + summary.problems)
+                                               or "none")},
     )
     return MaterializeResult(metadata=metadata, data_version=DataVersion(delivery.fingerprint()),
                              check_results=[check])

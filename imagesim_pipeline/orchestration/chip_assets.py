@@ -61,7 +61,8 @@ def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketRes
     if str(result.recovery) != "nothing to recover":
         context.log.warning(f"{cell.id}: {result.recovery}")
     written = [r for r in result.rows if r["written"]]
-    sample = [(r["chip"], store.read_bytes(chip_key(ChipName.parse(r["chip"])))) for r in written[:: max(1, len(written) // 18)][:18]]
+    sample = [(r["chip"], store.read_bytes(chip_key(ChipName.parse(r["chip"]))))
+              for r in written[:: max(1, len(written) // 18)][:18]]
     metadata = {
         "chips_written": result.written,
         "chips_without_data_skipped": len(result.rows) - result.written,

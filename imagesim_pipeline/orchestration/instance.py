@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.orchestration.failures import step_failure_message

@@ -201,7 +201,8 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
                          severity=AssetCheckSeverity.WARN, metadata={
                              "cells": len(manifest["inputs"]),
                              "skipped": MetadataValue.md("\n".join(f"- {s['cell']}: {s['reason']}"
-                                                                   for s in manifest["skipped_cells"][:50]) or "none")}),
+                                                                   for s in manifest["skipped_cells"][:50])
+                                                         or "none")}),
     ]
     return MaterializeResult(metadata=metadata, check_results=checks)
 

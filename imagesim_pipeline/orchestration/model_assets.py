@@ -21,7 +21,6 @@ from imagesim_pipeline.orchestration.label_assets import _image, training_datase
 from imagesim_pipeline.orchestration.resources import BucketResource
 
 
-
 class SmlcTrainingConfig(Config):
     name: str = Field(default="smlc", description="model name: models/<name>/ in the bucket")
     dataset_version: str = Field(default="", description="dataset version (default: the latest)")
@@ -71,6 +70,8 @@ class SmlcTrainingConfig(Config):
 )
 def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucket: BucketResource,
                compute: ComputeResource) -> MaterializeResult:
+    import lightning as L
+
     from imagesim_pipeline.models.data import SmlcDataModule
     from imagesim_pipeline.models.registry import (
         CARD,
@@ -91,8 +92,6 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
         train_and_stage,
     )
     from imagesim_pipeline.settings import runs_dir
-
-    import lightning as L
 
     store = bucket.get_bucket()
     L.seed_everything(config.seed, verbose=False)
@@ -136,7 +135,8 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
                 for b in base.values())
     plots = {}
     for plot in ("f2_per_label", "pr_curves"):
-        plots[f"plot_{plot}"] = MetadataValue.md(_image(store.read_bytes(key(config.name, version, f"plots/{plot}.png")), plot))
+        plots[f"plot_{plot}"] = MetadataValue.md(
+            _image(store.read_bytes(key(config.name, version, f"plots/{plot}.png")), plot))
     return MaterializeResult(
         metadata={
             "version": version,

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from imagesim_pipeline.ard.discovery import discover_bucket
 from imagesim_pipeline.ard.grid import ArdCell, GridError
+from imagesim_pipeline.demo.world import SYNTHETIC_PBF_KEY
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
@@ -31,7 +32,6 @@ from imagesim_pipeline.osm import (
 )
 from imagesim_pipeline.osm.cache import covering_extract, osm_for_cell, uncovered
 from imagesim_pipeline.osm.overpass import DEFAULT_ENDPOINT
-from imagesim_pipeline.demo.world import SYNTHETIC_PBF_KEY
 from imagesim_pipeline.settings import data_dir, settings
 from imagesim_pipeline.storage import layout
 
@@ -113,7 +113,8 @@ def osm_data(context: AssetExecutionContext, bucket: BucketResource, osm: OsmSou
                 data["provenance"]["problems"] = [uncovered(cell, pbfs)]
             extra = {"pbf_cache_hit": cache_hit, "cells_extracted_in_this_run": extracted}
         else:
-            raise Failure(allow_retries=False, description=f"unknown OSM source {osm.source!r}: use 'pbf' or 'overpass'")
+            raise Failure(allow_retries=False,
+                          description=f"unknown OSM source {osm.source!r}: use 'pbf' or 'overpass'")
     key = write_osm_data(store, cell, data)
     provenance = data["provenance"]
     for problem in provenance.get("problems", []):

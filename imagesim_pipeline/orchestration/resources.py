@@ -19,7 +19,8 @@ class BucketResource(ConfigurableResource):
 
     def get_bucket(self) -> Bucket:
         if settings().deployment == "aws" and not self.uri.startswith("s3://"):
-            raise Failure(allow_retries=False, description=f"the AWS deployment needs an s3:// bucket, not {self.uri!r}: every step runs "
+            raise Failure(allow_retries=False,
+                          description=f"the AWS deployment needs an s3:// bucket, not {self.uri!r}: every step runs "
                                       "in its own ECS task, so a folder would vanish with it. Set IMAGESIM_BUCKET "
                                       "to s3://<bucket>/<prefix> (the stack's task definitions do).")
         if self.uri.startswith("s3://"):

@@ -17,10 +17,10 @@ from dagster import (
 from pydantic import Field
 
 from imagesim_pipeline.orchestration.chip_assets import chips
-from imagesim_pipeline.orchestration.label_assets import _counts_table, _image
-from imagesim_pipeline.orchestration.model_assets import onnx_model
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS, INDEX_POOL
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
+from imagesim_pipeline.orchestration.label_assets import _counts_table, _image
+from imagesim_pipeline.orchestration.model_assets import onnx_model
 from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
 from imagesim_pipeline.storage.layout import CHANGES
@@ -180,8 +180,8 @@ class ChangesConfig(ModelChoice):
        description="Change between consecutive acquisitions of every place: the published model's feature maps "
                    "of both chips compared location by location (a change map per place, in its cell's "
                    "`changes/<model version>/cells/<zone>/<cell>.parquet`), scored by the mean of each map's "
-                   "most changed tenth, most changed first, at `changes/<model version>/changes.parquet`. A model exported without "
-                   "feature maps gets the embedding distance instead, with a warning.")
+                   "most changed tenth, most changed first, at `changes/<model version>/changes.parquet`. "
+                   "A model exported without feature maps gets the embedding distance instead, with a warning.")
 def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: BucketResource) -> MaterializeResult:
     from imagesim_pipeline.changes.detect import change_table, write_changes
     from imagesim_pipeline.changes.feature_maps import OnnxFeatureMaps

@@ -7,7 +7,7 @@ their delivery changed. So starting the daemon over a bucket that scripts filled
 starts no run."""
 
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from dagster import (
     AssetKey,
@@ -138,7 +138,7 @@ def failure_summary(context: RunFailureSensorContext) -> str:
     partition = run.tags.get("dagster/partition")
     lines = [f"# {run.job_name} failed", "",
              f"- run: `{run.run_id}`" + (f" (partition `{partition}`)" if partition else ""),
-             f"- when: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC",
+             f"- when: {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC",
              f"- launched by: {_launched_by(run.tags)}",
              "", "## Failed steps", ""]
     failures = context.get_step_failure_events()  # reads the run's event log
@@ -149,7 +149,8 @@ def failure_summary(context: RunFailureSensorContext) -> str:
     again = f" --tags '{{\"dagster/partition\": \"{partition}\"}}'" if partition else ""
     lines += ["", "## Next", "",
               f"Fix the cause named above, then re-run from the failure in the UI (Runs → `{run.run_id[:8]}` → "
-              f"Re-execute from failure) or `dagster job execute -m imagesim_pipeline.definitions -j {run.job_name}{again}`."]
+              "Re-execute from failure) or "
+              f"`dagster job execute -m imagesim_pipeline.definitions -j {run.job_name}{again}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -159,7 +160,7 @@ def run_failure_summary_sensor(context: RunFailureSensorContext, bucket: BucketR
     from imagesim_pipeline.storage import layout
 
     run = context.dagster_run
-    key = layout.run_failure_key(f"{datetime.now(timezone.utc):%Y-%m-%d}", run.job_name, run.run_id)
+    key = layout.run_failure_key(f"{datetime.now(UTC):%Y-%m-%d}", run.job_name, run.run_id)
     store = bucket.get_bucket()
     store.write_bytes(key, failure_summary(context).encode())
     context.log.info(f"summary of failed run {run.run_id} at {store.url(key)}")

@@ -17,4 +17,5 @@ from imagesim_pipeline.osm.store import (
 )
 
 __all__ = ["DEFAULT_MARGIN_DEG", "CellBox", "OsmError", "OverpassClient", "build_query", "cells_in_extract",
-           "extract_cells", "fetch_osm_by_quadkey", "osm_key", "read_osm_data", "tag_summary", "top_keys", "write_osm_data"]
+           "extract_cells", "fetch_osm_by_quadkey", "osm_key", "read_osm_data", "tag_summary", "top_keys",
+           "write_osm_data"]

@@ -19,8 +19,9 @@ are not selected, as with Overpass ``(bbox)`` queries. No tag filtering happens 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from shapely.geometry import LineString, box
 
@@ -50,7 +51,7 @@ class CellBox:
     north: float
 
     @classmethod
-    def of(cls, cell: ArdCell, margin: float = DEFAULT_MARGIN_DEG) -> "CellBox":
+    def of(cls, cell: ArdCell, margin: float = DEFAULT_MARGIN_DEG) -> CellBox:
         west, south, east, north = cell.wgs84_bounds
         return cls(cell, west - margin, south - margin, east + margin, north + margin)
 

@@ -13,10 +13,11 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -56,7 +57,7 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         try:
-            return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
+            return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
         except (TypeError, ValueError):
             return None
 
@@ -126,8 +127,9 @@ class OverpassClient:
                 self.sleep(min(wait, self.max_wait))
             except OsmError as exc:
                 raise OsmError(f"{what}: Overpass at {self.endpoint} refused the query: {exc}") from None
-        raise OverpassUnavailableError(f"{what}: Overpass at {self.endpoint} failed after {self.retries} tries (last: {reason}). "
-                       "Try again later, raise the timeout, or use a .osm.pbf extract instead.")
+        raise OverpassUnavailableError(f"{what}: Overpass at {self.endpoint} failed after {self.retries} tries "
+                                       f"(last: {reason}). "
+                                       "Try again later, raise the timeout, or use a .osm.pbf extract instead.")
 
     def fetch_cell(self, cell: ArdCell, *, margin: float = DEFAULT_MARGIN_DEG, date: str | None = None
                    ) -> dict[str, Any]:
@@ -137,7 +139,7 @@ class OverpassClient:
         payload = self.query(query, cell.id)
         snapshot = payload.get("osm3s", {}).get("timestamp_osm_base")
         provenance = {"source": "overpass", "endpoint": self.endpoint, "query": query, "snapshot": snapshot,
-                      "date": date, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "date": date, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                       "margin_deg": margin, "problems": []}
         data = empty_osm_data(cell, bbox, provenance)
         for element in payload["elements"]:

@@ -5,8 +5,9 @@ Passes (libosmium does the decoding; relations are a small share of any extract)
 1. relations only: their tags and members, and the ids of member nodes and ways;
 2. nodes and ways, with node locations from an osmium location index (``flex_mem`` by default;
    ``sparse_file_array,<file>`` or ``dense_file_array,<file>`` keeps them on disk for
-   country-size extracts; ``dense_*`` suits only extracts with compact node ids): tagged nodes and ways go to every cell box they meet; geometries
-   of relation-member ways (and locations of member nodes) are kept for step 3;
+   country-size extracts; ``dense_*`` suits only extracts with compact node ids): tagged nodes
+   and ways go to every cell box they meet; geometries of relation-member ways (and locations of
+   member nodes) are kept for step 3;
 3. relations, decided from their members, with member geometry.
 
 Selected elements are spooled to per-cell files on disk, so memory does not grow with the
@@ -22,9 +23,10 @@ import tempfile
 import time
 from array import array
 from collections import defaultdict
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from shapely.geometry import box
@@ -215,7 +217,7 @@ def extract_cells(pbf: str | os.PathLike[str], cells: Iterable[ArdCell], *, marg
                 element = _relation_element(rel_id, tags, members, node_locations, way_geometry)
                 for i in sorted(hits):
                     spool.add(boxes[i].cell.id, "relations", element)
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        created = datetime.now(UTC).isoformat(timespec="seconds")
         for b in boxes:
             data = empty_osm_data(b.cell, b, {"source": "pbf", "extract": path.name, "snapshot": snapshot,
                                               "created": created, "margin_deg": margin})

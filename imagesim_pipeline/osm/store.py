@@ -28,7 +28,8 @@ def read_osm_data(bucket: Bucket, cell: ArdCell) -> dict[str, Any]:
     except StorageError:
         raise OsmError(f"{bucket.url(key)} does not exist: materialize osm_data for {cell.id} first") from None
     except json.JSONDecodeError as exc:
-        raise OsmError(f"{bucket.url(key)} is not valid JSON ({exc}); materialize osm_data for {cell.id} again") from None
+        raise OsmError(f"{bucket.url(key)} is not valid JSON ({exc}); "
+                       f"materialize osm_data for {cell.id} again") from None
 
 
 def fetch_osm_by_quadkey(zone: int, data_path: str, quadkey: str | None = None) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagesim_pipeline.settings import data_dir
 from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.settings import data_dir
 
 
 @dataclass(frozen=True)

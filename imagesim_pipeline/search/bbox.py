@@ -6,7 +6,7 @@ Light on purpose (no numpy, no index): the CLI's argument parser imports it.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from imagesim_pipeline.errors import ImagesimError
 

@@ -29,8 +29,9 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -110,7 +111,8 @@ def embeddings_listing(bucket: Bucket, version: str) -> dict[str, dict]:
 
 
 def _missing(bucket: Bucket, version: str) -> IndexNotFoundError:
-    return IndexNotFoundError(f"model {version} has no similarity index at {bucket.url(layout.index_key(version, ''))}: "
+    return IndexNotFoundError(f"model {version} has no similarity index at "
+                              f"{bucket.url(layout.index_key(version, ''))}: "
                               "materialize chip_embeddings and similarity_index (encoder_job)")
 
 

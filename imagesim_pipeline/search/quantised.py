@@ -30,7 +30,9 @@ import numpy as np
 
 KIND = "ivf_rabitq"
 PCA_DIMS, BITS = 256, 2
-GATHER_BELOW = 4096  # exact filtered path: gathering float16 rows from disk costs ~2 µs each, so fewer than FAISS's codes
+# exact filtered path: gathering float16 rows from disk costs ~2 µs each,
+# so fewer than FAISS's codes
+GATHER_BELOW = 4096
 
 
 class RerankedIndex:

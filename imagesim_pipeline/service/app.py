@@ -40,7 +40,8 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import shapely
-from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -52,10 +53,21 @@ from imagesim_pipeline.chips.naming import ChipName, ChipNameError, chip_key
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.models.registry import DEFAULT_NAME, ModelNotFoundError, read_pointer, served_version
 from imagesim_pipeline.search.catalog import IndexNotFoundError
-from imagesim_pipeline.search.stores import index_build
 from imagesim_pipeline.search.engine import MAX_K, Example, Filters, Hit, SearchEngine, UnknownChipError
-from imagesim_pipeline.service.schemas import (CHIP_ID_PATTERN, ChangeOut, ChangesResponse, ChipOut, FiltersIn,
-                                               Health, HitOut, LabelOut, ModelRef, SearchRequest, SearchResponse)
+from imagesim_pipeline.search.stores import index_build
+from imagesim_pipeline.service.schemas import (
+    CHIP_ID_PATTERN,
+    ChangeOut,
+    ChangesResponse,
+    ChipOut,
+    FiltersIn,
+    Health,
+    HitOut,
+    LabelOut,
+    ModelRef,
+    SearchRequest,
+    SearchResponse,
+)
 from imagesim_pipeline.service.tiles import ArdMosaic, TileError
 from imagesim_pipeline.service.uploads import MAX_UPLOAD_BYTES, UploadError, check_image
 from imagesim_pipeline.storage import Bucket, StorageError

@@ -38,7 +38,7 @@ class ImageInfo(tuple):
 
     n_frames: int
 
-    def __new__(cls, width: int, height: int, fmt: str, n_frames: int = 1) -> "ImageInfo":
+    def __new__(cls, width: int, height: int, fmt: str, n_frames: int = 1) -> ImageInfo:
         info = super().__new__(cls, (width, height, fmt))
         info.n_frames = n_frames
         return info

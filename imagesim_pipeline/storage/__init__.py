@@ -11,5 +11,5 @@ from imagesim_pipeline.storage.bucket import (
     open_bucket,
 )
 
-__all__ = ["Bucket", "LocalBucket", "MissingObjectError", "ObjectInfo", "S3Bucket", "StorageError", "StorageUnavailableError",
-           "open_bucket"]
+__all__ = ["Bucket", "LocalBucket", "MissingObjectError", "ObjectInfo", "S3Bucket", "StorageError",
+           "StorageUnavailableError", "open_bucket"]

@@ -14,14 +14,14 @@ import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 from imagesim_pipeline.errors import ImagesimError, TransientError
-
 
 TMP_PREFIX = ".imagesim-tmp-"  # a local atomic write in flight: never listed, cleaned by the next run
 
@@ -96,7 +96,7 @@ class Bucket(ABC):
         """GDAL configuration options needed to open :meth:`gdal_path` (see :meth:`rasterio_env`)."""
         return {}
 
-    def rasterio_env(self) -> "contextlib.AbstractContextManager[Any]":
+    def rasterio_env(self) -> contextlib.AbstractContextManager[Any]:
         """A ``rasterio.Env`` configured to read this bucket's :meth:`gdal_path` values."""
         import rasterio
 
@@ -164,7 +164,7 @@ class LocalBucket(Bucket):
                     stat = os.stat(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     continue  # deleted while we listed
-                yield ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+                yield ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
 
     def read_bytes(self, key: str) -> bytes:
         path = self._path(key)
@@ -277,7 +277,8 @@ class S3Bucket(Bucket):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, action: str, key: str, exc: Exception) -> StorageError:
-        from botocore.exceptions import ConnectionError as BotoConnectionError, ReadTimeoutError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import ReadTimeoutError
 
         endpoint = self.client.meta.endpoint_url
         if isinstance(exc, (ReadTimeoutError, BotoConnectionError)):
@@ -325,9 +326,8 @@ class S3Bucket(Bucket):
             raise self._error("writing", key, exc) from exc
 
     def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.upload_file(str(local_path), self.bucket, self._key(key))
@@ -398,7 +398,7 @@ class S3Bucket(Bucket):
             options["AWS_VIRTUAL_HOSTING"] = "FALSE"
         return options
 
-    def rasterio_env(self) -> "contextlib.AbstractContextManager[Any]":
+    def rasterio_env(self) -> contextlib.AbstractContextManager[Any]:
         """A ``rasterio.Env`` with this client's credentials and endpoint, for ``/vsis3/`` paths."""
         import rasterio
         from rasterio.session import AWSSession
