@@ -292,94 +292,67 @@ class S3Bucket(Bucket):
             "(AWS_PROFILE / AWS_ACCESS_KEY_ID) and, for an S3-compatible server, AWS_ENDPOINT_URL."
         )
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-                for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["LastModified"])
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("listing", prefix, exc) from exc
-
-    def read_bytes(self, key: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except ClientError as exc:
-            if _missing(exc):
-                raise MissingObjectError(f"{self.url(key)} does not exist") from None
-            raise self._error("reading", key, exc) from exc
-        except BotoCoreError as exc:
-            raise self._error("reading", key, exc) from exc
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("writing", key, exc) from exc
-
-    def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
+    @contextlib.contextmanager
+    def _calling(self, action: str, key: str) -> Iterator[None]:
+        """botocore's errors as imagesim's, for the one S3 call in the block: a missing key is
+        :class:`MissingObjectError`, an endpoint that does not answer :class:`StorageUnavailableError`,
+        anything else :class:`StorageError` naming the key and what to check."""
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.upload_file(str(local_path), self.bucket, self._key(key))
-        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
-            raise self._error("uploading", key, exc) from exc
-
-    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.client.download_file(self.bucket, self._key(key), str(local_path))
+            yield
         except ClientError as exc:
             if _missing(exc):
                 raise MissingObjectError(f"{self.url(key)} does not exist") from None
-            raise self._error("downloading", key, exc) from exc
-        except BotoCoreError as exc:
-            raise self._error("downloading", key, exc) from exc
+            raise self._error(action, key, exc) from exc
+        except (BotoCoreError, S3UploadFailedError) as exc:
+            raise self._error(action, key, exc) from exc
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        with self._calling("listing", prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["LastModified"])
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._calling("reading", key):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self._calling("writing", key):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
+        with self._calling("uploading", key):
+            self.client.upload_file(str(local_path), self.bucket, self._key(key))
+
+    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        with self._calling("downloading", key):
+            self.client.download_file(self.bucket, self._key(key), str(local_path))
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except ClientError as exc:
-            if _missing(exc):
-                return False
-            raise self._error("checking", key, exc) from exc
+            with self._calling("checking", key):
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except MissingObjectError:
+            return False
+        return True
 
     def delete(self, key: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._calling("deleting", key):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("deleting", key, exc) from exc
 
     def gdal_path(self, key: str) -> str:
         return f"/vsis3/{self.bucket}/{self._key(key)}"
 
     def move(self, src: str, dst: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:  # a server-side copy: the new object appears whole, then the source goes
+        with self._calling("moving", src):  # a server-side copy: the new object appears whole, then the source goes
             self.client.copy_object(Bucket=self.bucket, Key=self._key(dst),
                                     CopySource={"Bucket": self.bucket, "Key": self._key(src)})
-        except ClientError as exc:
-            if _missing(exc):
-                raise MissingObjectError(f"{self.url(src)} does not exist") from None
-            raise self._error("moving", src, exc) from exc
-        except BotoCoreError as exc:
-            raise self._error("moving", src, exc) from exc
         self.delete(src)
 
     def gdal_options(self) -> dict[str, Any]:
