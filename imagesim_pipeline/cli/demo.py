@@ -16,13 +16,13 @@ def _build_world(args: argparse.Namespace, bucket) -> list[str]:
 
     from imagesim_pipeline.demo.world import (
         SYNTHETIC_KM,
-        SYNTHETIC_PBF_KEY,
         WORKERS,
         build_world,
         default_regions,
         synthetic_region,
     )
     from imagesim_pipeline.samples import fetch
+    from imagesim_pipeline.storage.layout import SYNTHETIC_OSM_KEY
 
     pbfs = fetch(["Helsinki.osm.pbf", "test.osm.pbf"])
     regions = default_regions(pbfs)
@@ -36,9 +36,9 @@ def _build_world(args: argparse.Namespace, bucket) -> list[str]:
     from imagesim_pipeline.settings import settings
 
     custom = settings().osm_pbf
-    if km > 0 and custom and SYNTHETIC_PBF_KEY not in custom.split(","):
-        _print(f"note: the synthetic area's OSM is {bucket.url(SYNTHETIC_PBF_KEY)}; osm_data reads it only when "
-               f"IMAGESIM_OSM_PBF lists it, e.g. IMAGESIM_OSM_PBF={custom},{SYNTHETIC_PBF_KEY}")
+    if km > 0 and custom and SYNTHETIC_OSM_KEY not in custom.split(","):
+        _print(f"note: the synthetic area's OSM is {bucket.url(SYNTHETIC_OSM_KEY)}; osm_data reads it only when "
+               f"IMAGESIM_OSM_PBF lists it, e.g. IMAGESIM_OSM_PBF={custom},{SYNTHETIC_OSM_KEY}")
     return cells
 
 

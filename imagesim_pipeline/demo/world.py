@@ -48,7 +48,7 @@ from imagesim_pipeline.ard.ingest import ingest
 from imagesim_pipeline.demo.features import Layers, load_layers
 from imagesim_pipeline.demo.render import Look, Scene, colourise, global_origin, to_utm, vanished
 from imagesim_pipeline.demo.truth import CHANGES_KEY
-from imagesim_pipeline.storage import Bucket
+from imagesim_pipeline.storage import Bucket, layout
 
 RESOLUTION = 0.5  # metres, the real extracts' renders
 SYNTHETIC_KM = 8.0  # default side of the synthetic area (snapped to whole 625 m blocks: 8.125 km)
@@ -56,7 +56,6 @@ SYNTHETIC_RESOLUTION = 5000 / 10112  # the ARD cell's own pixel size: the render
 STRIP_ROWS = 512  # rows rendered at a time
 WORKERS = max(1, min(4, os.cpu_count() or 1))  # processes rendering and ingesting acquisitions side by side
 WORLD_KEY = "demo/world.json"
-SYNTHETIC_PBF_KEY = "demo/synthetic.osm.pbf"
 ACQUISITIONS = [
     # (catalog id suffix, date, look)
     ("A", date(2023, 6, 15), Look("summer", sun_azimuth=160, sun_elevation=50)),
@@ -322,4 +321,4 @@ def synthetic_region(workdir: Path, km: float = SYNTHETIC_KM, seed: int = 7) -> 
     path = workdir / f"synthetic-{km:g}km-{seed}.osm.pbf"
     counts = generate_extract(path, km, seed)
     return Region("SYNTH", path, bounds=counts["utm_bounds"], epsg=EPSG, resolution=SYNTHETIC_RESOLUTION,
-                  osm_key=SYNTHETIC_PBF_KEY)
+                  osm_key=layout.SYNTHETIC_OSM_KEY)

@@ -1,6 +1,5 @@
 """The ``chips`` and ``nodata_index`` assets per ARD cell."""
 
-import base64
 import time
 
 from dagster import (
@@ -26,6 +25,7 @@ from imagesim_pipeline.chips.nodata_index import class_histogram, write_cell_ind
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
+from imagesim_pipeline.orchestration.metadata import image_markdown
 from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
 from imagesim_pipeline.storage import layout
@@ -37,10 +37,6 @@ class ChipsConfig(Config):
     size: int | None = Field(default=None, description="resize chips to size x size px (default: native)")
     processes: int = Field(default=1, description="worker processes per run")
     write_empty: bool = Field(default=False, description="also write chips without any valid pixel")
-
-
-def _sheet_markdown(png: bytes) -> str:
-    return f"![sample chips](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 @asset(partitions_def=ard_cells, deps=[ard_tile], group_name="chips", kinds={"jpeg"}, op_tags=DATAMAKER_TAGS,
@@ -75,7 +71,7 @@ def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketRes
         "location": store.url(layout.chip_cell_prefix(cell.id) + "*"),
     }
     if sample:
-        metadata["contact_sheet"] = MetadataValue.md(_sheet_markdown(contact_sheet(sample)))
+        metadata["contact_sheet"] = MetadataValue.md(image_markdown(contact_sheet(sample), "sample chips"))
     return MaterializeResult(metadata=metadata)
 
 

@@ -1,6 +1,5 @@
 """The ``chip_labels`` asset per ARD cell and the unpartitioned ``training_dataset``."""
 
-import base64
 
 from dagster import (
     AssetCheckResult,
@@ -39,6 +38,7 @@ from imagesim_pipeline.labels.cell_labels import (
 from imagesim_pipeline.orchestration.chip_assets import nodata_index
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
+from imagesim_pipeline.orchestration.metadata import counts_table, image_markdown
 from imagesim_pipeline.orchestration.osm_assets import osm_data
 from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
@@ -57,16 +57,6 @@ class LabelsResource(ConfigurableResource):
             return load_vocabulary(self.vocabulary or None)
         except VocabularyError as exc:
             raise Failure(allow_retries=False, description=f"invalid label vocabulary: {exc}") from None
-
-
-def _counts_table(header: tuple[str, ...], rows: list[tuple]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _image(png: bytes, title: str) -> str:
-    return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 @asset(
@@ -111,7 +101,7 @@ def chip_labels(context: AssetExecutionContext, bucket: BucketResource, labels: 
         "chips": chips,
         "footprints": footprints,
         "label_free_chips": result.unlabelled,
-        "label_histogram": MetadataValue.md(_counts_table(("label", "chips"), sorted(
+        "label_histogram": MetadataValue.md(counts_table(("label", "chips"), sorted(
             histogram.items(), key=lambda kv: -kv[1]))),
         "osm_features": MetadataValue.json(result.features),
         "problems": MetadataValue.md("\n".join(f"- {p}" for p in result.problems) or "none"),
@@ -178,7 +168,7 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
         **{f"{s}_chips": counts["by_split"][s] for s in splits},
         "blocks_by_split": MetadataValue.json(counts["blocks_by_split"]),
         "dropped": MetadataValue.json(counts["dropped"]),
-        "label_counts": MetadataValue.md(_counts_table(("label", *splits), label_rows)),
+        "label_counts": MetadataValue.md(counts_table(("label", *splits), label_rows)),
         "chips_by_zone": MetadataValue.json(stats["chips_by_zone"]),
         "skipped_cells": len(manifest["skipped_cells"]),
         "unchanged": result.unchanged,
@@ -186,7 +176,7 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
         "seconds": round(result.seconds, 2),
     }
     for name, png in stats_plots(stats).items():
-        metadata[f"plot_{name}"] = MetadataValue.md(_image(png, name))
+        metadata[f"plot_{name}"] = MetadataValue.md(image_markdown(png, name))
     weak = label_support(manifest, config.min_examples)
     checks = [
         AssetCheckResult(check_name="no_spatial_leakage", passed=leakage.ok, metadata={
@@ -195,7 +185,7 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
             "leaking_places": MetadataValue.json(leakage.leaking_footprints[:50])}),
         AssetCheckResult(check_name="label_support", passed=not weak, severity=AssetCheckSeverity.WARN, metadata={
             "min_examples": config.min_examples,
-            "weak_labels": MetadataValue.md(_counts_table(("label", "train", "val"), [
+            "weak_labels": MetadataValue.md(counts_table(("label", "train", "val"), [
                 (name, c["train"], c["val"]) for name, c in weak.items()]) if weak else "none")}),
         AssetCheckResult(check_name="all_cells_included", passed=not manifest["skipped_cells"],
                          severity=AssetCheckSeverity.WARN, metadata={

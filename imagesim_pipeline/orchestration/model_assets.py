@@ -17,7 +17,8 @@ from pydantic import Field
 from imagesim_pipeline.models.recommended import RECOMMENDED
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS, TRAINER_POOL, TRAINER_TAGS, ComputeResource
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
-from imagesim_pipeline.orchestration.label_assets import _image, training_dataset
+from imagesim_pipeline.orchestration.label_assets import training_dataset
+from imagesim_pipeline.orchestration.metadata import image_markdown
 from imagesim_pipeline.orchestration.resources import BucketResource
 
 
@@ -136,7 +137,7 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
     plots = {}
     for plot in ("f2_per_label", "pr_curves"):
         plots[f"plot_{plot}"] = MetadataValue.md(
-            _image(store.read_bytes(key(config.name, version, f"plots/{plot}.png")), plot))
+            image_markdown(store.read_bytes(key(config.name, version, f"plots/{plot}.png")), plot))
     return MaterializeResult(
         metadata={
             "version": version,

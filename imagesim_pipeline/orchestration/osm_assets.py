@@ -18,7 +18,6 @@ from pydantic import Field
 
 from imagesim_pipeline.ard.discovery import discover_bucket
 from imagesim_pipeline.ard.grid import ArdCell, GridError
-from imagesim_pipeline.demo.world import SYNTHETIC_PBF_KEY
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
@@ -40,7 +39,7 @@ def _default_pbf() -> str:
     """IMAGESIM_OSM_PBF, else the sample extracts and the demo world's synthetic extract in the bucket."""
     samples = data_dir() / "samples"
     return settings().osm_pbf or ",".join(
-        [str(samples / "Helsinki.osm.pbf"), str(samples / "test.osm.pbf"), SYNTHETIC_PBF_KEY])
+        [str(samples / "Helsinki.osm.pbf"), str(samples / "test.osm.pbf"), layout.SYNTHETIC_OSM_KEY])
 
 
 class OsmSourceResource(ConfigurableResource):
@@ -105,7 +104,7 @@ def osm_data(context: AssetExecutionContext, bucket: BucketResource, osm: OsmSou
                 except GridError:
                     continue
             pbfs = [p.strip() for p in osm.pbf.split(",") if p.strip()]
-            pbf = covering_extract(store, pbfs, cell, optional=[SYNTHETIC_PBF_KEY])
+            pbf = covering_extract(store, pbfs, cell, optional=[layout.SYNTHETIC_OSM_KEY])
             data, cache_hit, extracted = osm_for_cell(store, pbf or pbfs[0], cell, companions,
                                                       margin=osm.margin_deg, node_index=osm.node_index,
                                                       progress=context.log.info)

@@ -19,7 +19,7 @@ from pydantic import Field
 from imagesim_pipeline.orchestration.chip_assets import chips
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS, INDEX_POOL
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
-from imagesim_pipeline.orchestration.label_assets import _counts_table, _image
+from imagesim_pipeline.orchestration.metadata import counts_table, image_markdown
 from imagesim_pipeline.orchestration.model_assets import onnx_model
 from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
@@ -106,7 +106,7 @@ def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bu
         **totals,
         "chips_per_second": round(totals["encoded"] / max(seconds, 1e-9), 1),
         "execution_provider": encoder.provider,
-        "predicted_labels": MetadataValue.md(_counts_table(("label", "chips"), sorted(histogram.items()))),
+        "predicted_labels": MetadataValue.md(counts_table(("label", "chips"), sorted(histogram.items()))),
         "location": store.url(embeddings_key(encoder.version, cells[0]) if len(cells) == 1
                               else version_prefix(encoder.version)),
     })
@@ -213,11 +213,11 @@ def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: 
         "maps": sum(1 for m in table.column("map").to_pylist() if m),
         "seconds": round(seconds, 2),
         "pairs_per_s": round(table.num_rows / max(seconds, 1e-9), 1),
-        "top": MetadataValue.md(_counts_table(("#", "place", "before", "after", "score", "kind"), [
+        "top": MetadataValue.md(counts_table(("#", "place", "before", "after", "score", "kind"), [
             (i + 1, r["place"], r["date_before"], r["date_after"], round(r["score"], 2), r["kind"])
             for i, r in enumerate(top)])),
-        "histogram": MetadataValue.md(_image(histogram_png(scores, method), "change scores")),
-        "top_pairs": MetadataValue.md(_image(pairs_sheet(store, top), "before | after | change map")),
+        "histogram": MetadataValue.md(image_markdown(histogram_png(scores, method), "change scores")),
+        "top_pairs": MetadataValue.md(image_markdown(pairs_sheet(store, top), "before | after | change map")),
         "location": store.url(key),
         "maps_location": store.url(f"{CHANGES}{version}/cells/"),
     })

@@ -40,6 +40,7 @@ INDEX = "index/"
 CHANGES = "changes/"
 OPS = "ops/"
 DEMO = "demo/"
+SYNTHETIC_OSM_KEY = f"{DEMO}synthetic.osm.pbf"  # the demo world's procedural area as OSM (osm_data reads it)
 PREFIXES = (ARD, "osm/", CHIPS, NODATA_INDEX, LABELS, DATASETS, FEATURES, MODELS, EMBEDDINGS, INDEX, CHANGES, OPS,
             DEMO)
 

@@ -23,14 +23,13 @@ from imagesim_pipeline.demo.render import (
 )
 from imagesim_pipeline.demo.world import (
     ACQUISITIONS,
-    SYNTHETIC_PBF_KEY,
     SYNTHETIC_RESOLUTION,
     WORLD_KEY,
     build_world,
     synthetic_region,
 )
 from imagesim_pipeline.demo.truth import read_changes
-from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline.storage import layout, open_bucket
 
 EPSG = 32635
 
@@ -141,7 +140,7 @@ def test_synthetic_area_lands_on_the_cell_grid_all_data(tmp_path):
     found = discover_bucket(bucket)
     assert cells and found.cell_ids == cells and found.problems == []
     assert all(len(d.acquisitions) == 2 for d in found.cells.values())
-    assert bucket.read_bytes(SYNTHETIC_PBF_KEY) == region.pbf.read_bytes()  # osm_data reads it there
+    assert bucket.read_bytes(layout.SYNTHETIC_OSM_KEY) == region.pbf.read_bytes()  # osm_data reads it there
     xmin, ymin, xmax, ymax = region.bounds
     for delivery in found.cells.values():
         for acq in delivery.acquisitions:
