@@ -198,7 +198,7 @@ class FaissEngine:
 class PgvectorEngine:
     name = "pgvector"
 
-    def __init__(self, dsn: str, root: Path) -> None:
+    def __init__(self, dsn: str) -> None:
         self.dsn = dsn
 
     def _rows(self, c: Corpus, rows: np.ndarray, cell: str | None = None):
@@ -408,8 +408,8 @@ def run(size: int, dim: int, n_queries: int, names: list[str]) -> list[dict]:
             server = LocalPostgres.start(root / "pg")
         for name in names:
             engine = {"faiss": lambda: FaissEngine("hnsw_fp16"), "faiss-rabitq": lambda: FaissEngine("ivf_rabitq"),
-                      "pgvector": lambda: PgvectorEngine(server.dsn, root),
-                      "pgvector-bq": lambda: PgvectorBqEngine(server.dsn, root),
+                      "pgvector": lambda: PgvectorEngine(server.dsn),
+                      "pgvector-bq": lambda: PgvectorBqEngine(server.dsn),
                       "lancedb": lambda: LanceEngine(root)}[name]()
             rows.append(run_engine(engine, c, queries, filters, truths))
     finally:

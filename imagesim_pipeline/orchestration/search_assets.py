@@ -122,9 +122,10 @@ class IndexConfig(ModelChoice):
        retry_policy=TRANSIENT_RETRY, pool=INDEX_POOL,
        check_specs=[AssetCheckSpec("finds_itself", asset="similarity_index",
                                    description="Indexed chips queried with their own embedding come back first")],
-       description="A FAISS index (cosine) over every chip embedding of one model version with its items table, "
-                   "at `index/<model version>/` (a new build folder each time, the manifest last); extended when "
-                   "only new cells arrived, rebuilt otherwise. When its check passes it moves "
+       description="The similarity index (cosine) over every chip embedding of one model version, on the "
+                   "configured engine: faiss (default) at `index/<model version>/`, a new build folder each time, "
+                   "the manifest last, extended when only new cells arrived, rebuilt otherwise; pgvector: the "
+                   "version's PostgreSQL table, cell by cell. When its check passes it moves "
                    "`models/<name>/serving.json` to the version: search then serves it.")
 def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket: BucketResource
                      ) -> MaterializeResult:

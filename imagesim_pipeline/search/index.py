@@ -375,8 +375,9 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray 
       x), since disallowed vectors still take beam steps. At 10 % of 1M (random or one block of
       cells, boost 2): recall 0.985, p50 ~1.1 ms (exhaustive: 0.99 in 20-28 ms). A bbox, label
       and date filter together passing 34 % of 100 000 (``benchmarks/bench_engines.py``) needs
-      more: recall 0.875 at boost 2, 0.939 at 8 (the default, p50 1.3 ms). A query whose walk finds fewer than
-      min(k, allowed) hits is redone exhaustively, so k results come back whenever k pass;
+      more: recall 0.883 with boost 2 (the earlier default), 0.954 with 8 (p50 1.1 ms). A query
+      whose walk finds fewer than min(k, allowed) hits is redone exhaustively, so k results come
+      back whenever k pass;
     * all allowed: a plain search.
 
     ``params`` overrides the index's stored search settings for this call (default: those

@@ -17,16 +17,17 @@ updated in the same transaction, so a reader sees a cell either wholly old or wh
 manifest always describes what the table holds. A first build loads every cell, then builds the HNSW
 index, then commits once. Versions never mix: each has its own table.
 
-Reads (:class:`PgvectorStore`) hold no index state: filters are SQL conditions, so any number of
-search processes share one database. Nearest neighbours: the HNSW index (over the float16 cast)
-gives a shortlist that the float32 vectors re-rank. Filtered ones follow the FAISS store's rule:
-when few chips pass (at most ``filter_exact_below``, a count that stops there) they are scored
-exactly (read through the filter indexes); otherwise the HNSW index is walked with pgvector's
-iterative scan (``hnsw.iterative_scan``, 0.8), which keeps walking until enough rows pass instead
-of returning too few, as a plain post-filtered walk does. The conditions are then written so that
-no filter index matches them (``IS TRUE``): PostgreSQL estimates combined conditions far too low
-(61 rows for 9 995 at 100 000) and would otherwise read every passing row and sort them (110 ms
-against 6 ms for the walk, ``benchmarks/bench_engines.py``).
+Reads (:class:`PgvectorStore`) hold no index state (each thread keeps one connection per database,
+shared by every store, so the store a service opens for each new index build reuses it): filters are
+SQL conditions, so any number of search processes share one database. Nearest neighbours: the HNSW
+index (over the float16 cast) gives a shortlist that the float32 vectors re-rank. Filtered ones
+follow the FAISS store's rule: when few chips pass (at most ``filter_exact_below``, a count that
+stops there) they are scored exactly (read through the filter indexes); otherwise the HNSW index is
+walked with pgvector's iterative scan (``hnsw.iterative_scan``, 0.8), which keeps walking until
+enough rows pass instead of returning too few, as a plain post-filtered walk does. The conditions
+are then written so that no filter index matches them (``IS TRUE``): PostgreSQL estimates combined
+conditions far too low (61 rows for 9 995 at 100 000) and would otherwise read every passing row and
+sort them (110 ms against 6 ms for the walk, one EXPLAIN ANALYZE on the benchmark's corpus).
 """
 
 from __future__ import annotations
@@ -337,6 +338,25 @@ def drop_index(version: str, dsn: str = "") -> None:
 # --------------------------------------------------------------------------- reading
 
 _ITEM = "chip, place, date, catalog_id, wkb, probs"
+_threads = threading.local()  # each thread's connection per database, shared by every store of the process
+
+
+def _thread_connection(dsn: str) -> psycopg.Connection:
+    """This thread's autocommit connection to ``dsn`` (opened on first use, again after a failure)."""
+    conns = _threads.__dict__.setdefault("conns", {})
+    conn = conns.get(dsn)
+    if conn is None or conn.closed:
+        conn = conns[dsn] = connect(dsn)
+        conn.autocommit = True
+    return conn
+
+
+def _failed(dsn: str, exc: Exception) -> VectorEngineError:
+    """Forget this thread's broken connection (the next call reconnects); the error to raise."""
+    conn = _threads.__dict__.get("conns", {}).pop(dsn, None)
+    if conn is not None:
+        conn.close()
+    return VectorEngineError(f"the vector database failed: {str(exc).strip().splitlines()[0]}")
 
 
 def _item(row: tuple) -> Item:
@@ -359,8 +379,11 @@ class PgvectorStore:
         self._n = manifest.vectors
         self._index = manifest.index
         self.params = params
+        if not dsn:
+            from imagesim_pipeline.settings import settings
+
+            dsn = settings().pgvector_dsn
         self._dsn = dsn
-        self._local = threading.local()
 
     @classmethod
     def open(cls, version: str, dsn: str = "") -> PgvectorStore:
@@ -371,11 +394,7 @@ class PgvectorStore:
             conn.close()
 
     def _conn(self) -> psycopg.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._local.conn = connect(self._dsn)
-            conn.autocommit = True
-        return conn
+        return _thread_connection(self._dsn)
 
     def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         import psycopg
@@ -383,8 +402,7 @@ class PgvectorStore:
         try:
             return self._conn().execute(sql, args).fetchall()
         except psycopg.OperationalError as exc:  # a dropped connection: the next call reconnects
-            self._local.conn = None
-            raise VectorEngineError(f"the vector database failed: {str(exc).strip().splitlines()[0]}") from None
+            raise _failed(self._dsn, exc) from None
 
     def __len__(self) -> int:
         return self._n
@@ -454,8 +472,7 @@ class PgvectorStore:
                     conn.execute("SET LOCAL enable_seqscan = off")
                 rows = conn.execute(sql, params).fetchall()
         except psycopg.OperationalError as exc:
-            self._local.conn = None
-            raise VectorEngineError(f"the vector database failed: {str(exc).strip().splitlines()[0]}") from None
+            raise _failed(self._dsn, exc) from None
         if not exact and filters.active() and len(rows) < min(k, self.count(filters, k)):
             # the walk hit max_scan_tuples before k rows passed: score the passing rows exactly instead
             where, args = self._where(filters, excluded_places)
@@ -497,7 +514,8 @@ class PgvectorStore:
         return {**self._index, "engine": self.engine, "n": self._n}
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
+        """Close this thread's connection to the store's database."""
+        conn = _threads.__dict__.get("conns", {}).pop(self._dsn, None)
         if conn is not None:
             conn.close()
 

@@ -167,9 +167,12 @@ class FaissStore:
         query asks again with a larger ``k`` when places repeat."""
         if not filters.active():
             return None
-        if self._last_mask[0] != filters:
-            self._last_mask = (filters, self.mask(filters))
-        return self._last_mask[1]
+        cached = self._last_mask  # one read: the service's threads replace it concurrently
+        if cached[0] == filters:
+            return cached[1]
+        mask = self.mask(filters)
+        self._last_mask = (filters, mask)
+        return mask
 
     def nearest(self, query: np.ndarray, k: int, filters: Filters,
                 excluded_places: frozenset[str] = frozenset()) -> list[tuple[float, Item]]:
