@@ -33,6 +33,7 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check imagesim_pipeline
+	$(BIN)/mypy
 
 test: setup lint
 	$(BIN)/imagesim samples fetch
