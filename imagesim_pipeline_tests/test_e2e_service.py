@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imagesim_pipeline.chips.naming import ChipName
+from imagesim_pipeline.chips.naming import ChipName, chip_key
 from imagesim_pipeline.settings import PROJECT_ROOT
+from imagesim_pipeline.storage import open_bucket
 from imagesim_pipeline_tests.conftest import CHROMIUM_ARGS, chromium, free_port, stop_process_group, wait_for_port
 
 RESULT_CHIPS = "() => [...document.querySelectorAll('#results li.result')].map(li => li.dataset.chip)"
@@ -16,6 +17,19 @@ THUMBNAILS_DRAWN = """(n) => {
   const imgs = [...document.querySelectorAll('#results li.result img')];
   return imgs.length >= n && imgs.slice(0, n).every(i => i.complete && i.naturalWidth > 0);
 }"""
+QUERY_THUMB_DRAWN = """(chip) => { const i = document.querySelector('#query-thumbs img');
+  return !!i && (chip ? i.dataset.chip === chip : i.src.startsWith('blob:')) && i.complete && i.naturalWidth > 0; }"""
+# every result card's date and buttons sit on one line each (no "2023-/06-15", no "+ more / like")
+CARDS_UNBROKEN = """() => [...document.querySelectorAll('#results li.result')].every(li =>
+  [li.querySelector('.date'), ...li.querySelectorAll('.mark button')].every(el => {
+    const range = document.createRange();
+    range.selectNodeContents(el);
+    return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size === 1;
+  }))"""
+SEARCHED = """() => { const s = document.getElementById('status').textContent;
+  return s.includes('results in') && document.querySelectorAll('#results li.result').length > 0; }"""
+CENTER_IN = """([w, s, e, n]) => { const c = window.imagesim.map.getCenter();
+  return c.lng > w && c.lng < e && c.lat > s && c.lat < n; }"""
 TILES_DRAWN = """() => [...document.querySelectorAll('img.leaflet-tile-loaded')]
   .filter(i => i.src.includes('/tiles/') && i.naturalWidth === 256).length >= 2"""
 
@@ -61,6 +75,38 @@ def test_click_a_chip_search_mark_a_negative_and_search_again(demo_index, tmp_pa
             second = page.evaluate(RESULT_CHIPS)
             assert ChipName.parse(negative).cell.id not in {ChipName.parse(c).cell.id for c in second}
             assert page.locator("path.result-outline").count() == len(second)
+            # the query chip is shown above the results; the cards do not break their dates or buttons
+            page.wait_for_function(QUERY_THUMB_DRAWN, arg=query, timeout=10_000)
+            assert page.evaluate(CARDS_UNBROKEN)
+
+            # a changed filter runs the search again: a later date, then a label
+            days = sorted({h["date"] for h in page.evaluate("() => window.imagesim.state.hits")})
+            assert len(days) > 1, days
+            with page.expect_request(lambda r: r.url.endswith("/api/search") and r.method == "POST"):
+                page.fill("#since", days[-1])
+            page.wait_for_function("(day) => { const hits = window.imagesim.state.hits; "
+                                   "return hits.length > 0 && hits.every(h => h.date >= day); }", arg=days[-1],
+                                   timeout=30_000)
+            label = page.evaluate("() => window.imagesim.state.hits[0].labels[0].label")
+            with page.expect_request(lambda r: r.url.endswith("/api/search") and r.method == "POST"):
+                page.select_option("#labels", label)
+            page.wait_for_function("(label) => { const hits = window.imagesim.state.hits; return hits.length > 0 && "
+                                   "hits.every(h => h.labels.some(l => l.label === label)); }", arg=label,
+                                   timeout=30_000)
+
+            # search by an uploaded image (a result's own JPEG: it comes back first), with the same filters
+            target = page.evaluate("() => window.imagesim.state.hits[0].chip")
+            jpeg = open_bucket(root).read_bytes(chip_key(ChipName.parse(target)))
+            with page.expect_response(lambda r: "/api/search/image?" in r.url) as uploaded:
+                page.set_input_files("#upload", files=[{"name": "query.jpg", "mimeType": "image/jpeg",
+                                                        "buffer": jpeg}])
+            assert uploaded.value.status == 200 and f"since={days[-1]}" in uploaded.value.url
+            assert "label=" in uploaded.value.url
+            page.wait_for_function(SEARCHED, timeout=30_000)
+            top = page.evaluate("() => window.imagesim.state.hits[0]")
+            assert top["chip"] == target and top["score"] > 0.99
+            page.wait_for_function(QUERY_THUMB_DRAWN, arg="", timeout=10_000)
+            assert page.evaluate(CARDS_UNBROKEN)
             # a changed place: nothing shown before asking (no broken images), then before, after and its map
             assert not page.locator("#change-detail").is_visible() and page.locator("#changes-empty").is_visible()
             page.click("#load-changes")
@@ -77,6 +123,13 @@ def test_click_a_chip_search_mark_a_negative_and_search_again(demo_index, tmp_pa
             assert ChipName.parse(before.rsplit("/", 2)[1]).cell == ChipName.parse(after.rsplit("/", 2)[1]).cell
             assert before != after
             page.screenshot(path=str(tmp_path / "search-page.png"))
+
+            # the area picker moves the map over each delivered area
+            areas = page.evaluate("() => window.imagesim.state.areas")
+            assert {"HELSINKI", "KOTKA"} <= {a["name"] for a in areas}
+            for i, area in enumerate(areas):
+                page.select_option("#region", str(i))
+                page.wait_for_function(CENTER_IN, arg=area["bounds"], timeout=10_000)
             assert not failed_scripts
             browser.close()
     finally:

@@ -18,6 +18,8 @@ MAX_EXAMPLES = 50
 
 
 class FiltersIn(BaseModel):
+    """Filters of a search: every result meets all of them."""
+
     bbox: tuple[float, float, float, float] | None = Field(
         None, description="WGS84 west, south, east, north (longitudes -180..180, latitudes -90..90): "
                     "results meet this box")
@@ -39,6 +41,8 @@ class FiltersIn(BaseModel):
 
 
 class SearchRequest(BaseModel):
+    """A search by examples: more like the positives, less like the negatives."""
+
     positives: list[ChipId] = Field(min_length=1, max_length=MAX_EXAMPLES, description="chips to look like")
     negatives: list[ChipId] = Field([], max_length=MAX_EXAMPLES, description="chips not to look like")
     k: int = Field(10, ge=1, le=MAX_K)
@@ -51,12 +55,16 @@ class SearchRequest(BaseModel):
 
 
 class LabelOut(BaseModel):
+    """A label the model predicts for a chip, with its probability."""
+
     label: str
     probability: float
     predicted: bool = Field(description="probability at or above the label's threshold stored with the model")
 
 
 class HitOut(BaseModel):
+    """One search result: a chip, its similarity score, date, labels and outline."""
+
     rank: int
     chip: str
     score: float = Field(description="cosine similarity with the query vector")
@@ -69,11 +77,15 @@ class HitOut(BaseModel):
 
 
 class ModelRef(BaseModel):
+    """A model version in the registry."""
+
     name: str
     version: str
 
 
 class SearchResponse(BaseModel):
+    """The results of a search, best first, with the model and the engine's time."""
+
     model: ModelRef
     index_vectors: int
     took_ms: float = Field(description="time the engine took for this query, in milliseconds")
@@ -82,6 +94,8 @@ class SearchResponse(BaseModel):
 
 
 class ChipOut(BaseModel):
+    """An indexed chip: labels with probabilities, date, catalog id, outline and source COG."""
+
     chip: str
     place: str
     cell: str
@@ -94,6 +108,8 @@ class ChipOut(BaseModel):
 
 
 class ChangeOut(BaseModel):
+    """A place that changed between two consecutive acquisitions, with its before and after chips."""
+
     place: str
     score: float = Field(description="robust z-score of the change among places of its kind and image pair")
     method: str = Field(description="what the score normalises: feature-maps (the spatial change score) or "
@@ -110,13 +126,26 @@ class ChangeOut(BaseModel):
 
 
 class ChangesResponse(BaseModel):
+    """The most changed places, highest score first."""
+
     model: ModelRef
     took_ms: float
     pairs: int = Field(description="pairs scored in all")
     changes: list[ChangeOut]
 
 
+class AreaOut(BaseModel):
+    """A delivered area: level-12 cells joined by shared acquisitions."""
+
+    name: str = Field(description="the catalog ids' common prefix (HELSINKI for HELSINKIA, HELSINKIB), else the ids")
+    bounds: tuple[float, float, float, float] = Field(description="WGS84 west, south, east, north of its cells")
+    cells: int = Field(description="level-12 cells delivered")
+    catalog_ids: list[str] = Field(description="the acquisitions over it")
+
+
 class Health(BaseModel):
+    """What the service serves: the model and index, the labels, the acquisitions and the imagery's bounds."""
+
     status: str = Field(description="ok, or no_index when search cannot answer yet (see detail)")
     detail: str = ""
     model: ModelRef | None = Field(description="the version search serves")
@@ -129,8 +158,9 @@ class Health(BaseModel):
     acquisitions: list[dict[str, Any]]
     bounds: tuple[float, float, float, float] | None
     start: tuple[float, float] | None = Field(None, description="lon, lat where the page opens the map")
+    areas: list[AreaOut] = Field([], description="the delivered areas (cells sharing acquisitions), largest first")
     bucket: str
 
 
-__all__ = ["CHIP_ID_PATTERN", "ChangeOut", "ChangesResponse", "ChipId", "ChipOut", "FiltersIn", "Health", "HitOut",
-           "LabelOut", "MAX_EXAMPLES", "ModelRef", "SearchRequest", "SearchResponse"]
+__all__ = ["AreaOut", "CHIP_ID_PATTERN", "ChangeOut", "ChangesResponse", "ChipId", "ChipOut", "FiltersIn", "Health",
+           "HitOut", "LabelOut", "MAX_EXAMPLES", "ModelRef", "SearchRequest", "SearchResponse"]

@@ -14,6 +14,7 @@ range requests, a block cache, timeouts).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ class TileError(ImagesimError):
 
 @dataclass(frozen=True)
 class MosaicAsset:
+    """One acquisition's visual COG over one cell: where it is, when it was taken, what it covers."""
+
     key: str  # the visual COG's bucket key
     cell: str
     date: date
@@ -87,6 +90,34 @@ class ArdMosaic:
         best = max(sorted(counts), key=lambda c: counts[c])
         w, s, e, n = next(a.bounds for a in self.assets() if a.cell == best)
         return ((w + e) / 2, (s + n) / 2)
+
+    def areas(self) -> list[dict]:
+        """The delivered areas, largest first: cells joined by a shared acquisition (catalog id) make one area.
+
+        Each is ``{"name", "bounds" (WGS84 west, south, east, north), "cells", "catalog_ids"}``; the name is
+        the catalog ids' common prefix when it is a word (the demo's HELSINKI, KOTKA), else the catalog ids.
+        """
+        parent: dict[str, str] = {}
+
+        def root(cell: str) -> str:
+            while parent.setdefault(cell, cell) != cell:
+                cell = parent[cell]
+            return cell
+
+        first_cell: dict[str, str] = {}
+        for a in self.assets():
+            parent[root(a.cell)] = root(first_cell.setdefault(a.catalog_id, a.cell))
+        groups: dict[str, list[MosaicAsset]] = {}
+        for a in self.assets():
+            groups.setdefault(root(a.cell), []).append(a)
+        areas = []
+        for assets in groups.values():
+            b = np.array([a.bounds for a in assets])
+            ids = sorted({a.catalog_id for a in assets})
+            areas.append({"name": _area_name(ids), "cells": len({a.cell for a in assets}), "catalog_ids": ids,
+                          "bounds": [float(b[:, 0].min()), float(b[:, 1].min()),
+                                     float(b[:, 2].max()), float(b[:, 3].max())]})
+        return sorted(areas, key=lambda area: (-area["cells"], area["name"]))
 
     def acquisitions(self) -> list[dict]:
         """One entry per acquisition (catalog id): its date and cell count, newest first."""
@@ -157,6 +188,14 @@ class ArdMosaic:
                 "minzoom": MIN_ZOOM, "maxzoom": MAX_ZOOM, "bounds": list(bounds),
                 "center": [(w + e) / 2, (s + n) / 2, min(max(14, MIN_ZOOM), MAX_ZOOM)],
                 "attribution": "Maxar ARD deliveries in the imagesim bucket"}
+
+
+def _area_name(catalog_ids: list[str]) -> str:
+    """The catalog ids' common prefix when it holds a word of three letters or more, else the ids themselves."""
+    prefix = os.path.commonprefix(catalog_ids).rstrip("_.-0123456789") if len(catalog_ids) > 1 else ""
+    if sum(c.isalpha() for c in prefix) >= 3:
+        return prefix
+    return ", ".join(catalog_ids[:3]) + (f" (+{len(catalog_ids) - 3})" if len(catalog_ids) > 3 else "")
 
 
 __all__ = ["ArdMosaic", "MAX_ZOOM", "MIN_ZOOM", "MosaicAsset", "TILE_SIZE", "TileError"]

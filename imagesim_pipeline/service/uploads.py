@@ -39,20 +39,24 @@ class ImageInfo(tuple):
     n_frames: int
 
     def __new__(cls, width: int, height: int, fmt: str, n_frames: int = 1) -> ImageInfo:
+        """The info tuple of an image ``width`` x ``height`` pixels in ``fmt`` with ``n_frames`` frames."""
         info = super().__new__(cls, (width, height, fmt))
         info.n_frames = n_frames
         return info
 
     @property
     def width(self) -> int:
+        """Pixels across."""
         return self[0]
 
     @property
     def height(self) -> int:
+        """Pixels down."""
         return self[1]
 
     @property
     def format(self) -> str:
+        """The image format Pillow read (JPEG, PNG)."""
         return self[2]
 
 

@@ -989,6 +989,12 @@ NOT_IN_THE_SERVICE = {"geopandas": "chips.cell_chips: cloud masks, when chipping
                       "scipy": "changes.scorer: smoothing a change map, when scoring changes (the service reads maps)"}
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``: a block only type checkers read."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _imports(module: str) -> tuple[Path | None, list[tuple[str, bool, bool]]]:
     """The file of an imagesim module and its imports as (name, inside a function, names a module): for
     ``from a import b``, ``a`` names a module and ``a.b`` may."""
@@ -1002,6 +1008,10 @@ def _imports(module: str) -> tuple[Path | None, list[tuple[str, bool, bool]]]:
 
     def visit(node, lazy: bool) -> None:
         for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                for other in child.orelse:  # the body only runs under a type checker
+                    visit(ast.Module(body=[other], type_ignores=[]), lazy)
+                continue
             inner = lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, ast.Import):
                 found.extend((a.name, lazy, True) for a in child.names)

@@ -1,9 +1,12 @@
-// The imagesim search page: the ARD mosaic as base map, the chip grid on top, click-to-search,
-// positive/negative marking, filters, changed places and GeoJSON export. No build step, no CDN.
+// The imagesim search page: the ARD mosaic as base map, the chip grid on top, click-to-search or search by an
+// uploaded image, positive/negative marking, filters (a change re-runs the search), an area picker, changed places
+// and GeoJSON export. No build step, no CDN.
 "use strict";
 
 const GRID_MIN_ZOOM = 15;
-const state = { positives: [], negatives: [], hits: [], model: null, lastBody: null };
+const state = { positives: [], negatives: [], hits: [], model: null, image: null, imageUrl: null, lastExport: null,
+                areas: [] };
+let searchSeq = 0;  // only the newest search's answer is shown (filters changed quickly send several)
 const $ = (id) => document.getElementById(id);
 
 const map = L.map("map", { minZoom: 10, maxZoom: 20, zoomControl: true });
@@ -99,31 +102,87 @@ function requestBody() {
   return { positives: state.positives, negatives: state.negatives, k, filters: filters(), spread: $("spread").checked };
 }
 
+// The upload endpoint takes the filters as query parameters, as GET /api/search/chip does.
+function queryParams(body) {
+  const q = new URLSearchParams({ k: body.k, spread: body.spread });
+  const f = body.filters;
+  for (const label of f.labels || []) q.append("label", label);
+  if (f.since) q.set("since", f.since);
+  if (f.until) q.set("until", f.until);
+  if (f.bbox) q.set("bbox", f.bbox.join(","));
+  return q;
+}
+
+function hasQuery() {
+  return state.positives.length > 0 || state.image !== null;
+}
+
+// The request of the current query: the chip examples (POST /api/search), else the uploaded image.
+function searchRequest(format = "json") {
+  const body = requestBody();
+  if (state.positives.length) {
+    return { url: format === "geojson" ? "/api/search?format=geojson" : "/api/search",
+             options: { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) } };
+  }
+  const q = queryParams(body);
+  if (format === "geojson") q.set("format", "geojson");
+  const form = new FormData();
+  form.append("file", state.image, state.image.name);
+  return { url: `/api/search/image?${q}`, options: { method: "POST", body: form } };
+}
+
+function clearImage() {
+  if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
+  state.image = null;
+  state.imageUrl = null;
+}
+
 function startSearch(chip) {
+  clearImage();
   state.positives = [chip];
   state.negatives = [];
   search();
 }
 
+function startImageSearch(file) {
+  clearImage();
+  state.positives = [];
+  state.negatives = [];
+  queryOutline.clearLayers();
+  state.image = file;
+  state.imageUrl = URL.createObjectURL(file);
+  search();
+}
+
 async function search() {
-  if (!state.positives.length) {
-    setStatus("Mark at least one chip as positive (+) to search.", true);
+  if (!hasQuery()) {
+    setStatus("Mark at least one chip as positive (+), or upload an image, to search.", true);
     return;
   }
-  const body = requestBody();
+  if (state.positives.length) clearImage();  // examples marked on an image's results replace the image
+  const seq = ++searchSeq;
+  const request = searchRequest();
+  const exportRequest = searchRequest("geojson");
+  renderQuery();
   setStatus("searching…");
   try {
-    const answer = await api("/api/search", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-    });
+    const answer = await api(request.url, request.options);
+    if (seq !== searchSeq) return;
     state.hits = answer.hits;
-    state.lastBody = body;
+    state.lastExport = exportRequest;
+    const ignored = !state.positives.length && state.negatives.length ? " (negatives need a positive chip)" : "";
     setStatus(`${answer.hits.length} results in ${answer.took_ms.toFixed(1)} ms from model ` +
-              `${answer.model.version} (${answer.index_vectors} indexed chips)`);
+              `${answer.model.version} (${answer.index_vectors} indexed chips)${ignored}`);
   } catch (err) {
+    if (seq !== searchSeq) return;
     setStatus(err.message, true);
   }
   render();
+}
+
+// A filter changed: the current query runs again with it.
+function searchAgainIfAny() {
+  if (hasQuery()) search();
 }
 
 function mark(chip, sign) {
@@ -152,14 +211,37 @@ function renderExamples() {
       box.append(tag);
     }
   }
-  const any = state.positives.length + state.negatives.length > 0;
-  $("search-again").disabled = !state.positives.length;
+  const any = state.positives.length + state.negatives.length > 0 || state.image !== null;
+  $("search-again").disabled = !hasQuery();
   $("clear").disabled = !any;
   $("export").disabled = !state.hits.length;
 }
 
+// The query as thumbnails above the results: the uploaded image, or the positive chips.
+function renderQuery() {
+  const box = $("query-thumbs");
+  box.replaceChildren();
+  const items = state.positives.map((chip) => ({ src: `/api/chips/${chip}/image`, name: chip.replace(/\.jpg$/, ""),
+                                                 chip }));
+  if (state.image) items.unshift({ src: state.imageUrl, name: state.image.name, chip: "" });
+  for (const item of items) {
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = item.src;
+    img.alt = `query ${item.name}`;
+    if (item.chip) img.dataset.chip = item.chip;
+    const caption = document.createElement("figcaption");
+    caption.textContent = item.name;
+    caption.title = item.name;
+    figure.append(img, caption);
+    box.append(figure);
+  }
+  box.hidden = items.length === 0;
+}
+
 function render() {
   renderExamples();
+  renderQuery();
   const list = $("results");
   list.replaceChildren();
   resultOutlines.clearLayers();
@@ -175,7 +257,13 @@ function render() {
     img.loading = "lazy";
     img.onclick = () => map.flyToBounds(L.geoJSON(hit.geometry).getBounds(), { maxZoom: 18 });
     const caption = document.createElement("div");
-    caption.textContent = `#${hit.rank} · ${hit.score.toFixed(3)} · ${hit.date}`;
+    caption.className = "caption";
+    for (const [text, cls] of [[`#${hit.rank}`, "rank"], [hit.score.toFixed(3), "score"], [hit.date, "date"]]) {
+      const part = document.createElement("span");
+      part.className = cls;
+      part.textContent = text;
+      caption.append(part);
+    }
     const labels = document.createElement("div");
     labels.className = "labels";
     labels.textContent = hit.labels.map((l) => l.label).join(", ") || "no label";
@@ -199,11 +287,9 @@ function render() {
 }
 
 async function exportGeoJSON() {
-  if (!state.lastBody) return;
+  if (!state.lastExport) return;
   try {
-    const fc = await api("/api/search?format=geojson", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(state.lastBody),
-    });
+    const fc = await api(state.lastExport.url, state.lastExport.options);
     const blob = new Blob([JSON.stringify(fc, null, 1)], { type: "application/geo+json" });
     const a = document.createElement("a");
     a.href = URL.createObjectURL(blob);
@@ -267,6 +353,11 @@ async function init() {
     : `no search index: ${health.detail}`;
   for (const label of health.labels) $("labels").append(new Option(label, label));
   for (const a of health.acquisitions) $("imagery").append(new Option(`${a.date} ${a.catalog_id}`, a.catalog_id));
+  state.areas = health.areas || [];
+  state.areas.forEach((area, i) => {
+    const cells = `${area.cells} cell${area.cells === 1 ? "" : "s"}`;
+    $("region").append(new Option(`${area.name} (${cells})`, String(i)));
+  });
   if (health.bounds) {
     const [w, s, e, n] = health.bounds;
     imageryBounds = L.latLngBounds([s, w], [n, e]);
@@ -278,9 +369,19 @@ async function init() {
   loadGrid();
 }
 
+// The map over a delivered area of /api/health's list.
+function goToArea(index) {
+  const area = state.areas[index];
+  if (!area) return;
+  const [w, s, e, n] = area.bounds;
+  map.fitBounds([[s, w], [n, e]]);
+}
+
 $("search-again").onclick = search;
 $("clear").onclick = () => {
   state.positives = []; state.negatives = []; state.hits = [];
+  clearImage();
+  $("upload").value = "";
   queryOutline.clearLayers();
   render();
   setStatus("");
@@ -289,5 +390,10 @@ $("export").onclick = exportGeoJSON;
 $("load-changes").onclick = loadChanges;
 $("map-toggle").onchange = (e) => { $("map-img").hidden = !e.target.checked; };
 $("imagery").onchange = (e) => setImagery(e.target.value);
-window.imagesim = { map, state, search, startSearch };
+$("region").onchange = (e) => goToArea(parseInt(e.target.value, 10));
+$("upload").onchange = (e) => { if (e.target.files.length) startImageSearch(e.target.files[0]); };
+for (const id of ["labels", "since", "until", "in-view", "spread", "k"]) {
+  $(id).addEventListener("change", searchAgainIfAny);
+}
+window.imagesim = { map, state, search, startSearch, startImageSearch, goToArea };
 init();
