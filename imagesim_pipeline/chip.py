@@ -13,6 +13,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the reference ``chip.py`` options to ``parser``."""
     parser.add_argument("--ard-path", help="local ARD folder to chip (the ard/ folder or one zone's folder)")
     parser.add_argument("--dest", help="folder for the chips (with --ard-path)")
     parser.add_argument("--zoom", type=int, default=17, help="chip zoom 13..19 (default 17: 156.25 m)")
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Chip an ARD folder, or classify an existing chip folder; the exit status."""
     from imagesim_pipeline.chips.chipper import ChipError, check_zoom
     from imagesim_pipeline.chips.local import chip_ard_folder
     from imagesim_pipeline.chips.nodata_index import (
@@ -37,13 +39,13 @@ def run(args: argparse.Namespace) -> int:
             print("error: --chip-dir needs --filename (where to write the index)", file=sys.stderr)
             return 2
         try:
-            index, problems = classify_chip_folder(
+            index, unreadable = classify_chip_folder(
                 args.chip_dir, args.filename, progress=lambda i, n: print(f"classified {i}/{n} chips", flush=True))
         except OSError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        for problem in problems:
-            print(f"warning: skipped {problem}", file=sys.stderr)
+        for message in unreadable:
+            print(f"warning: skipped {message}", file=sys.stderr)
         print(f"{args.filename}: {len(index)} chips {class_histogram(index.values())}")
         return 0
     if not (args.ard_path and args.dest):
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``chip.py`` command line; the exit status."""
     parser = argparse.ArgumentParser(prog="python -m imagesim_pipeline.chip", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
 
     @property
     def bucket_uri(self) -> str:
+        """The bucket: IMAGESIM_BUCKET, else ``bucket`` in the data folder."""
         return self.bucket or str(self.data.expanduser() / "bucket")
 
     @property
@@ -73,6 +74,7 @@ class Settings(BaseSettings):
 
     @property
     def runs_dir(self) -> Path:
+        """Where training runs keep checkpoints and logs."""
         return (self.runs or self.data / "runs").expanduser()
 
 
@@ -82,6 +84,7 @@ def settings() -> Settings:
 
 
 def data_dir() -> Path:
+    """The local data folder (samples, the default bucket, runs)."""
     return settings().data.expanduser()
 
 

@@ -200,8 +200,9 @@ KOTKA_CELLS = ["Z35-013133111113", "Z35-013133111131"]
 def write_chip_index(bucket, cell_id: str, catalog_ids=("KOTKAA", "KOTKAB"), partial_every: int = 7) -> int:
     """A nodata index table for every z17 footprint of the cell, as chipping would write it."""
     from imagesim_pipeline.ard.grid import ArdCell
-    from imagesim_pipeline.chips.cell_chips import manifest_key
+    from imagesim_pipeline.chips.cell_chips import ChipManifest
     from imagesim_pipeline.chips.nodata_index import write_cell_index
+    from imagesim_pipeline.storage import layout
 
     rows = []
     for i, footprint in enumerate(ArdCell.parse(cell_id).children(17)):
@@ -212,9 +213,9 @@ def write_chip_index(bucket, cell_id: str, catalog_ids=("KOTKAA", "KOTKAB"), par
                          "valid_fraction": 0.5 if partial else 1.0, "cloud_fraction": None, "bytes": 1000,
                          "written": True})
     manifest = {"cell": cell_id, "zoom": 17, "quality": 90, "size": None, "chips": rows}
-    write_cell_index(bucket, manifest)
+    write_cell_index(bucket, ChipManifest.model_validate(manifest))
     # the published chips (placeholder bytes of the manifest's size) and their manifest
-    bucket.write_text(manifest_key(cell_id), json.dumps(manifest))
+    bucket.write_text(layout.chip_manifest_key(cell_id), json.dumps(manifest))
     folder = bucket.root / "chips" / cell_id[1:3]
     for row in rows:
         (folder / row["chip"]).write_bytes(b"\xff" * row["bytes"])

@@ -20,6 +20,8 @@ from imagesim_pipeline.storage import Bucket, StorageError
 
 @dataclass
 class AcquisitionSummary:
+    """One acquisition of a delivery as read from its files."""
+
     catalog_id: str
     date: str
     width: int
@@ -33,6 +35,8 @@ class AcquisitionSummary:
 
 @dataclass
 class DeliverySummary:
+    """What a cell's delivery holds: its acquisitions and the problems found reading them."""
+
     cell_id: str
     epsg: int
     acquisitions: list[AcquisitionSummary] = field(default_factory=list)
@@ -40,9 +44,11 @@ class DeliverySummary:
 
     @property
     def footprint(self):
+        """The union of the acquisitions' valid-data footprints (cell CRS)."""
         return unary_union([a.footprint for a in self.acquisitions]) if self.acquisitions else box(0, 0, 0, 0)
 
     def footprint_wgs84_geojson(self) -> dict:
+        """The footprint as GeoJSON in WGS84 (for maps in the asset metadata)."""
         from rasterio.warp import transform_geom
 
         return transform_geom(f"EPSG:{self.epsg}", "EPSG:4326", mapping(self.footprint))

@@ -25,7 +25,6 @@ from datetime import date, datetime
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, GridError
 from imagesim_pipeline.storage import Bucket, ObjectInfo, layout
 
-ARD_PREFIX = layout.ARD
 ASSET_SUFFIXES = {
     "-visual.tif": "visual",
     "-pan.tif": "pan",
@@ -64,14 +63,17 @@ class Acquisition:
 
     @property
     def folder(self) -> str:
-        return f"{ARD_PREFIX}{self.cell.path}/{self.date.isoformat()}"
+        """The acquisition's folder key, ``ard/<zone>/<quadkey>/<date>``."""
+        return f"{layout.ARD}{self.cell.path}/{self.date.isoformat()}"
 
     @property
     def visual_key(self) -> str:
+        """The key of the visual COG."""
         return self.assets["visual"]
 
     @property
     def bytes(self) -> int:
+        """The size of all of its files."""
         return sum(self.sizes.values())
 
 
@@ -85,10 +87,12 @@ class CellDelivery:
 
     @property
     def bytes(self) -> int:
+        """The size of all acquisitions' files."""
         return sum(a.bytes for a in self.acquisitions)
 
     @property
     def dates(self) -> list[str]:
+        """The acquisition dates, ISO formatted, oldest first."""
         return sorted({a.date.isoformat() for a in self.acquisitions})
 
     def fingerprint(self) -> str:
@@ -109,10 +113,12 @@ class Discovery:
 
     @property
     def cell_ids(self) -> list[str]:
+        """The cell ids found, sorted."""
         return sorted(self.cells)
 
     @property
     def acquisition_count(self) -> int:
+        """Acquisitions over all cells."""
         return sum(len(c.acquisitions) for c in self.cells.values())
 
 
@@ -146,9 +152,9 @@ def discover(listing: Iterable[ObjectInfo]) -> Discovery:
     date_cache: dict[str, date | str] = {}
     for obj in listing:
         key = obj.key
-        if not key.startswith(ARD_PREFIX):
+        if not key.startswith(layout.ARD):
             continue
-        parts = key[len(ARD_PREFIX):].split("/")
+        parts = key[len(layout.ARD):].split("/")
         if len(parts) < 3:
             result.problems.append(Problem(key, "expected ard/<zone>/<quadkey12>/<date>/<file>"))
             continue
@@ -215,6 +221,6 @@ def discover(listing: Iterable[ObjectInfo]) -> Discovery:
     return result
 
 
-def discover_bucket(bucket: Bucket, prefix: str = ARD_PREFIX) -> Discovery:
+def discover_bucket(bucket: Bucket, prefix: str = layout.ARD) -> Discovery:
     """Discover the delivery in ``bucket`` (optionally one zone: ``prefix='ard/33/'``)."""
     return discover(bucket.list(prefix))

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import shapely
@@ -97,6 +98,7 @@ class ArdCell:
 
     @property
     def id(self) -> str:
+        """The cell id, ``Z<zone>-<quadkey>`` (zone zero-padded)."""
         return f"Z{self.zone:02d}-{self.quadkey}"
 
     @property
@@ -110,6 +112,7 @@ class ArdCell:
     # --- geometry ---------------------------------------------------------------------------
     @property
     def zoom(self) -> int:
+        """The zoom level: the quadkey's length."""
         return len(self.quadkey)
 
     @property
@@ -124,10 +127,12 @@ class ArdCell:
 
     @property
     def size(self) -> float:
+        """The side length in metres."""
         return cell_size(self.zoom)
 
     @property
     def is_south(self) -> bool:
+        """Whether the cell lies in the southern half of the zone's grid."""
         return self.quadkey[0] in "23"
 
     @property
@@ -172,6 +177,7 @@ class ArdCell:
     # --- hierarchy --------------------------------------------------------------------------
     @property
     def parent(self) -> ArdCell:
+        """The cell one zoom level up that contains this one."""
         if self.zoom == 1:
             raise GridError(f"{self.id} is at zoom 1 and has no parent")
         return ArdCell(self.zone, self.quadkey[:-1])
@@ -190,12 +196,14 @@ class ArdCell:
         return list(self.iter_children(zoom))
 
     def iter_children(self, zoom: int) -> Iterator[ArdCell]:
+        """The cells at ``zoom`` inside this cell, in quadkey order, one at a time."""
         depth = zoom - self.zoom
         for n in range(4**depth):
             digits = np.base_repr(n, 4).rjust(depth, "0") if depth else ""
             yield ArdCell(self.zone, self.quadkey + digits)
 
     def contains(self, other: ArdCell) -> bool:
+        """Whether ``other`` lies within this cell (same zone, quadkey prefix)."""
         return self.zone == other.zone and other.quadkey.startswith(self.quadkey)
 
 
@@ -226,7 +234,7 @@ def _reproject(fn, geometry: BaseGeometry) -> BaseGeometry:
 
 # --- covering -------------------------------------------------------------------------------
 @lru_cache(maxsize=256)
-def _to_wgs84(epsg: int) -> callable:
+def _to_wgs84(epsg: int) -> Callable[..., Any]:
     return Transformer.from_crs(epsg, 4326, always_xy=True).transform
 
 
@@ -329,8 +337,8 @@ def _cells_in_frame(geom: BaseGeometry, zone: int, zoom: int, size: float) -> li
     y1 = min(n - 1, int(math.floor((MAP_SIZE - miny) / size)))
     if x1 < x0 or y1 < y0:
         return []
-    xs, ys = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1))
-    xs, ys = xs.ravel(), ys.ravel()
+    grid_x, grid_y = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1))
+    xs, ys = grid_x.ravel(), grid_y.ravel()
     xmin = FALSE_EASTING - MAP_SIZE + xs * size
     ymax = MAP_SIZE - ys * size
     boxes = shapely.box(xmin, ymax - size, xmin + size, ymax)

@@ -40,6 +40,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import Window, from_bounds
 from shapely.geometry import box, mapping, shape
+from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 from imagesim_pipeline.ard.grid import TILE_ZOOM, ArdCell, cell_size, cells_covering
@@ -69,6 +70,8 @@ class IngestError(ImagesimError, ValueError):
 
 @dataclass
 class CellWritten:
+    """The ARD files written for one cell of an ingested image."""
+
     cell: str
     keys: list[str]
     valid_fraction: float
@@ -77,6 +80,8 @@ class CellWritten:
 
 @dataclass
 class IngestResult:
+    """What ingesting one image wrote, and the cells skipped for having no valid pixels."""
+
     source: str
     catalog_id: str
     acquired: date
@@ -85,6 +90,7 @@ class IngestResult:
 
     @property
     def cells(self) -> list[str]:
+        """The ids of the cells written."""
         return [w.cell for w in self.written]
 
 
@@ -155,7 +161,7 @@ class _Stretch:
         return out
 
 
-def _inspect(src: rasterio.DatasetReader, path: str, bands: list[int]) -> tuple[_Stretch, object]:
+def _inspect(src: rasterio.DatasetReader, path: str, bands: list[int]) -> tuple[_Stretch, BaseGeometry]:
     """Read the whole source once, decimated: the stretch and the valid-data footprint (source CRS).
 
     Reading every block here is what detects truncated or corrupt files before any output.

@@ -13,23 +13,41 @@ the temporaries of interrupted writes. Readers use the manifest, never a bare li
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+from pydantic import BaseModel
+from typing_extensions import TypedDict  # pydantic validates typing.TypedDict only from Python 3.12
 
 from imagesim_pipeline.ard.discovery import CellDelivery
 from imagesim_pipeline.chips.chipper import ChipError, ChipJob, chip_acquisition, classify
 from imagesim_pipeline.chips.naming import ChipName, chip_key
-from imagesim_pipeline.storage import Bucket, layout
+from imagesim_pipeline.storage import Bucket, MissingObjectError, layout
+from imagesim_pipeline.storage.records import read_record, write_record
 
 JOURNAL = "COMMIT.json"
 
+# One chip of the manifest: a table row (the nodata index and the embeddings take it as is), so a dict;
+# "class" is a Python keyword, hence the functional form.
+ChipRow = TypedDict("ChipRow", {
+    "chip": str, "cell": str, "catalog_id": str, "date": str, "zoom": int, "class": str,
+    "valid_fraction": float, "cloud_fraction": float | None, "bytes": int, "written": bool,
+})
 
-manifest_key = layout.chip_manifest_key
-staging_prefix = layout.chip_staging_prefix
-_published_prefix = layout.chip_cell_prefix
+
+class ChipManifest(BaseModel):
+    """``chips/<zone>/_manifests/<cell>.json`` (and the commit journal): every chip of the cell's last run."""
+
+    cell: str
+    zoom: int
+    quality: int
+    size: int | None
+    chips: list[ChipRow]
+
+    def written(self) -> list[ChipRow]:
+        """The rows of chips that were written (chips without any data are listed but not written)."""
+        return [r for r in self.chips if r["written"]]
 
 
 @dataclass
@@ -53,18 +71,22 @@ class Recovery:
 
 @dataclass
 class CellChips:
+    """What chipping a cell did: the manifest rows, timings, stale chips deleted, what it recovered."""
+
     cell: str
     zoom: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[ChipRow] = field(default_factory=list)
     seconds: float = 0.0
     deleted_stale: int = 0
     recovery: Recovery = field(default_factory=Recovery)
 
     @property
     def written(self) -> int:
+        """How many chips were written."""
         return sum(1 for r in self.rows if r["written"])
 
     def histogram(self) -> dict[str, int]:
+        """Written chips per nodata class."""
         counts: dict[str, int] = {}
         for r in self.rows:
             if r["written"]:
@@ -90,15 +112,15 @@ def chip_cell(bucket: Bucket, delivery: CellDelivery, *, zoom: int = 17, quality
     cell_id = delivery.cell.id
     result = CellChips(cell_id, zoom)
     result.recovery = recover_cell(bucket, cell_id)
-    staging = staging_prefix(cell_id)
+    staging = layout.chip_staging_prefix(cell_id)
     try:
         _stage(bucket, delivery, result, zoom, quality, size, processes, write_empty, progress)
     except BaseException:
         with contextlib.suppress(Exception):  # nothing published changed; a kill leaves this to the next run
             bucket.delete_prefix(staging)
         raise
-    manifest = {"cell": cell_id, "zoom": zoom, "quality": quality, "size": size, "chips": result.rows}
-    bucket.write_text(staging + JOURNAL, json.dumps(manifest))  # from here on the commit is decided
+    manifest = ChipManifest(cell=cell_id, zoom=zoom, quality=quality, size=size, chips=result.rows)
+    write_record(bucket, staging + JOURNAL, manifest)  # from here on the commit is decided
     result.deleted_stale = _publish(bucket, cell_id, manifest)
     result.seconds = time.perf_counter() - started
     return result
@@ -108,7 +130,7 @@ def _stage(bucket: Bucket, delivery: CellDelivery, result: CellChips, zoom: int,
            processes: int, write_empty: bool, progress: Callable[[str], None] | None) -> None:
     """Chip every acquisition into the cell's staging area, appending the manifest rows to ``result``."""
     cell_id = delivery.cell.id
-    staging = staging_prefix(cell_id)
+    staging = layout.chip_staging_prefix(cell_id)
     options = tuple(bucket.gdal_options().items())
     for acq in sorted(delivery.acquisitions, key=lambda a: (a.date, a.catalog_id)):
         job = ChipJob(bucket.gdal_path(acq.visual_key), delivery.cell, acq.catalog_id, zoom, quality, size,
@@ -117,24 +139,24 @@ def _stage(bucket: Bucket, delivery: CellDelivery, result: CellChips, zoom: int,
             for chip in chip_acquisition(job, processes):
                 if chip.jpeg is not None:
                     bucket.write_bytes(staging + chip.name, chip.jpeg)
-                result.rows.append({
+                result.rows.append(ChipRow({
                     "chip": chip.name, "cell": cell_id, "catalog_id": acq.catalog_id,
                     "date": acq.date.isoformat(), "zoom": zoom, "class": classify(chip.valid_fraction),
                     "valid_fraction": round(chip.valid_fraction, 6),
                     "cloud_fraction": None if chip.cloud_fraction is None else round(chip.cloud_fraction, 6),
                     "bytes": len(chip.jpeg) if chip.jpeg else 0, "written": chip.jpeg is not None,
-                })
+                }))
         if progress:
             progress(f"{cell_id} {acq.catalog_id}: {sum(r['written'] for r in result.rows)} chips so far")
 
 
-def _publish(bucket: Bucket, cell_id: str, manifest: dict[str, Any]) -> int:
+def _publish(bucket: Bucket, cell_id: str, manifest: ChipManifest) -> int:
     """Move the staged chips into place, delete stale ones, write the manifest, drop the staging area.
 
     Idempotent: run again after a crash it completes what is left. Returns the stale chips deleted."""
-    staging = staging_prefix(cell_id)
+    staging = layout.chip_staging_prefix(cell_id)
     staged = {obj.key.rsplit("/", 1)[1] for obj in bucket.list(staging)}
-    produced = {r["chip"] for r in manifest["chips"] if r["written"]}
+    produced = {r["chip"] for r in manifest.written()}
     for name in sorted(produced):
         if name in staged:
             bucket.move(staging + name, chip_key(ChipName.parse(name)))
@@ -142,11 +164,11 @@ def _publish(bucket: Bucket, cell_id: str, manifest: dict[str, Any]) -> int:
             raise ChipError(f"commit of {cell_id}: chip {name} is neither staged nor published; "
                             f"materialize chips for {cell_id} again")
     stale = 0
-    for obj in list(bucket.list(_published_prefix(cell_id))):
+    for obj in list(bucket.list(layout.chip_cell_prefix(cell_id))):
         if obj.key.endswith(".jpg") and obj.key.rsplit("/", 1)[1] not in produced:
             bucket.delete(obj.key)
             stale += 1
-    bucket.write_text(manifest_key(cell_id), json.dumps(manifest))
+    write_record(bucket, layout.chip_manifest_key(cell_id), manifest)
     bucket.delete_prefix(staging)
     return stale
 
@@ -154,15 +176,23 @@ def _publish(bucket: Bucket, cell_id: str, manifest: dict[str, Any]) -> int:
 def recover_cell(bucket: Bucket, cell_id: str) -> Recovery:
     """Finish or discard what an interrupted run of ``cell_id`` left; see the module docstring."""
     recovery = Recovery()
-    staging = staging_prefix(cell_id)
-    recovery.temporaries = bucket.clean_temporaries(_published_prefix(cell_id)) + bucket.clean_temporaries(staging)
-    if bucket.exists(staging + JOURNAL):
-        _publish(bucket, cell_id, json.loads(bucket.read_text(staging + JOURNAL)))
+    staging = layout.chip_staging_prefix(cell_id)
+    recovery.temporaries = (bucket.clean_temporaries(layout.chip_cell_prefix(cell_id))
+                            + bucket.clean_temporaries(staging))
+    journal = read_record(bucket, staging + JOURNAL, ChipManifest,
+                          f"delete {bucket.url(staging)} and materialize chips for {cell_id} again")
+    if journal is not None:
+        _publish(bucket, cell_id, journal)
         recovery.finished_commit = True
     else:
         recovery.discarded_staged = bucket.delete_prefix(staging)
     return recovery
 
 
-def read_manifest(bucket: Bucket, cell_id: str) -> dict[str, Any]:
-    return json.loads(bucket.read_text(manifest_key(cell_id)))
+def read_manifest(bucket: Bucket, cell_id: str) -> ChipManifest:
+    """The cell's chip manifest; :class:`MissingObjectError` when the cell has none."""
+    fix = f"materialize chips for {cell_id} again"
+    manifest = read_record(bucket, layout.chip_manifest_key(cell_id), ChipManifest, fix)
+    if manifest is None:
+        raise MissingObjectError(f"{bucket.url(layout.chip_manifest_key(cell_id))} does not exist: {fix}")
+    return manifest

@@ -37,6 +37,8 @@ class ChipError(ImagesimError, ValueError):
 
 @dataclass
 class Chip:
+    """One chip cut from an acquisition: its JPEG (unless without data) and fractions."""
+
     name: str
     jpeg: bytes | None  # None for a no-data chip that is not written
     valid_fraction: float
@@ -44,10 +46,12 @@ class Chip:
 
     @property
     def nodata_class(self) -> str:
+        """``no data``, ``partial data`` or ``all data``."""
         return classify(self.valid_fraction)
 
 
 def classify(valid_fraction: float) -> str:
+    """The nodata class of a chip with this share of valid pixels."""
     if valid_fraction <= 0:
         return NO_DATA
     if valid_fraction >= 1:
@@ -71,6 +75,7 @@ class ChipJob:
 
 
 def check_zoom(zoom: int) -> None:
+    """Raise :class:`ChipError` unless ``zoom`` is a supported chip zoom."""
     if not MIN_ZOOM <= zoom <= MAX_ZOOM:
         raise ChipError(f"chip zoom {zoom} is outside the supported {MIN_ZOOM}..{MAX_ZOOM} "
                         "(17 = 156.25 m chips)")

@@ -16,6 +16,8 @@ _NAME_RE = re.compile(r"^(?P<cell>Z\d{2}-[0-3]+)_(?P<catalog>[A-Za-z0-9_.]+)\.jp
 
 
 class ChipNameError(ImagesimError, ValueError):
+    """A chip file name that is not ``Z<zone>-<quadkey>_<catalog id>.jpg``."""
+
     pass
 
 
@@ -28,6 +30,7 @@ class ChipName:
 
     @classmethod
     def parse(cls, name: str) -> ChipName:
+        """The chip named ``name`` (with or without ``.jpg``); :class:`ChipNameError` otherwise."""
         match = _NAME_RE.match(Path(name).name)
         if not match:
             raise ChipNameError(f"{name!r} is not a chip name (Z<zone>-<quadkey>_<catalog id>.jpg)")
@@ -41,6 +44,7 @@ class ChipName:
 
     @property
     def name(self) -> str:
+        """The file name, ``Z<zone>-<quadkey>_<catalog id>.jpg``."""
         return f"{self.cell.id}_{self.catalog_id}.jpg"
 
     @property
@@ -55,6 +59,7 @@ class ChipName:
 
     @property
     def wgs84_geometry(self):
+        """The chip's footprint in WGS84."""
         return self.cell.wgs84_geometry
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +26,9 @@ import simplejpeg
 from imagesim_pipeline.chips.chipper import classify
 from imagesim_pipeline.storage import Bucket, layout
 
-INDEX_PREFIX = layout.NODATA_INDEX
-INDEX_JSON = layout.NODATA_INDEX_JSON
+if TYPE_CHECKING:
+    from imagesim_pipeline.chips.cell_chips import ChipManifest
+
 SCHEMA = pa.schema([
     ("chip", pa.string()), ("cell", pa.string()), ("catalog_id", pa.string()), ("date", pa.string()),
     ("zoom", pa.int8()), ("class", pa.string()), ("valid_fraction", pa.float32()),
@@ -35,22 +36,19 @@ SCHEMA = pa.schema([
 ])
 
 
-cell_index_key = layout.nodata_index_key
-
-
-def write_cell_index(bucket: Bucket, manifest: dict[str, Any]) -> tuple[str, pa.Table]:
+def write_cell_index(bucket: Bucket, manifest: ChipManifest) -> tuple[str, pa.Table]:
     """The cell's table of written chips, stored as Parquet; returns (key, table)."""
-    rows = [r for r in manifest["chips"] if r["written"]]
-    table = pa.Table.from_pylist([{k: r[k] for k in SCHEMA.names} for r in rows], schema=SCHEMA)
+    rows = [{k: v for k, v in r.items() if k in SCHEMA.names} for r in manifest.written()]
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
-    key = cell_index_key(manifest["cell"])
+    key = layout.nodata_index_key(manifest.cell)
     bucket.write_bytes(key, sink.getvalue())
     return key, table
 
 
 def _tables(bucket: Bucket) -> dict[str, object]:
-    return {o.key: o.modified for o in bucket.list(INDEX_PREFIX) if o.key.endswith(".parquet")}
+    return {o.key: o.modified for o in bucket.list(layout.NODATA_INDEX) if o.key.endswith(".parquet")}
 
 
 def rebuild_index_json(bucket: Bucket, attempts: int = 5) -> int:
@@ -65,7 +63,7 @@ def rebuild_index_json(bucket: Bucket, attempts: int = 5) -> int:
         for key in sorted(seen):
             table = pq.read_table(io.BytesIO(bucket.read_bytes(key)), columns=["chip", "class"])
             index.update(zip(table.column("chip").to_pylist(), table.column("class").to_pylist(), strict=True))
-        bucket.write_text(INDEX_JSON, json.dumps(index, sort_keys=True, indent=0))
+        bucket.write_text(layout.NODATA_INDEX_JSON, json.dumps(index, sort_keys=True, indent=0))
         now = _tables(bucket)
         if now == seen:
             break
@@ -128,6 +126,7 @@ def classify_chip_folder(chip_dir: str | os.PathLike[str], out_file: str | os.Pa
     return index, problems
 
 
-def class_histogram(classes) -> dict[str, int]:
+def class_histogram(classes: Iterable[str]) -> dict[str, int]:
+    """Chips per class, for reports."""
     values, counts = np.unique(np.asarray(list(classes), dtype=object).astype(str), return_counts=True)
     return {str(v): int(c) for v, c in zip(values, counts, strict=True)}

@@ -12,6 +12,7 @@ from imagesim_pipeline.cli.common import BUCKET_HELP, _parse_bounds, _parse_date
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    """``imagesim ingest``: cut a GeoTIFF into ARD cells in the bucket."""
     from imagesim_pipeline.ard.ingest import IngestError, ingest
     from imagesim_pipeline.storage import open_bucket
 
@@ -31,6 +32,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
+    """``imagesim discover``: list the deliveries in the bucket and what is wrong with them."""
     from imagesim_pipeline.ard.discovery import discover_bucket
     from imagesim_pipeline.storage import open_bucket
 
@@ -68,6 +70,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
+    """``imagesim samples``: fetch the sample imagery and print where each file lies."""
     from imagesim_pipeline.samples import SAMPLES, fetch
 
     paths = fetch(args.names or None)
@@ -77,6 +80,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
+    """``imagesim grid``: describe one ARD cell (path, zoom, EPSG, size, bounds)."""
     from imagesim_pipeline.ard.grid import ArdCell, GridError
 
     try:
@@ -92,6 +96,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
+    """``imagesim dataset``: build, inspect or export a dataset version."""
     from imagesim_pipeline.dataset.build import DatasetError
     from imagesim_pipeline.storage import StorageError, open_bucket
 

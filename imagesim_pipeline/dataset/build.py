@@ -22,23 +22,26 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imagesim_pipeline.chips.nodata_index import INDEX_PREFIX
-from imagesim_pipeline.dataset.splits import (
-    SPLITS,
-    block_of,
-    check_fractions,
-    split_of,
-    unit_hash,
+from imagesim_pipeline.dataset.config import DatasetConfig
+from imagesim_pipeline.dataset.manifest import (
+    MANIFEST,
+    DatasetCounts,
+    DatasetFile,
+    DatasetInput,
+    DatasetManifest,
+    LatestDataset,
+    SkippedCell,
+    StoredVocabulary,
 )
+from imagesim_pipeline.dataset.splits import SPLITS, block_of, split_of, unit_hash
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.labels.cell_labels import (
     CHIP_SCHEMA,
@@ -50,9 +53,8 @@ from imagesim_pipeline.labels.cell_labels import (
 from imagesim_pipeline.labels.encoding import HEADER_LINE, csv_line
 from imagesim_pipeline.labels.vocabulary import Vocabulary
 from imagesim_pipeline.storage import Bucket, StorageError, layout
+from imagesim_pipeline.storage.records import CorruptRecordError, read_record, write_record
 
-DATASETS_PREFIX = layout.DATASETS
-LATEST_KEY = layout.DATASETS_LATEST
 ALL_CHIPS_CSV = "sparse_label_encodings.csv"  # the reference's file: every kept chip
 DATASET_SCHEMA = CHIP_SCHEMA.append(pa.field("zone", pa.int8())).append(pa.field("block", pa.string())) \
     .append(pa.field("split", pa.string()))
@@ -63,52 +65,18 @@ class DatasetError(ImagesimError):
 
 
 @dataclass
-class DatasetConfig:
-    version: str = ""  # empty: derived from the inputs
-    block_zoom: int = 15  # blocks of 625 m: the unit of splitting
-    train: float = 0.8
-    val: float = 0.1
-    test: float = 0.1
-    seed: int = 0
-    keep_classes: list[str] = field(default_factory=lambda: ["all data"])
-    unlabelled_share: float = 0.1  # share of label-free chips kept (chosen by place, not by acquisition)
-    max_cloud_fraction: float = 1.0
-
-    @property
-    def fractions(self) -> dict[str, float]:
-        return {"train": self.train, "val": self.val, "test": self.test}
-
-    def validate(self) -> None:
-        check_fractions(self.fractions)
-        if not 13 <= self.block_zoom <= 19:
-            raise ValueError(f"block_zoom must be 13..19 (coarser than a level-12 cell is pointless); "
-                             f"got {self.block_zoom}")
-        if not 0 <= self.unlabelled_share <= 1:
-            raise ValueError(f"unlabelled_share must be within 0..1; got {self.unlabelled_share}")
-        if not 0 <= self.max_cloud_fraction <= 1:
-            raise ValueError(f"max_cloud_fraction must be within 0..1; got {self.max_cloud_fraction}")
-        if self.version and not all(c.isalnum() or c in "-_." for c in self.version):
-            raise ValueError(f"version {self.version!r} may only hold letters, digits, - _ .")
-
-    def selection(self) -> dict[str, Any]:
-        """The config minus the version name: what decides the content."""
-        return {k: v for k, v in asdict(self).items() if k != "version"}
-
-
-@dataclass
 class DatasetResult:
+    """A built (or unchanged) version and its manifest."""
+
     version: str
-    manifest: dict[str, Any]
+    manifest: DatasetManifest
     seconds: float
     unchanged: bool = False  # the stored version already held exactly this content
 
 
-dataset_key = layout.dataset_key
-
-
 def indexed_cells(bucket: Bucket) -> list[str]:
     """Cells that have a nodata index table (and so should have labels)."""
-    return sorted(o.key.rsplit("/", 1)[1][: -len(".parquet")] for o in bucket.list(INDEX_PREFIX)
+    return sorted(o.key.rsplit("/", 1)[1][: -len(".parquet")] for o in bucket.list(layout.NODATA_INDEX)
                   if o.key.endswith(".parquet"))
 
 
@@ -144,10 +112,10 @@ def _verify_chips(bucket: Bucket, cell: str, table: pa.Table) -> tuple[pa.Table,
     from imagesim_pipeline.chips.cell_chips import read_manifest as read_chip_manifest
 
     try:
-        rows = read_chip_manifest(bucket, cell)["chips"]
+        rows = read_chip_manifest(bucket, cell).written()
     except StorageError:
         rows = []
-    expected = {r["chip"]: r["bytes"] for r in rows if r["written"]}
+    expected = {r["chip"]: r["bytes"] for r in rows}
     present = {o.key.rsplit("/", 1)[1]: o.size for o in bucket.list(layout.chip_cell_prefix(cell))}
     bad: dict[str, list[str]] = {}
     keep = []
@@ -172,7 +140,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
     started = time.perf_counter()
     cells = indexed_cells(bucket)
     if not cells:
-        raise DatasetError(f"no nodata index tables under {bucket.url(INDEX_PREFIX)}: "
+        raise DatasetError(f"no nodata index tables under {bucket.url(layout.NODATA_INDEX)}: "
                            "run datamaker_job for some cells first")
     counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
     chips_per_split: Counter = Counter()
@@ -180,7 +148,8 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
     no_cloud_mask = 0
     blocks: dict[str, set[str]] = {s: set() for s in SPLITS}
     dropped: Counter = Counter()
-    inputs, skipped = [], []
+    inputs: list[DatasetInput] = []
+    skipped: list[SkippedCell] = []
     names = vocabulary.names
     with tempfile.TemporaryDirectory(prefix="imagesim-dataset-") as tmp:
         out = Path(tmp)
@@ -195,11 +164,12 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
                 try:
                     table, digest = load_cell_labels(bucket, cell)
                 except LabelError as exc:
-                    skipped.append({"cell": cell, "reason": str(exc)})
+                    skipped.append(SkippedCell(cell=cell, reason=str(exc)))
                     continue
                 if fingerprint_of(table) != vocabulary.fingerprint:
-                    skipped.append({"cell": cell, "reason": f"labelled with vocabulary {fingerprint_of(table)}, not "
-                                    f"{vocabulary.fingerprint}: materialize chip_labels for {cell} again"})
+                    skipped.append(SkippedCell(cell=cell, reason=f"labelled with vocabulary {fingerprint_of(table)}, "
+                                               f"not {vocabulary.fingerprint}: materialize chip_labels for {cell} "
+                                               "again"))
                     continue
                 selected, why = _select(table, config)
                 selected, unverified = _verify_chips(bucket, cell, selected)
@@ -207,8 +177,8 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
                     why[reason] = len(chips)
                     progress(f"{cell}: {len(chips)} chip(s) dropped, {reason.replace('_', ' ')}: "
                              f"{', '.join(chips[:3])}{' …' if len(chips) > 3 else ''}")
-                inputs.append({"cell": cell, "chips": table.num_rows, "sha256": digest}
-                              | ({"unverified": unverified} if unverified else {}))
+                inputs.append(DatasetInput(cell=cell, chips=table.num_rows, sha256=digest,
+                                           unverified=unverified or None))
                 no_cloud_mask += why.pop("cloud_unknown_kept")
                 dropped.update(why)
                 footprint = selected.column("footprint").to_pylist()
@@ -234,7 +204,7 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
                 fh.close()
         if not inputs:
             raise DatasetError("no usable chip_labels among the cells: " + "; ".join(
-                f"{s['cell']}: {s['reason']}" for s in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+                f"{s.cell}: {s.reason}" for s in skipped[:5]) + (" …" if len(skipped) > 5 else "")
                 + f". The latest dataset stays {_latest_or_none(bucket)}.")
         if not sum(chips_per_split.values()):
             raise DatasetError(f"no chip passes the selection (dropped: {dict(dropped)}); widen keep_classes, "
@@ -244,33 +214,33 @@ def build_dataset(bucket: Bucket, vocabulary: Vocabulary, config: DatasetConfig,
         current = _stored_manifest(bucket, version)
         if current and _same_content(current, vocabulary, config, inputs):
             # Nothing changed: keep the stored version online rather than rewriting it.
-            bucket.write_text(LATEST_KEY, json.dumps({"version": version}))
+            write_record(bucket, layout.DATASETS_LATEST, LatestDataset(version=version))
             return DatasetResult(version, current, time.perf_counter() - started, unchanged=True)
         # Rebuilding a version: drop its completion marker first, so readers never pair an old
         # manifest with half-replaced files.
-        if bucket.exists(dataset_key(version, "manifest.json")):
-            bucket.delete(dataset_key(version, "manifest.json"))
+        if bucket.exists(layout.dataset_key(version, MANIFEST)):
+            bucket.delete(layout.dataset_key(version, MANIFEST))
         (out / "vocabulary.json").write_text(vocabulary.to_json())
         files = {}
         for path in sorted(out.iterdir()):
-            files[path.name] = {"sha256": _sha256_file(path), "bytes": path.stat().st_size}
-            bucket.upload_file(path, dataset_key(version, path.name))
-    manifest = {
-        "version": version,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": asdict(config) | {"version": version},
-        "vocabulary": json.loads(vocabulary.to_json()),
-        "counts": {"chips": sum(chips_per_split.values()), "by_split": {s: chips_per_split[s] for s in SPLITS},
-                   "blocks_by_split": {s: len(blocks[s]) for s in SPLITS},
-                   "label_free_by_split": {s: label_free[s] for s in SPLITS},
-                   "dropped": dict(dropped), "kept_without_cloud_mask": no_cloud_mask},
-        "label_counts": {s: {n: counts[s][n] for n in names} for s in SPLITS},
-        "inputs": inputs,
-        "skipped_cells": skipped,
-        "files": files,
-    }
-    bucket.write_text(dataset_key(version, "manifest.json"), json.dumps(manifest, indent=2))
-    bucket.write_text(LATEST_KEY, json.dumps({"version": version}))
+            files[path.name] = DatasetFile(sha256=_sha256_file(path), bytes=path.stat().st_size)
+            bucket.upload_file(path, layout.dataset_key(version, path.name))
+    manifest = DatasetManifest(
+        version=version,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        config=replace(config, version=version),
+        vocabulary=StoredVocabulary.model_validate_json(vocabulary.to_json()),
+        counts=DatasetCounts(chips=sum(chips_per_split.values()), by_split={s: chips_per_split[s] for s in SPLITS},
+                             blocks_by_split={s: len(blocks[s]) for s in SPLITS},
+                             label_free_by_split={s: label_free[s] for s in SPLITS},
+                             dropped=dict(dropped), kept_without_cloud_mask=no_cloud_mask),
+        label_counts={s: {n: counts[s][n] for n in names} for s in SPLITS},
+        inputs=inputs,
+        skipped_cells=skipped,
+        files=files,
+    )
+    write_record(bucket, layout.dataset_key(version, MANIFEST), manifest)
+    write_record(bucket, layout.DATASETS_LATEST, LatestDataset(version=version))
     return DatasetResult(version, manifest, time.perf_counter() - started)
 
 
@@ -281,44 +251,46 @@ def _latest_or_none(bucket: Bucket) -> str:
         return "none"
 
 
-def _stored_manifest(bucket: Bucket, version: str) -> dict[str, Any] | None:
+def _stored_manifest(bucket: Bucket, version: str) -> DatasetManifest | None:
+    """The version's manifest, None when it has none or one this code cannot read (then it is rebuilt)."""
     try:
-        return json.loads(bucket.read_text(dataset_key(version, "manifest.json")))
-    except (StorageError, json.JSONDecodeError):
+        return read_record(bucket, layout.dataset_key(version, MANIFEST), DatasetManifest, "")
+    except CorruptRecordError:
         return None
 
 
-def _same_content(manifest: dict[str, Any], vocabulary: Vocabulary, config: DatasetConfig,
-                  inputs: list[dict[str, Any]]) -> bool:
-    stored_config = {k: v for k, v in manifest.get("config", {}).items() if k != "version"}
-    return (manifest.get("vocabulary", {}).get("fingerprint") == vocabulary.fingerprint
-            and stored_config == config.selection() and manifest.get("inputs") == inputs
-            and ALL_CHIPS_CSV in manifest.get("files", {}))  # versions written before the file existed are rebuilt
+def _same_content(manifest: DatasetManifest, vocabulary: Vocabulary, config: DatasetConfig,
+                  inputs: list[DatasetInput]) -> bool:
+    return (manifest.vocabulary.fingerprint == vocabulary.fingerprint
+            and manifest.config.selection() == config.selection() and manifest.inputs == inputs
+            and ALL_CHIPS_CSV in manifest.files)  # versions written before the file existed are rebuilt
 
 
-def _auto_version(vocabulary: Vocabulary, config: DatasetConfig, inputs: list[dict[str, Any]]) -> str:
+def _auto_version(vocabulary: Vocabulary, config: DatasetConfig, inputs: list[DatasetInput]) -> str:
     key = json.dumps({"vocabulary": vocabulary.fingerprint, "config": config.selection(),
-                      "inputs": [(i["cell"], i["sha256"]) + ((i["unverified"],) if "unverified" in i else ())
+                      "inputs": [(i.cell, i.sha256) + ((i.unverified,) if i.unverified is not None else ())
                                  for i in inputs]}, sort_keys=True)
     return "ds-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def latest_version(bucket: Bucket) -> str:
-    try:
-        return json.loads(bucket.read_text(LATEST_KEY))["version"]
-    except StorageError:
-        raise DatasetError(f"no dataset in {bucket.url(DATASETS_PREFIX)}: materialize training_dataset first") from None
+    """The version ``datasets/latest.json`` names; :class:`DatasetError` when there is none."""
+    latest = read_record(bucket, layout.DATASETS_LATEST, LatestDataset, "materialize training_dataset again")
+    if latest is None:
+        raise DatasetError(f"no dataset in {bucket.url(layout.DATASETS)}: materialize training_dataset first")
+    return latest.version
 
 
-def read_manifest(bucket: Bucket, version: str | None = None) -> dict[str, Any]:
+def read_manifest(bucket: Bucket, version: str | None = None) -> DatasetManifest:
+    """The manifest of ``version`` (default: the latest); :class:`DatasetError` when the version is incomplete."""
     version = version or latest_version(bucket)
-    key = dataset_key(version, "manifest.json")
-    try:
-        return json.loads(bucket.read_text(key))
-    except StorageError:
+    key = layout.dataset_key(version, MANIFEST)
+    manifest = read_record(bucket, key, DatasetManifest, f"materialize training_dataset (version {version}) again")
+    if manifest is None:
         raise DatasetError(f"{bucket.url(key)} does not exist: dataset version {version!r} is missing or "
-                           "incomplete; materialize training_dataset again") from None
+                           "incomplete; materialize training_dataset again")
+    return manifest
 
 
-__all__ = ["DATASET_SCHEMA", "DatasetConfig", "DatasetError", "DatasetResult", "build_dataset", "dataset_key",
+__all__ = ["DATASET_SCHEMA", "DatasetConfig", "DatasetError", "DatasetResult", "build_dataset",
            "indexed_cells", "latest_version", "read_manifest"]

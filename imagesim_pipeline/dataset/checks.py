@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imagesim_pipeline.dataset.build import dataset_key, read_manifest
-from imagesim_pipeline.storage import Bucket
+from imagesim_pipeline.dataset.build import read_manifest
+from imagesim_pipeline.dataset.manifest import DatasetManifest
+from imagesim_pipeline.storage import Bucket, layout
 
 
 @dataclass
 class LeakageReport:
+    """Whether any block or place of the dataset lies in more than one split."""
+
     chips: int
     blocks: int
     footprints: int
@@ -23,6 +25,7 @@ class LeakageReport:
 
     @property
     def ok(self) -> bool:
+        """Whether no block and no place leaks across splits."""
         return not self.leaking_blocks and not self.leaking_footprints
 
 
@@ -38,8 +41,8 @@ def leakage_report(bucket: Bucket, version: str | None = None) -> LeakageReport:
     Reads only the ``chip`` and ``split`` columns; the block zoom is the manifest's.
     """
     manifest = read_manifest(bucket, version)
-    zoom = int(manifest["config"]["block_zoom"])
-    with bucket.local_copy(dataset_key(manifest["version"], "chips.parquet")) as path:
+    zoom = manifest.config.block_zoom
+    with bucket.local_copy(layout.dataset_key(manifest.version, "chips.parquet")) as path:
         table = pq.read_table(path, columns=["chip", "split"])
     # chip names are Z<zone>-<quadkey>_<catalog>: the place is everything before "_"
     footprint = pc.list_element(pc.split_pattern(table.column("chip"), "_", max_splits=1), 0)
@@ -50,11 +53,11 @@ def leakage_report(bucket: Bucket, version: str | None = None) -> LeakageReport:
     return LeakageReport(table.num_rows, blocks, footprints, leaking_blocks, leaking_footprints)
 
 
-def label_support(manifest: dict[str, Any], min_examples: int) -> dict[str, dict[str, int]]:
+def label_support(manifest: DatasetManifest, min_examples: int) -> dict[str, dict[str, int]]:
     """Labels with fewer than ``min_examples`` positive chips in train or val: {label: {split: n}}."""
     weak: dict[str, dict[str, int]] = {}
-    for label in (lab["name"] for lab in manifest["vocabulary"]["labels"]):
-        counts = {s: manifest["label_counts"][s][label] for s in ("train", "val")}
+    for label in manifest.vocabulary.names:
+        counts = {s: manifest.label_counts[s][label] for s in ("train", "val")}
         if min(counts.values()) < min_examples:
             weak[label] = counts
     return weak

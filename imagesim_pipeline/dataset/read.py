@@ -9,17 +9,17 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imagesim_pipeline.dataset.build import dataset_key, read_manifest
+from imagesim_pipeline.dataset.build import read_manifest
 from imagesim_pipeline.labels.encoding import dense_from_arrow
-from imagesim_pipeline.storage import Bucket
+from imagesim_pipeline.storage import Bucket, layout
 
 
 def iter_dense(bucket: Bucket, version: str | None, split: str,
                batch_rows: int = 65_536) -> Iterator[tuple[list[str], np.ndarray]]:
     """Batches of (chip names, dense 0/1 label matrix) of one split, in file order."""
     manifest = read_manifest(bucket, version)
-    n = len(manifest["vocabulary"]["labels"])
-    with bucket.local_copy(dataset_key(manifest["version"], "chips.parquet")) as path:
+    n = len(manifest.vocabulary.labels)
+    with bucket.local_copy(layout.dataset_key(manifest.version, "chips.parquet")) as path:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["chip", "label_ids", "split"]):
             mine = pc.equal(batch.column("split"), split)
             batch = batch.filter(mine)
@@ -30,12 +30,12 @@ def iter_dense(bucket: Bucket, version: str | None, split: str,
 def export_dense(bucket: Bucket, version: str | None, split: str, output: str) -> int:
     """Write ``chip,<label 1>,…,<label n>`` 0/1 rows of a split to ``output`` ("-": stdout)."""
     manifest = read_manifest(bucket, version)
-    names = [label["name"] for label in manifest["vocabulary"]["labels"]]
+    names = manifest.vocabulary.names
     out = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")
     rows = 0
     try:
         out.write(",".join(["chip", *names]) + "\n")
-        for chips, matrix in iter_dense(bucket, manifest["version"], split):
+        for chips, matrix in iter_dense(bucket, manifest.version, split):
             for chip, row in zip(chips, matrix, strict=True):
                 out.write(chip + "," + ",".join(map(str, row.tolist())) + "\n")
             rows += len(chips)

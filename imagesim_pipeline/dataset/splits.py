@@ -43,6 +43,7 @@ def split_of(block: str, fractions: dict[str, float], seed: int = 0) -> str:
 
 
 def check_fractions(fractions: dict[str, float]) -> None:
+    """Raise ``ValueError`` unless the split fractions are within 0..1 and sum to 1."""
     unknown = set(fractions) - set(SPLITS)
     if unknown or any(v < 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must be non-negative shares of {', '.join(SPLITS)} summing to 1; "

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imagesim_pipeline.dataset.build import dataset_key, read_manifest
+from imagesim_pipeline.dataset.build import read_manifest
 from imagesim_pipeline.dataset.splits import SPLITS
 from imagesim_pipeline.labels.encoding import dense_from_arrow
-from imagesim_pipeline.storage import Bucket
+from imagesim_pipeline.storage import Bucket, layout
 
 AREA_BINS = np.linspace(0.0, 1.0, 11)
 LENGTH_BINS = np.array([0, 20, 50, 100, 150, 200, 300, 500, 1000, np.inf])
@@ -28,9 +28,9 @@ BATCH_ROWS = 65_536
 def dataset_stats(bucket: Bucket, version: str | None = None, batch_rows: int = BATCH_ROWS) -> dict[str, Any]:
     """Statistics of a dataset version (default: the latest), streamed from its ``chips.parquet``."""
     manifest = read_manifest(bucket, version)
-    version = manifest["version"]
-    names = [label["name"] for label in manifest["vocabulary"]["labels"]]
-    kinds = [label["geometry"] for label in manifest["vocabulary"]["labels"]]
+    version = manifest.version
+    names = manifest.vocabulary.names
+    kinds = [label.geometry for label in manifest.vocabulary.labels]
     n = len(names)
     freq = {s: np.zeros(n, dtype=np.int64) for s in SPLITS}
     chips = dict.fromkeys(SPLITS, 0)
@@ -39,7 +39,7 @@ def dataset_stats(bucket: Bucket, version: str | None = None, batch_rows: int = 
     zones: dict[str, dict[str, int]] = {}
     area_hist = np.zeros((n, len(AREA_BINS) - 1), dtype=np.int64)
     length_hist = np.zeros((n, len(LENGTH_BINS) - 1), dtype=np.int64)
-    with bucket.local_copy(dataset_key(version, "chips.parquet")) as path:
+    with bucket.local_copy(layout.dataset_key(version, "chips.parquet")) as path:
         parquet = pq.ParquetFile(path)
         for batch in parquet.iter_batches(batch_size=batch_rows,
                                           columns=["zone", "split", "label_ids", "area_share", "length_m"]):

@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.chips.naming import ChipName
-from imagesim_pipeline.chips.nodata_index import cell_index_key
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.labels.encoding import write_sparse_csv
 from imagesim_pipeline.labels.labeller import FootprintLabels, label_footprints
@@ -34,7 +33,6 @@ from imagesim_pipeline.labels.vocabulary import Vocabulary, vocabulary_from_json
 from imagesim_pipeline.osm.store import read_osm_data
 from imagesim_pipeline.storage import Bucket, StorageError, layout
 
-LABELS_PREFIX = layout.LABELS
 VOCAB_META = b"imagesim.vocabulary"
 FINGERPRINT_META = b"imagesim.vocabulary_fingerprint"
 
@@ -55,19 +53,24 @@ class LabelError(ImagesimError):
 
 
 def labels_key(cell_id: str) -> str:
+    """The key of the cell's label table."""
     return layout.labels_key(cell_id)
 
 
 def coverage_key(cell_id: str) -> str:
+    """The key of the cell's coverage table (area share, length, count per label)."""
     return layout.labels_key(cell_id, "coverage.parquet")
 
 
 def csv_key(cell_id: str) -> str:
+    """The key of the cell's sparse label CSV."""
     return layout.labels_key(cell_id, "csv")
 
 
 @dataclass
 class CellLabels:
+    """What labelling one cell wrote, with counts for the asset metadata."""
+
     cell: str
     table: pa.Table  # CHIP_SCHEMA
     footprints: FootprintLabels
@@ -85,10 +88,12 @@ class CellLabels:
 
     @property
     def unlabelled(self) -> int:
+        """Chips that carry no label."""
         return sum(1 for ids in self.table.column("label_ids").to_pylist() if not ids)
 
 
 def with_vocabulary(schema: pa.Schema, vocabulary: Vocabulary) -> pa.Schema:
+    """``schema`` with the vocabulary (and its fingerprint) in its metadata."""
     return schema.with_metadata({VOCAB_META: vocabulary.to_json().encode(),
                                  FINGERPRINT_META: vocabulary.fingerprint.encode()})
 
@@ -135,7 +140,8 @@ def _coverage_table(result: FootprintLabels, vocabulary: Vocabulary) -> pa.Table
 
 
 def read_chip_index(bucket: Bucket, cell: ArdCell) -> pa.Table:
-    key = cell_index_key(cell.id)
+    """The cell's nodata index table; :class:`LabelError` when chipping has not written it."""
+    key = layout.nodata_index_key(cell.id)
     try:
         return pq.read_table(io.BytesIO(bucket.read_bytes(key)))
     except StorageError:
@@ -174,6 +180,7 @@ def table_vocabulary(schema: pa.Schema) -> Vocabulary:
 
 
 def read_cell_labels(bucket: Bucket, cell_id: str) -> pa.Table:
+    """The cell's label table; :class:`LabelError` when it is missing or unreadable."""
     return load_cell_labels(bucket, cell_id)[0]
 
 
@@ -191,6 +198,7 @@ def load_cell_labels(bucket: Bucket, cell_id: str) -> tuple[pa.Table, str]:
 
 
 def fingerprint_of(table: pa.Table) -> str | None:
+    """The vocabulary fingerprint a label table was written with (None if it has none)."""
     value = (table.schema.metadata or {}).get(FINGERPRINT_META)
     return value.decode() if value else None
 

@@ -38,6 +38,7 @@ class FootprintLabels:
     present: np.ndarray  # bool (n, L): the vocabulary's minimum presence reached
 
     def label_ids(self, i: int) -> list[int]:
+        """The ids of the labels chip ``i`` carries."""
         return np.flatnonzero(self.present[i]).tolist()
 
 
@@ -72,6 +73,7 @@ def dissolve(polygons: np.ndarray) -> np.ndarray:
 
 
 def footprint_boxes(footprints: Sequence[ArdCell]) -> np.ndarray:
+    """The footprints as an array of shapely boxes (their bounds, in the zone's CRS)."""
     bounds = np.array([f.bounds for f in footprints], dtype=np.float64).reshape(-1, 4)
     return shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
 

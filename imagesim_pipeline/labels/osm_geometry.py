@@ -63,6 +63,7 @@ class OsmFeatures:
         return len(self.tags)
 
     def kind_counts(self) -> dict[str, int]:
+        """Features per geometry kind."""
         return {name: int((self.kinds == k).sum()) for k, name in enumerate(KIND_NAMES)}
 
 
@@ -232,7 +233,8 @@ def _multipolygon(relation: dict[str, Any]) -> tuple[Any, bool]:
             missing = True
         role = "inner" if member.get("role") == "inner" else "outer"
         lines[role].extend(shapely.linestrings(run) for run in runs if len(run) >= 2)
-    rings, is_outer = [], []
+    rings: list[Any] = []  # shapely polygons
+    is_outer: list[bool] = []
     for role, parts in lines.items():
         if not parts:
             continue

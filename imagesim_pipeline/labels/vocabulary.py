@@ -41,6 +41,7 @@ class TagRule:
 
     @classmethod
     def parse(cls, text: str, where: str) -> TagRule:
+        """The rule written as ``text``; :class:`VocabularyError` naming ``where`` when invalid."""
         if not isinstance(text, str):
             raise VocabularyError(f"{where}: tag rule {text!r} is not a string")
         key, eq, values = text.partition("=")
@@ -56,6 +57,7 @@ class TagRule:
         return cls(key, frozenset(parts))
 
     def matches(self, tags: Mapping[str, str]) -> bool:
+        """Whether ``tags`` satisfy the rule."""
         value = tags.get(self.key)
         if value is None:
             return False
@@ -67,6 +69,8 @@ class TagRule:
 
 @dataclass(frozen=True)
 class Label:
+    """One label: the tag rules that give it and how much of a chip it must cover."""
+
     name: str
     tags: tuple[TagRule, ...]
     geometry: tuple[str, ...]
@@ -76,9 +80,11 @@ class Label:
     min_count: int = 1
 
     def matches(self, tags: Mapping[str, str]) -> bool:
+        """Whether a feature with ``tags`` counts for this label."""
         return any(r.matches(tags) for r in self.tags) and not any(r.matches(tags) for r in self.exclude)
 
     def as_config(self) -> dict[str, Any]:
+        """The label in configuration form (what the fingerprint hashes)."""
         config: dict[str, Any] = {"name": self.name, "tags": [str(r) for r in self.tags],
                                   "geometry": list(self.geometry)}
         if self.exclude:
@@ -94,32 +100,40 @@ class Label:
 
 @dataclass(frozen=True)
 class Vocabulary:
+    """The labels, in id order, and where they were read from."""
+
     labels: tuple[Label, ...]
     source: str = field(default="built-in", compare=False)
 
     @property
     def names(self) -> list[str]:
+        """Label names in id order."""
         return [label.name for label in self.labels]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def index(self, name: str) -> int:
+        """The id of label ``name``."""
         return self.names.index(name)
 
     def as_config(self) -> dict[str, Any]:
+        """The vocabulary in configuration form."""
         return {"version": 1, "labels": [label.as_config() for label in self.labels]}
 
     @property
     def fingerprint(self) -> str:
+        """A hash of the canonical configuration: equal vocabularies label alike."""
         canonical = json.dumps(self.as_config(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
+        """The configuration with its fingerprint, as stored beside label tables."""
         return json.dumps({**self.as_config(), "fingerprint": self.fingerprint}, indent=2)
 
     @classmethod
     def from_config(cls, config: Any, source: str = "config") -> Vocabulary:
+        """The vocabulary in a parsed YAML/JSON ``config``; :class:`VocabularyError` naming ``source``."""
         if not isinstance(config, Mapping) or not isinstance(config.get("labels"), list) or not config["labels"]:
             raise VocabularyError(f"{source}: expected a mapping with a non-empty 'labels' list")
         labels = [_parse_label(entry, f"{source}: label {i}") for i, entry in enumerate(config["labels"])]
@@ -184,7 +198,7 @@ def _count(entry: Mapping[str, Any], where: str) -> int:
 
 def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
     """The vocabulary in a YAML/JSON file, or the built-in default of 13 labels."""
-    if path in (None, ""):
+    if path is None or path == "":
         text = resources.files("imagesim_pipeline.labels").joinpath("default_vocabulary.yaml").read_text()
         return Vocabulary.from_config(yaml.safe_load(text), "built-in vocabulary")
     file = Path(path)

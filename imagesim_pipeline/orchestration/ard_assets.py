@@ -14,11 +14,12 @@ from dagster import (
 )
 
 from imagesim_pipeline.ard.delivery import summarise_delivery
-from imagesim_pipeline.ard.discovery import ARD_PREFIX, discover_bucket
+from imagesim_pipeline.ard.discovery import discover_bucket
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
 from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
+from imagesim_pipeline.storage import layout
 
 
 def _acquisition_table(summary) -> str:
@@ -42,9 +43,10 @@ def _acquisition_table(summary) -> str:
                 "bytes. Reads COG headers and masks only; writes nothing.",
 )
 def ard_tile(context: AssetExecutionContext, bucket: BucketResource) -> MaterializeResult:
+    """Check the cell's delivery and summarise its acquisitions."""
     cell = registered_cell(context)
     store = bucket.get_bucket()
-    prefix = f"{ARD_PREFIX}{cell.path}/"
+    prefix = f"{layout.ARD}{cell.path}/"
     with step_errors(f"{cell.id}: "):
         found = discover_bucket(store, prefix=prefix)
     for problem in found.problems:
@@ -58,8 +60,8 @@ def ard_tile(context: AssetExecutionContext, bucket: BucketResource) -> Material
         )
     with step_errors(f"{cell.id}: "):
         summary = summarise_delivery(store, delivery)
-    for problem in summary.problems:
-        context.log.error(problem)
+    for issue in summary.problems:
+        context.log.error(issue)
     if not summary.acquisitions:
         raise Failure(allow_retries=False,
                       description=f"No readable acquisition for {cell.id}: " + "; ".join(summary.problems))

@@ -32,6 +32,8 @@ from imagesim_pipeline.storage import layout
 
 
 class ChipsConfig(Config):
+    """How the ``chips`` asset cuts chips."""
+
     zoom: int = Field(default=17, description="chip zoom, 13..19 (17 = 156.25 m)")
     quality: int = Field(default=90, description="JPEG quality")
     size: int | None = Field(default=None, description="resize chips to size x size px (default: native)")
@@ -44,6 +46,7 @@ class ChipsConfig(Config):
        description="JPEG chips of every acquisition of the cell, cut exactly on the ARD grid at the chip zoom, "
                    "at `chips/<zone>/Z<zone>-<quadkey>_<catalog id>.jpg`, with a per-cell manifest.")
 def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketResource) -> MaterializeResult:
+    """Chip every acquisition of the cell and publish the chips with the cell's manifest."""
     cell = registered_cell(context)
     store = bucket.get_bucket()
     delivery = discover_bucket(store, layout.ard_cell_prefix(cell.id)).cells.get(cell.id)
@@ -80,6 +83,7 @@ def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketRes
        description="The cell's chips classified no / partial / all data (from the raster mask at chipping time) "
                    "as `nodata-index/<zone>/<cell>.parquet`; `nodata-index.json` at the bucket root is rebuilt.")
 def nodata_index(context: AssetExecutionContext, bucket: BucketResource) -> MaterializeResult:
+    """Write the cell's nodata index table and rebuild the bucket's ``nodata-index.json``."""
     store = bucket.get_bucket()
     started = time.perf_counter()
     cell = registered_cell(context)

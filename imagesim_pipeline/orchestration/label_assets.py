@@ -1,6 +1,8 @@
 """The ``chip_labels`` asset per ARD cell and the unpartitioned ``training_dataset``."""
 
 
+from typing import Any
+
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -16,12 +18,9 @@ from dagster import (
 from pydantic import Field
 
 from imagesim_pipeline.ard.grid import ArdCell
-from imagesim_pipeline.dataset.build import (
-    DatasetConfig,
-    build_dataset,
-    dataset_key,
-)
+from imagesim_pipeline.dataset.build import DatasetConfig, build_dataset
 from imagesim_pipeline.dataset.checks import label_support, leakage_report
+from imagesim_pipeline.dataset.manifest import MANIFEST
 from imagesim_pipeline.dataset.stats import dataset_stats, stats_plots
 from imagesim_pipeline.labels import (
     Vocabulary,
@@ -43,6 +42,7 @@ from imagesim_pipeline.orchestration.osm_assets import osm_data
 from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
 from imagesim_pipeline.settings import settings
+from imagesim_pipeline.storage import layout
 
 
 class LabelsResource(ConfigurableResource):
@@ -53,6 +53,7 @@ class LabelsResource(ConfigurableResource):
                                         "built-in 13 labels)")
 
     def load(self) -> Vocabulary:
+        """The configured vocabulary (the built-in one by default)."""
         try:
             return load_vocabulary(self.vocabulary or None)
         except VocabularyError as exc:
@@ -74,6 +75,7 @@ class LabelsResource(ConfigurableResource):
                 "`labels/<zone>/<cell>.coverage.parquet`.",
 )
 def chip_labels(context: AssetExecutionContext, bucket: BucketResource, labels: LabelsResource) -> MaterializeResult:
+    """Label the cell's chips from its OSM data."""
     store = bucket.get_bucket()
     vocabulary = labels.load()
     try:
@@ -113,6 +115,8 @@ def chip_labels(context: AssetExecutionContext, bucket: BucketResource, labels: 
 
 
 class TrainingDatasetConfig(Config):
+    """How ``training_dataset`` selects and splits chips, and the label support it checks."""
+
     version: str = Field(default="", description="dataset version name (default: a hash of the inputs)")
     block_zoom: int = Field(default=15, description="zoom of the spatial blocks that are split whole (15 = 625 m)")
     train: float = 0.8
@@ -145,6 +149,7 @@ class TrainingDatasetConfig(Config):
 )
 def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConfig, bucket: BucketResource,
                      labels: LabelsResource) -> MaterializeResult:
+    """Build the training dataset version from every cell's labels and check it."""
     store = bucket.get_bucket()
     vocabulary = labels.load()
     settings = DatasetConfig(**config.model_dump(exclude={"min_examples"}))
@@ -157,22 +162,22 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
         stats = dataset_stats(store, result.version)
         leakage = leakage_report(store, result.version)
     manifest = result.manifest
-    for skipped in manifest["skipped_cells"]:
-        context.log.warning(f"skipped {skipped['cell']}: {skipped['reason']}")
-    counts = manifest["counts"]
+    for skipped in manifest.skipped_cells:
+        context.log.warning(f"skipped {skipped.cell}: {skipped.reason}")
+    counts = manifest.counts
     splits = ("train", "val", "test")
-    label_rows = [(name, *(manifest["label_counts"][s][name] for s in splits)) for name in vocabulary.names]
-    metadata = {
+    label_rows = [(name, *(manifest.label_counts[s][name] for s in splits)) for name in vocabulary.names]
+    metadata: dict[str, Any] = {
         "version": result.version,
-        "chips": counts["chips"],
-        **{f"{s}_chips": counts["by_split"][s] for s in splits},
-        "blocks_by_split": MetadataValue.json(counts["blocks_by_split"]),
-        "dropped": MetadataValue.json(counts["dropped"]),
+        "chips": counts.chips,
+        **{f"{s}_chips": counts.by_split[s] for s in splits},
+        "blocks_by_split": MetadataValue.json(counts.blocks_by_split),
+        "dropped": MetadataValue.json(counts.dropped),
         "label_counts": MetadataValue.md(counts_table(("label", *splits), label_rows)),
         "chips_by_zone": MetadataValue.json(stats["chips_by_zone"]),
-        "skipped_cells": len(manifest["skipped_cells"]),
+        "skipped_cells": len(manifest.skipped_cells),
         "unchanged": result.unchanged,
-        "manifest": store.url(dataset_key(result.version, "manifest.json")),
+        "manifest": store.url(layout.dataset_key(result.version, MANIFEST)),
         "seconds": round(result.seconds, 2),
     }
     for name, png in stats_plots(stats).items():
@@ -187,11 +192,11 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
             "min_examples": config.min_examples,
             "weak_labels": MetadataValue.md(counts_table(("label", "train", "val"), [
                 (name, c["train"], c["val"]) for name, c in weak.items()]) if weak else "none")}),
-        AssetCheckResult(check_name="all_cells_included", passed=not manifest["skipped_cells"],
+        AssetCheckResult(check_name="all_cells_included", passed=not manifest.skipped_cells,
                          severity=AssetCheckSeverity.WARN, metadata={
-                             "cells": len(manifest["inputs"]),
-                             "skipped": MetadataValue.md("\n".join(f"- {s['cell']}: {s['reason']}"
-                                                                   for s in manifest["skipped_cells"][:50])
+                             "cells": len(manifest.inputs),
+                             "skipped": MetadataValue.md("\n".join(f"- {s.cell}: {s.reason}"
+                                                                   for s in manifest.skipped_cells[:50])
                                                          or "none")}),
     ]
     return MaterializeResult(metadata=metadata, check_results=checks)

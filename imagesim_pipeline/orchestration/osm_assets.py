@@ -60,6 +60,7 @@ class OsmSourceResource(ConfigurableResource):
     node_index: str = Field(default="flex_mem", description="osmium location index for PBF extraction")
 
     def client(self) -> OverpassClient:
+        """An Overpass client with this resource's settings."""
         return OverpassClient(endpoint=self.overpass_url, timeout=self.timeout, maxsize=self.maxsize_mb * 2**20,
                               retries=self.retries, min_interval=self.min_interval)
 
@@ -84,6 +85,7 @@ def _top_keys_table(data: dict[str, Any]) -> str:
                 "cells) or the Overpass API.",
 )
 def osm_data(context: AssetExecutionContext, bucket: BucketResource, osm: OsmSourceResource) -> MaterializeResult:
+    """Fetch or extract the OSM features around the cell."""
     cell = registered_cell(context)
     store = bucket.get_bucket()
     started = time.perf_counter()

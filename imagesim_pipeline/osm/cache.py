@@ -21,8 +21,6 @@ from imagesim_pipeline.osm.elements import OsmError
 from imagesim_pipeline.osm.pbf import cells_in_extract, extract_cells
 from imagesim_pipeline.storage import Bucket, StorageError, layout
 
-CACHE_PREFIX = layout.OSM_CACHE
-
 
 @contextlib.contextmanager
 def resolve_pbf(bucket: Bucket, pbf: str) -> Iterator[tuple[Path, str]]:
@@ -75,8 +73,9 @@ def uncovered(cell: ArdCell, pbfs: list[str]) -> str:
 
 
 def cache_prefix(fingerprint: str, margin: float) -> str:
+    """The cache folder of an extract (by fingerprint) cut with ``margin``."""
     digest = hashlib.sha256(f"{fingerprint}|{margin}".encode()).hexdigest()[:16]
-    return f"{CACHE_PREFIX}/{digest}/"
+    return f"{layout.OSM_CACHE}/{digest}/"
 
 
 def osm_for_cell(bucket: Bucket, pbf: str, cell: ArdCell, companions: Iterable[ArdCell], *, margin: float,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from shapely.geometry import LineString, box
 
@@ -52,6 +52,7 @@ class CellBox:
 
     @classmethod
     def of(cls, cell: ArdCell, margin: float = DEFAULT_MARGIN_DEG) -> CellBox:
+        """The box of ``cell`` in WGS84, widened by ``margin`` degrees."""
         west, south, east, north = cell.wgs84_bounds
         return cls(cell, west - margin, south - margin, east + margin, north + margin)
 
@@ -61,9 +62,11 @@ class CellBox:
         return f"{self.south:.7f},{self.west:.7f},{self.north:.7f},{self.east:.7f}"
 
     def contains(self, lon: float, lat: float) -> bool:
+        """Whether the point lies in the box."""
         return self.west <= lon <= self.east and self.south <= lat <= self.north
 
     def geometry(self):
+        """The box as a shapely polygon."""
         return box(self.west, self.south, self.east, self.north)
 
     def way_selected(self, coords: list[tuple[float, float] | None]) -> bool:
@@ -83,16 +86,23 @@ class CellBox:
 
 
 def point_in(boxes: Iterable[CellBox], lon: float, lat: float) -> list[CellBox]:
+    """The boxes that hold the point."""
     return [b for b in boxes if b.contains(lon, lat)]
 
 
+@overload
+def latlon(coord: tuple[float, float]) -> dict[str, float]: ...
+@overload
+def latlon(coord: tuple[float, float] | None) -> dict[str, float] | None: ...
 def latlon(coord: tuple[float, float] | None) -> dict[str, float] | None:
+    """Overpass's ``{"lat", "lon"}`` of a (lon, lat) point, rounded to the stored precision; None for None."""
     if coord is None:
         return None
     return {"lat": round(coord[1], PRECISION), "lon": round(coord[0], PRECISION)}
 
 
 def bounds_of(coords: Iterable[tuple[float, float] | None]) -> dict[str, float] | None:
+    """Overpass's ``bounds`` of the points (None when there are none)."""
     points = [c for c in coords if c is not None]
     if not points:
         return None
@@ -103,6 +113,7 @@ def bounds_of(coords: Iterable[tuple[float, float] | None]) -> dict[str, float] 
 
 
 def node_element(node_id: int, lon: float, lat: float, tags: dict[str, str]) -> dict[str, Any]:
+    """A node in Overpass JSON form."""
     element: dict[str, Any] = {"type": "node", "id": node_id, "lat": round(lat, PRECISION),
                                "lon": round(lon, PRECISION)}
     if tags:
@@ -112,6 +123,7 @@ def node_element(node_id: int, lon: float, lat: float, tags: dict[str, str]) -> 
 
 def way_element(way_id: int, refs: list[int], coords: list[tuple[float, float] | None],
                 tags: dict[str, str]) -> dict[str, Any]:
+    """A way in Overpass JSON form, with its geometry (None for nodes without a location)."""
     element: dict[str, Any] = {"type": "way", "id": way_id}
     bounds = bounds_of(coords)
     if bounds:
@@ -124,6 +136,7 @@ def way_element(way_id: int, refs: list[int], coords: list[tuple[float, float] |
 
 
 def empty_osm_data(cell: ArdCell, bbox: CellBox, provenance: dict[str, Any]) -> dict[str, Any]:
+    """A cell's OSM document without elements."""
     return {"quadkey": cell.quadkey, "cell": cell.id,
             "bbox": [round(bbox.south, PRECISION), round(bbox.west, PRECISION),
                      round(bbox.north, PRECISION), round(bbox.east, PRECISION)],
@@ -147,6 +160,7 @@ def incomplete_geometry(data: dict[str, Any]) -> list[str]:
 
 
 def sort_elements(data: dict[str, Any]) -> dict[str, Any]:
+    """Sort the document's elements by id (in place), so equal inputs give equal files; the document."""
     for kind in ("nodes", "ways", "relations"):
         data[kind].sort(key=lambda e: e["id"])
     return data
@@ -165,6 +179,7 @@ def tag_summary(data: dict[str, Any], top: int = 20) -> dict[str, Any]:
 
 
 def top_keys(data: dict[str, Any], top: int = 15) -> list[tuple[str, int]]:
+    """The most frequent tag keys over all elements."""
     counts: Counter[str] = Counter()
     for kind in ("nodes", "ways", "relations"):
         for element in data.get(kind, []):

@@ -174,7 +174,7 @@ def extract_cells(pbf: str | os.PathLike[str], cells: Iterable[ArdCell], *, marg
         try:
             processor = osmium.FileProcessor(str(path), osmium.osm.NODE | osmium.osm.WAY).with_locations(index)
             for obj in processor:
-                if obj.is_node():
+                if isinstance(obj, osmium.osm.Node):
                     counts["nodes"] += 1
                     loc = obj.location
                     if not loc.valid():
@@ -187,7 +187,7 @@ def extract_cells(pbf: str | os.PathLike[str], cells: Iterable[ArdCell], *, marg
                             if boxes[i].contains(lon, lat):
                                 spool.add(boxes[i].cell.id, "nodes",
                                           node_element(obj.id, lon, lat, {t.k: t.v for t in obj.tags}))
-                else:
+                elif isinstance(obj, osmium.osm.Way):
                     counts["ways"] += 1
                     refs = [n.ref for n in obj.nodes]
                     coords = [(n.lon, n.lat) if n.location.valid() else None for n in obj.nodes]
@@ -206,16 +206,16 @@ def extract_cells(pbf: str | os.PathLike[str], cells: Iterable[ArdCell], *, marg
         say(f"{path.name}: {counts['nodes']} nodes, {counts['ways']} ways scanned in "
             f"{time.perf_counter() - started:.1f} s")
         for rel_id, (tags, members) in relations.items():
-            hits: set[int] = set()
+            rel_hits: set[int] = set()
             for mtype, ref, _role in members:
                 if mtype == "w":
-                    hits.update(way_cells.get(ref, ()))
+                    rel_hits.update(way_cells.get(ref, ()))
                 elif mtype == "n" and ref in node_locations:
                     lon, lat = node_locations[ref]
-                    hits.update(i for i in tree.candidates(lon, lat, lon, lat) if boxes[i].contains(lon, lat))
-            if hits:
+                    rel_hits.update(i for i in tree.candidates(lon, lat, lon, lat) if boxes[i].contains(lon, lat))
+            if rel_hits:
                 element = _relation_element(rel_id, tags, members, node_locations, way_geometry)
-                for i in sorted(hits):
+                for i in sorted(rel_hits):
                     spool.add(boxes[i].cell.id, "relations", element)
         created = datetime.now(UTC).isoformat(timespec="seconds")
         for b in boxes:
@@ -250,6 +250,8 @@ def _read_relations(path: Path):
     member_nodes: set[int] = set()
     member_ways: set[int] = set()
     for rel in osmium.FileProcessor(str(path), osmium.osm.RELATION):
+        if not isinstance(rel, osmium.osm.Relation):  # the filter passes relations only
+            continue
         members = [(m.type, m.ref, m.role) for m in rel.members]
         relations[rel.id] = ({t.k: t.v for t in rel.tags}, members)
         for mtype, ref, _ in members:

@@ -11,6 +11,7 @@ from imagesim_pipeline.storage import Bucket, StorageError, layout, open_bucket
 
 
 def osm_key(cell: ArdCell) -> str:
+    """The key of the cell's OSM document."""
     return layout.osm_key(cell.id)
 
 
@@ -22,6 +23,7 @@ def write_osm_data(bucket: Bucket, cell: ArdCell, data: dict[str, Any]) -> str:
 
 
 def read_osm_data(bucket: Bucket, cell: ArdCell) -> dict[str, Any]:
+    """The cell's OSM document; :class:`OsmError` when missing or unreadable."""
     key = osm_key(cell)
     try:
         return json.loads(bucket.read_bytes(key))

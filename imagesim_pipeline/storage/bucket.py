@@ -18,10 +18,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from typing_extensions import override
+
 from imagesim_pipeline.errors import ImagesimError, TransientError
+
+if TYPE_CHECKING:
+    import boto3
+    from botocore.exceptions import ClientError
 
 TMP_PREFIX = ".imagesim-tmp-"  # a local atomic write in flight: never listed, cleaned by the next run
 
@@ -68,7 +74,8 @@ class Bucket(ABC):
         """Every object under ``prefix`` (recursively), in no guaranteed order."""
 
     @abstractmethod
-    def read_bytes(self, key: str) -> bytes: ...
+    def read_bytes(self, key: str) -> bytes:
+        """The object's bytes; :class:`MissingObjectError` when there is none."""
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -79,10 +86,12 @@ class Bucket(ABC):
         """Copy a local file to ``key`` atomically."""
 
     @abstractmethod
-    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None: ...
+    def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        """Copy ``key`` to a local file; :class:`MissingObjectError` when there is none."""
 
     @abstractmethod
-    def exists(self, key: str) -> bool: ...
+    def exists(self, key: str) -> bool:
+        """Whether an object ``key`` exists."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -104,9 +113,11 @@ class Bucket(ABC):
 
     # --- conveniences built on the primitives --------------------------------------------------
     def read_text(self, key: str) -> str:
+        """The object as UTF-8 text."""
         return self.read_bytes(key).decode("utf-8")
 
     def write_text(self, key: str, text: str) -> None:
+        """Write ``text`` as UTF-8, atomically."""
         self.write_bytes(key, text.encode("utf-8"))
 
     def delete_prefix(self, prefix: str) -> int:
@@ -144,6 +155,7 @@ class LocalBucket(Bucket):
     def _path(self, key: str) -> Path:
         return self.root / _clean_key(key)
 
+    @override
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         prefix = _clean_key(prefix)
         # Walk from the deepest folder the prefix names, then filter on the full prefix.
@@ -166,6 +178,7 @@ class LocalBucket(Bucket):
                     continue  # deleted while we listed
                 yield ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
 
+    @override
     def read_bytes(self, key: str) -> bytes:
         path = self._path(key)
         try:
@@ -184,6 +197,7 @@ class LocalBucket(Bucket):
         finally:
             tmp.unlink(missing_ok=True)
 
+    @override
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._atomic_target(key) as tmp:
             with open(tmp, "wb") as fh:
@@ -191,22 +205,27 @@ class LocalBucket(Bucket):
                 fh.flush()
                 os.fsync(fh.fileno())
 
+    @override
     def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
         with self._atomic_target(key) as tmp:
             shutil.copyfile(local_path, tmp)
 
+    @override
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         try:
             shutil.copyfile(self._path(key), local_path)
         except FileNotFoundError:
             raise MissingObjectError(f"{self.url(key)} does not exist") from None
 
+    @override
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    @override
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    @override
     def gdal_path(self, key: str) -> str:
         return str(self._path(key))
 
@@ -222,6 +241,7 @@ class LocalBucket(Bucket):
                 folder.rmdir()
         return removed
 
+    @override
     def move(self, src: str, dst: str) -> None:
         target = self._path(dst)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +262,7 @@ class LocalBucket(Bucket):
                 removed += 1
         return removed
 
+    @override
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         path = self._path(key)
@@ -253,12 +274,13 @@ class LocalBucket(Bucket):
 class S3Bucket(Bucket):
     """A bucket on S3 or an S3-compatible server, ``s3://bucket[/prefix]``.
 
-    ``client`` is a boto3 S3 client (on the Dagster side, from dagster-aws's ``S3Resource``).
-    ``endpoint_url`` names a custom S3-compatible endpoint; it is also handed to GDAL so that
-    ``/vsis3/`` paths reach the same server.
+    ``session`` is the boto3 session whose credentials and region reach the bucket (default: boto3's
+    default chain: environment, profile, instance role). The same session makes the S3 client and
+    gives GDAL its credentials for ``/vsis3/`` paths. ``endpoint_url`` names a custom S3-compatible
+    endpoint; it is also handed to GDAL so that ``/vsis3/`` paths reach the same server.
     """
 
-    def __init__(self, uri: str, client: Any = None, endpoint_url: str | None = None):
+    def __init__(self, uri: str, session: boto3.Session | None = None, endpoint_url: str | None = None):
         parsed = urlparse(uri)
         if parsed.scheme != "s3" or not parsed.netloc:
             raise StorageError(f"{uri!r} is not an s3://bucket/prefix URI")
@@ -270,7 +292,12 @@ class S3Bucket(Bucket):
 
             endpoint_url = settings().s3_endpoint_url
         self.endpoint_url = endpoint_url
-        self.client = _bounded_client(client, self.endpoint_url)
+        if session is None:
+            import boto3
+
+            session = boto3.Session()
+        self.session = session
+        self.client = _bounded_client(session, self.endpoint_url)
 
     def _key(self, key: str) -> str:
         key = _clean_key(key)
@@ -309,6 +336,7 @@ class S3Bucket(Bucket):
         except (BotoCoreError, S3UploadFailedError) as exc:
             raise self._error(action, key, exc) from exc
 
+    @override
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -318,22 +346,27 @@ class S3Bucket(Bucket):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["LastModified"])
 
+    @override
     def read_bytes(self, key: str) -> bytes:
         with self._calling("reading", key):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
+    @override
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._calling("writing", key):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
+    @override
     def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
         with self._calling("uploading", key):
             self.client.upload_file(str(local_path), self.bucket, self._key(key))
 
+    @override
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         with self._calling("downloading", key):
             self.client.download_file(self.bucket, self._key(key), str(local_path))
 
+    @override
     def exists(self, key: str) -> bool:
         try:
             with self._calling("checking", key):
@@ -342,19 +375,23 @@ class S3Bucket(Bucket):
             return False
         return True
 
+    @override
     def delete(self, key: str) -> None:
         with self._calling("deleting", key):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    @override
     def gdal_path(self, key: str) -> str:
         return f"/vsis3/{self.bucket}/{self._key(key)}"
 
+    @override
     def move(self, src: str, dst: str) -> None:
         with self._calling("moving", src):  # a server-side copy: the new object appears whole, then the source goes
             self.client.copy_object(Bucket=self.bucket, Key=self._key(dst),
                                     CopySource={"Bucket": self.bucket, "Key": self._key(src)})
         self.delete(src)
 
+    @override
     def gdal_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
                                    # reading COGs over HTTP: merged range requests, HTTP/2, a block cache
@@ -376,7 +413,7 @@ class S3Bucket(Bucket):
         import rasterio
         from rasterio.session import AWSSession
 
-        credentials = self.client._request_signer._credentials  # what boto3 resolved for this client
+        credentials = self.session.get_credentials()  # what the client signs with, resolved by the same session
         frozen = credentials.get_frozen_credentials() if credentials is not None else None
         session = AWSSession(
             aws_unsigned=frozen is None,
@@ -389,7 +426,7 @@ class S3Bucket(Bucket):
         return rasterio.Env(session=session, **self.gdal_options())
 
 
-def _missing(exc: Exception) -> bool:
+def _missing(exc: ClientError) -> bool:
     """Whether a botocore ``ClientError`` says the key does not exist."""
     return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
 
@@ -401,35 +438,23 @@ S3_READ_TIMEOUT_S = 10.0
 S3_ATTEMPTS = 3  # botocore "standard" retry mode: exponential backoff with jitter between attempts
 
 
-def _bounded_client(client: Any, endpoint_url: str | None) -> Any:
-    """An S3 client with imagesim's timeouts and retries; ``client`` (e.g. from dagster-aws's
-    ``S3Resource``) gives the credentials, region and endpoint when passed."""
-    import boto3
+def _bounded_client(session: boto3.Session, endpoint_url: str | None) -> Any:
+    """The session's S3 client with imagesim's timeouts and retries."""
     from botocore.config import Config
 
     config = Config(connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_READ_TIMEOUT_S,
                     retries={"mode": "standard", "max_attempts": S3_ATTEMPTS})
-    if client is None:
-        return boto3.client("s3", endpoint_url=endpoint_url, config=config)
-    credentials = client._request_signer._credentials
-    frozen = credentials.get_frozen_credentials() if credentials is not None else None
-    return boto3.client(
-        "s3", endpoint_url=client.meta.endpoint_url, region_name=client.meta.region_name,
-        config=client.meta.config.merge(config),
-        aws_access_key_id=frozen.access_key if frozen else None,
-        aws_secret_access_key=frozen.secret_key if frozen else None,
-        aws_session_token=frozen.token if frozen else None,
-    )
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
-def open_bucket(uri: str | os.PathLike[str] | None = None, *, client: Any = None,
+def open_bucket(uri: str | os.PathLike[str] | None = None, *, session: boto3.Session | None = None,
                 endpoint_url: str | None = None) -> Bucket:
-    """The bucket at ``uri`` (default: the ``IMAGESIM_BUCKET`` setting)."""
+    """The bucket at ``uri`` (default: the ``IMAGESIM_BUCKET`` setting); ``session`` and ``endpoint_url`` for S3."""
     from imagesim_pipeline.settings import bucket_uri
 
     uri = str(uri) if uri is not None else bucket_uri()
     if uri.startswith("s3://"):
-        return S3Bucket(uri, client=client, endpoint_url=endpoint_url)
+        return S3Bucket(uri, session=session, endpoint_url=endpoint_url)
     if "://" in uri and not uri.startswith("file://"):
         raise StorageError(f"unsupported bucket URI {uri!r}: use a folder path or s3://bucket/prefix")
     return LocalBucket(uri.removeprefix("file://"))

@@ -51,10 +51,12 @@ def _zone(cell_id: str) -> str:
 
 
 def ard_cell_prefix(cell_id: str) -> str:
+    """The prefix of a level-12 cell's deliveries."""
     return f"{ARD}{_zone(cell_id)}/{cell_id[4:]}/"
 
 
 def osm_key(cell_id: str) -> str:
+    """The cell's OSM document."""
     return f"{ard_cell_prefix(cell_id)}osm_data.json"
 
 
@@ -69,14 +71,17 @@ def chip_cell_prefix(cell_id: str) -> str:
 
 
 def chip_manifest_key(cell_id: str) -> str:
+    """The cell's chip manifest."""
     return f"{CHIPS}{_zone(cell_id)}/_manifests/{cell_id}.json"
 
 
 def chip_staging_prefix(cell_id: str) -> str:
+    """Where a cell's chips wait until its run commits."""
     return f"{CHIPS}{_zone(cell_id)}/_staging/{cell_id}/"
 
 
 def nodata_index_key(cell_id: str) -> str:
+    """The cell's nodata index table."""
     return f"{NODATA_INDEX}{_zone(cell_id)}/{cell_id}.parquet"
 
 
@@ -86,14 +91,17 @@ def labels_key(cell_id: str, kind: str = "parquet") -> str:
 
 
 def dataset_key(version: str, name: str) -> str:
+    """A file of a dataset version."""
     return f"{DATASETS}{version}/{name}"
 
 
 def features_key(cache: str, name: str) -> str:
+    """A file of a feature cache entry."""
     return f"{FEATURES}{cache}/{name}"
 
 
 def model_key(name: str, version: str, file: str) -> str:
+    """A file of a published model version."""
     return f"{MODELS}{name}/{version}/{file}"
 
 
@@ -108,14 +116,17 @@ def model_pointer_key(name: str, which: str) -> str:
 
 
 def embeddings_prefix(version: str) -> str:
+    """The prefix of a model version's embeddings."""
     return f"{EMBEDDINGS}{version}/"
 
 
 def embeddings_key(version: str, cell_id: str) -> str:
+    """A cell's embeddings under a model version."""
     return f"{embeddings_prefix(version)}{_zone(cell_id)}/{cell_id}.parquet"
 
 
 def index_key(version: str, file: str) -> str:
+    """A file of a model version's index."""
     return f"{INDEX}{version}/{file}"
 
 
@@ -125,6 +136,7 @@ def index_build_key(version: str, build: str, file: str) -> str:
 
 
 def changes_key(version: str) -> str:
+    """A model version's change table."""
     return f"{CHANGES}{version}/changes.parquet"
 
 

@@ -145,9 +145,9 @@ def test_rechipping_replaces_the_cells_chips(bucket_copy):
     second = chip_cell(bucket, delivery)
     assert second.rows == first.rows and second.deleted_stale == 1 and not bucket.exists(stale)
     manifest = read_manifest(bucket, delivery.cell.id)
-    written = sorted(r["chip"] for r in manifest["chips"] if r["written"])
+    written = sorted(r["chip"] for r in manifest.chips if r["written"])
     assert written == sorted(k.key.rsplit("/", 1)[1] for k in bucket.list("chips/31/Z31-"))
-    assert {r["class"] for r in manifest["chips"] if r["written"]} == {"partial data", "all data"}
+    assert {r["class"] for r in manifest.chips if r["written"]} == {"partial data", "all data"}
 
 
 def test_folder_classifier_agrees_with_the_masks_and_reads_only(bucket_copy, tmp_path):

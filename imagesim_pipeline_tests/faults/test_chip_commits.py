@@ -16,15 +16,13 @@ from imagesim_pipeline.ard.discovery import discover_bucket
 from imagesim_pipeline.chips.cell_chips import (
     JOURNAL,
     chip_cell,
-    manifest_key,
     read_manifest,
     recover_cell,
-    staging_prefix,
 )
 from imagesim_pipeline.chips.chipper import ChipError
 from imagesim_pipeline.chips.naming import ChipName, chip_key
 from imagesim_pipeline.chips.nodata_index import classify_chip_folder
-from imagesim_pipeline.storage import LocalBucket, StorageError, open_bucket
+from imagesim_pipeline.storage import LocalBucket, StorageError, layout, open_bucket
 
 CELL = "Z31-102220011031"
 
@@ -37,11 +35,11 @@ def published(bucket, cell: str) -> dict[str, bytes]:
 
 def assert_consistent(bucket, cell: str) -> dict[str, bytes]:
     """The manifest names exactly the published chips, with their byte counts; nothing is staged."""
-    rows = {r["chip"]: r for r in read_manifest(bucket, cell)["chips"] if r["written"]}
+    rows = {r["chip"]: r for r in read_manifest(bucket, cell).chips if r["written"]}
     files = published(bucket, cell)
     assert set(files) == set(rows)
     assert all(len(files[name]) == rows[name]["bytes"] for name in files)
-    assert not list(bucket.list(staging_prefix(cell)))
+    assert not list(bucket.list(layout.chip_staging_prefix(cell)))
     folder = bucket.root / "chips" / cell[1:3]
     assert not [p for p in folder.iterdir() if p.name.startswith(".imagesim-tmp-")]
     return files
@@ -69,7 +67,7 @@ def test_a_truncated_redelivery_changes_no_published_chip(bucket_copy, monkeypat
     bucket = open_bucket(bucket_copy)
     chip_cell(bucket, _delivery(bucket))
     before = assert_consistent(bucket, CELL)
-    manifest = bucket.read_bytes(manifest_key(CELL))
+    manifest = bucket.read_bytes(layout.chip_manifest_key(CELL))
     visual = bucket_copy / _delivery(bucket).acquisitions[0].visual_key
     original = visual.read_bytes()
     _redeliver_truncated(visual)
@@ -81,7 +79,7 @@ def test_a_truncated_redelivery_changes_no_published_chip(bucket_copy, monkeypat
         chip_cell(bucket, _delivery(bucket))
     monkeypatch.undo()
     assert any("/_staging/" in key for key in staged)  # it failed part-way, after chips of the new image
-    assert bucket.read_bytes(manifest_key(CELL)) == manifest
+    assert bucket.read_bytes(layout.chip_manifest_key(CELL)) == manifest
     assert assert_consistent(bucket, CELL) == before  # every chip still the old delivery's bytes
     visual.write_bytes(original)  # the delivery is fixed: the next run publishes it
     chip_cell(bucket, _delivery(bucket))
@@ -96,7 +94,7 @@ def test_leftovers_of_a_killed_run_are_never_data_and_the_next_run_cleans_them(b
     folder = bucket_copy / "chips" / CELL[1:3]
     leftover = folder / f".imagesim-tmp-{uuid.uuid4().hex}-{name}"
     leftover.write_bytes(before[name][:100])  # an atomic write cut short by kill -9
-    bucket.write_bytes(staging_prefix(CELL) + name, b"half a chip")  # a staged chip of the killed run
+    bucket.write_bytes(layout.chip_staging_prefix(CELL) + name, b"half a chip")  # a staged chip of the killed run
     # never read as data: not listed, not classified
     assert leftover.name not in {o.key.rsplit("/", 1)[1] for o in bucket.list("chips/")}
     index, problems = classify_chip_folder(folder, tmp_path / "idx.json")
@@ -123,11 +121,11 @@ def test_a_crash_in_the_middle_of_a_commit_is_finished_by_the_next_run(bucket_co
     with pytest.raises(KeyboardInterrupt):
         chip_cell(bucket, _delivery(bucket), quality=60)  # a re-run that changes every chip's bytes
     monkeypatch.setattr(LocalBucket, "move", real_move)
-    assert bucket.exists(staging_prefix(CELL) + JOURNAL)  # decided, half published
+    assert bucket.exists(layout.chip_staging_prefix(CELL) + JOURNAL)  # decided, half published
     recovery = recover_cell(bucket, CELL)
     assert recovery.finished_commit
     new = assert_consistent(bucket, CELL)
     assert set(new) == set(old) and all(new[n] != old[n] for n in new)  # all of the new delivery
-    assert json.loads(bucket.read_text(manifest_key(CELL)))["quality"] == 60
+    assert json.loads(bucket.read_text(layout.chip_manifest_key(CELL)))["quality"] == 60
     assert {ChipName.parse(n).cell.ancestor(12).id for n in new} == {CELL}
     assert all(bucket.exists(chip_key(ChipName.parse(n))) for n in new)

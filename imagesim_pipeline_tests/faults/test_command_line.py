@@ -11,11 +11,10 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from imagesim_pipeline.chips.cell_chips import manifest_key
 from imagesim_pipeline.cli import main
 from imagesim_pipeline.samples import BAHAMAS_STRIP
 from imagesim_pipeline.settings import PROJECT_ROOT
-from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline.storage import layout, open_bucket
 from imagesim_pipeline_tests.faults.conftest import BIN, CELL
 from imagesim_pipeline_tests.faults.test_chip_commits import published
 
@@ -84,7 +83,7 @@ def test_a_failing_step_is_one_line_and_the_cell_keeps_its_chips(site):
     before = published(bucket, CELL)
     index_key = f"nodata-index/35/{CELL}.parquet"
     index = bucket.read_bytes(index_key)
-    manifest = bucket.read_bytes(manifest_key(CELL))
+    manifest = bucket.read_bytes(layout.chip_manifest_key(CELL))
     visual = next(o.key for o in bucket.list(f"ard/35/{CELL[4:]}/") if o.key.endswith("-visual.tif"))
     raw = bucket.read_bytes(visual)
     bucket.write_bytes(visual, raw[: int(len(raw) * 0.9)])  # a truncated re-delivery
@@ -94,4 +93,4 @@ def test_a_failing_step_is_one_line_and_the_cell_keeps_its_chips(site):
     assert "Traceback" not in run.stdout + run.stderr and 'File "' not in run.stdout + run.stderr
     assert "FAILED" in run.stdout and "unchanged" in run.stdout
     assert published(bucket, CELL) == before  # chips = manifest = index, byte for byte
-    assert bucket.read_bytes(manifest_key(CELL)) == manifest and bucket.read_bytes(index_key) == index
+    assert bucket.read_bytes(layout.chip_manifest_key(CELL)) == manifest and bucket.read_bytes(index_key) == index

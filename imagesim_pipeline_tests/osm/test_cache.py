@@ -7,8 +7,8 @@ from shapely.geometry import box
 
 from imagesim_pipeline.ard.grid import ArdCell, cells_covering
 from imagesim_pipeline.osm import OsmError
-from imagesim_pipeline.osm.cache import CACHE_PREFIX, choose_extract, osm_for_cell
-from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline.osm.cache import choose_extract, osm_for_cell
+from imagesim_pipeline.storage import layout, open_bucket
 
 TEST_BOX = (26.9299999, 60.5200000, 26.9699999, 60.5399999)
 
@@ -26,7 +26,7 @@ def test_first_run_extracts_all_companions_then_serves_from_cache(bucket, sample
     far = ArdCell.parse("Z33-120020223133")
     data, hit, extracted = osm_for_cell(bucket, "osm/extracts/test.osm.pbf", cells[0], cells + [far], margin=0.0005)
     assert (hit, extracted) == (False, len(cells)) and data["cell"] == cells[0].id
-    cached = [o.key for o in bucket.list(CACHE_PREFIX)]
+    cached = [o.key for o in bucket.list(layout.OSM_CACHE)]
     assert len(cached) == len(cells)
     again, hit, extracted = osm_for_cell(bucket, "osm/extracts/test.osm.pbf", cells[1], cells, margin=0.0005)
     assert (hit, extracted) == (True, 0) and again["ways"]

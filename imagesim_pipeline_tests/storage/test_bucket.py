@@ -111,10 +111,24 @@ def test_unreachable_s3_endpoint_gives_clear_error(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     import boto3
-    from botocore.config import Config
 
-    client = boto3.client("s3", endpoint_url="http://127.0.0.1:9", config=Config(retries={"max_attempts": 1},
-                                                                                 connect_timeout=1))
-    bucket = S3Bucket("s3://nowhere/x", client=client, endpoint_url="http://127.0.0.1:9")
+    bucket = S3Bucket("s3://nowhere/x", session=boto3.Session(), endpoint_url="http://127.0.0.1:9")
     with pytest.raises(StorageError, match="s3://nowhere/x/ard/.*AWS_ENDPOINT_URL"):
         list(bucket.list("ard/"))
+
+
+def test_s3_bucket_signs_and_hands_gdal_the_sessions_credentials(monkeypatch):
+    """The session given (not the environment's) signs the client and reaches GDAL."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-environment")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-environment")
+    import boto3
+
+    session = boto3.Session(aws_access_key_id="AKIDSESSION", aws_secret_access_key="secret",
+                            aws_session_token="token", region_name="eu-north-1")
+    bucket = S3Bucket("s3://b/x", session=session, endpoint_url="http://127.0.0.1:9")
+    assert bucket.client.meta.region_name == "eu-north-1"
+    assert bucket.client.meta.config.read_timeout == 10.0  # imagesim's bounds, not botocore's 60 s
+    with bucket.rasterio_env() as env:
+        creds = env.session.get_credential_options()
+    assert creds["AWS_ACCESS_KEY_ID"] == "AKIDSESSION" and creds["AWS_SESSION_TOKEN"] == "token"
+    assert creds["AWS_S3_ENDPOINT"] == "127.0.0.1:9"
