@@ -171,7 +171,8 @@ def tune(root: Path) -> None:
             by_place[ChipName.parse(r["chip"]).cell.id].append(r)
         for place, chips in sorted(by_place.items()):
             chips.sort(key=lambda r: (r["date"], r["catalog_id"]))
-            rows += [{"place": place, "chip_before": a["chip"], "chip_after": b["chip"], "catalog_before": a["catalog_id"],
+            rows += [{"place": place, "chip_before": a["chip"], "chip_after": b["chip"],
+                      "catalog_before": a["catalog_id"],
                       "catalog_after": b["catalog_id"]} for a, b in zip(chips, chips[1:])]
     extractor = FeatureExtractor((2, 4), upsample=1.0, normalise="imagenet")
     prep = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))

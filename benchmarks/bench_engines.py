@@ -13,7 +13,7 @@ Engines (each through the project's own code where the product uses it):
 * ``faiss``: the embedded default, ``hnsw_fp16`` (``search.index``), filters as allow-masks;
 * ``faiss-rabitq``: the quantised kind ``ivf_rabitq`` (``search.quantised``): 1-bit codes in RAM,
   shortlist re-ranked from float16 on disk;
-* ``pgvector``: PostgreSQL 18 + pgvector 0.8 (``search.pgvector_store``: the product's table,
+* ``pgvector``: PostgreSQL 18 + pgvector 0.8 (``search.pgvector_db``/``pgvector_store``: the product's table,
   COPY, float32 rows, HNSW over their float16 cast with a float32 re-rank, SQL filters, iterative
   scans), a local server started here and stopped
   by its process id;
@@ -114,7 +114,8 @@ class Corpus:
                 f = Filters(bbox=bbox, labels=(LABELS[int(rng.integers(0, len(LABELS)))],),
                             since=DATES[first], until=DATES[last])
                 share = float(self.mask(f).mean())
-                if best is None or abs(math.log(max(share, 1e-6) / target)) < abs(math.log(max(best[1], 1e-6) / target)):
+                if best is None or (abs(math.log(max(share, 1e-6) / target))
+                                    < abs(math.log(max(best[1], 1e-6) / target))):
                     best = (f, share)
             out.append((target, best[0], best[1]))
         return out
@@ -207,8 +208,9 @@ class PgvectorEngine:
                    c.probs[i], np.flatnonzero(c.probs[i] >= 0.5).tolist(), c.x[i])
 
     def build(self, c: Corpus) -> None:
-        from imagesim_pipeline.search import pgvector_store as pg
+        from imagesim_pipeline.search import pgvector_db as pg
         from imagesim_pipeline.search.catalog import IndexManifest
+        from imagesim_pipeline.search.pgvector_store import PgvectorStore
 
         self.c = c
         conn = pg.connect(self.dsn)
@@ -226,7 +228,7 @@ class PgvectorEngine:
         conn.execute(f"ANALYZE {self.table}")
         conn.commit()
         self.conn = conn
-        self.store = pg.PgvectorStore(manifest, self.dsn)
+        self.store = PgvectorStore(manifest, self.dsn)
 
     def size(self) -> dict:
         total, vec = self.conn.execute(f"SELECT pg_total_relation_size('{self.table}'), "
@@ -239,7 +241,7 @@ class PgvectorEngine:
         return [int(it.chip) for _, it in self.store.nearest(q, K, f or Filters(), frozenset())]
 
     def _cell(self, x: np.ndarray, cell: str, delete: bool) -> float:
-        from imagesim_pipeline.search import pgvector_store as pg
+        from imagesim_pipeline.search import pgvector_db as pg
 
         c = self.c
         t = time.perf_counter()
@@ -362,7 +364,7 @@ def run_engine(engine, c: Corpus, queries: np.ndarray, filters, truths) -> dict:
     row["filtered"] = []
     if engine.name != "pgvector-bq":
         for target, f, share in filters:
-            found, p50, p99 = timed_queries(lambda q: engine.query(q, f), queries)
+            found, p50, p99 = timed_queries(lambda q, f=f: engine.query(q, f), queries)
             short = sum(len(x) < min(K, len(e)) for x, e in zip(found, truths[target]))
             row["filtered"].append({"target": target, "share": round(share, 4),
                                     "recall": round(recall(found, truths[target]), 4),

@@ -94,7 +94,7 @@ import pyarrow.parquet as pq
 
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.models.registry import DEFAULT_NAME, get_pointer, read_metrics
-from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline.storage import layout, open_bucket
 
 MIN_JACCARD = 0.5
 STRICT_SHARE = 0.05
@@ -130,7 +130,7 @@ def load_embeddings(bucket, version: str) -> dict:
     from imagesim_pipeline.embeddings.cell_embeddings import iter_embeddings, vectors
 
     chips, places, emb = [], [], []
-    for cell, t in iter_embeddings(bucket, version):
+    for _cell, t in iter_embeddings(bucket, version):
         chips += t.column("chip").to_pylist()
         places += t.column("place").to_pylist()
         emb.append(vectors(t, "embedding"))
@@ -266,10 +266,10 @@ def change_metrics(y: np.ndarray, s: np.ndarray) -> dict:
 
 
 def changes(bucket, version: str, emb: dict, feat_row: dict[str, int], feats: np.ndarray) -> dict:
-    from imagesim_pipeline.changes.detect import MIN_GROUP, changes_key, robust_scores
+    from imagesim_pipeline.changes.detect import MIN_GROUP, robust_scores
     from imagesim_pipeline.demo.truth import read_changes
 
-    ct = pq.read_table(io.BytesIO(bucket.read_bytes(changes_key(version))))
+    ct = pq.read_table(io.BytesIO(bucket.read_bytes(layout.changes_key(version))))
     truth = read_changes(bucket).to_pandas()
     n_all = ct.num_rows
     before, after = ct.column("chip_before").to_pylist(), ct.column("chip_after").to_pylist()
@@ -313,7 +313,7 @@ def changes(bucket, version: str, emb: dict, feat_row: dict[str, int], feats: np
         classes: dict[str, set] = {}
         for cell in sorted({cell_of[p] for p in missing}):
             try:
-                for r in read_manifest(bucket, cell)["chips"]:
+                for r in read_manifest(bucket, cell).chips:
                     classes.setdefault(r["chip"].split("_", 1)[0], set()).add(r["class"])
             except Exception:  # noqa: BLE001 - a missing manifest is just "unknown"
                 pass
@@ -462,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     names = list(next(iter(chg["truths"].values())))
     table("AUROC within each acquisition pair, truth 'any vanished'",
           ["acquisition pair", "pairs", "pos", *names],
-          [[pr, r["pairs"], r["positives"], *(r[n] for n in names)] for pr, r in chg["auroc_by_acquisition_pair"].items()])
+          [[pr, r["pairs"], r["positives"], *(r[n] for n in names)]
+           for pr, r in chg["auroc_by_acquisition_pair"].items()])
 
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

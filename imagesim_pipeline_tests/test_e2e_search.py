@@ -9,13 +9,12 @@ import shutil
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
-from imagesim_pipeline.chips.cell_chips import manifest_key
 from imagesim_pipeline.chips.naming import ChipName, chip_key
 from imagesim_pipeline.cli import main
-from imagesim_pipeline.embeddings.cell_embeddings import embeddings_key, kept_chips
+from imagesim_pipeline.embeddings.cell_embeddings import kept_chips
 from imagesim_pipeline.models.registry import model_key
 from imagesim_pipeline.orchestration.partitions import ard_cells
-from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline.storage import layout, open_bucket
 from imagesim_pipeline.storage.layout import cell_changes_key
 from imagesim_pipeline_tests.conftest import chip_cells
 
@@ -46,7 +45,7 @@ def test_encoder_job_over_every_cell_in_one_run_then_the_cli(demo_model, tmp_pat
     # one step encoded every cell of the range, each partition materialized, then the index once
     assert len(result.get_step_success_events()) == 3
     assert instance.get_materialized_partitions(AssetKey("chip_embeddings")) == set(cells)
-    assert all(bucket.exists(embeddings_key(version, cell)) for cell in cells)
+    assert all(bucket.exists(layout.embeddings_key(version, cell)) for cell in cells)
     meta = instance.get_latest_materialization_event(AssetKey("chip_embeddings")).asset_materialization.metadata
     assert meta["chips"].value == sum(len(kept_chips(bucket, c)) for c in cells)
     assert meta["cells"].value == len(cells) and meta["model_version"].value == version
@@ -94,7 +93,7 @@ def test_embeddings_index_and_search_on_s3(demo_model, s3_env, dagster_home):
     local = open_bucket(root)
     s3 = open_bucket(s3_env)
     cell = min(chip_cells(local), key=lambda c: len(kept_chips(local, c)) or 10 ** 9)
-    s3.write_bytes(manifest_key(cell), local.read_bytes(manifest_key(cell)))
+    s3.write_bytes(layout.chip_manifest_key(cell), local.read_bytes(layout.chip_manifest_key(cell)))
     for row in kept_chips(local, cell):
         key = chip_key(ChipName.parse(row["chip"]))
         s3.write_bytes(key, local.read_bytes(key))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -103,8 +103,8 @@ class CellPairScorer:
         self.rows.append(row)
         self.kept += 1
 
-    def score_places(self, places: list[tuple[str, list[Mapping], list[Mapping[str, np.ndarray]], list[np.ndarray]]]
-                     ) -> None:
+    def score_places(self, places: Sequence[tuple[str, Sequence[Mapping], Sequence[Mapping[str, np.ndarray]],
+                                                   Sequence[np.ndarray]]]) -> None:
         """Score the consecutive pairs of each (place, its chips (manifest rows sorted by date), each chip's
         feature maps (output name -> (C, h, w)), each chip's input pixels), on every core: the encoder is
         idle meanwhile, and numpy, scipy and zlib release the GIL for the heavy work."""

@@ -48,7 +48,6 @@ from imagesim_pipeline.storage import Bucket, StorageError, layout
 if TYPE_CHECKING:  # the scorer brings onnxruntime: reading the table (CLI, service) needs none of it
     from imagesim_pipeline.changes.spatial import ChipPairScorer, PairChange
 
-CHANGES_PREFIX = layout.CHANGES
 MIN_GROUP = 30
 FEATURE_MAPS, EMBEDDING = "feature-maps", "embedding"  # the method column: what the score is
 Progress = Callable[[str], None]
@@ -56,9 +55,6 @@ Progress = Callable[[str], None]
 
 class ChangesError(ImagesimError):
     """Change detection has nothing to work on; the message says what to materialize."""
-
-
-changes_key = layout.changes_key
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -155,8 +151,8 @@ def score_pairs(bucket: Bucket, scorer: ChipPairScorer, rows: dict[str, list], w
         todo, images = [], []
         for i in which[start:start + batch]:
             try:
-                pair = tuple(decode_rgb(bucket.read_bytes(chip_key(ChipName.parse(rows[f"chip_{side}"][i]))))
-                             for side in ("before", "after"))
+                before, after = (chip_key(ChipName.parse(rows[f"chip_{side}"][i])) for side in ("before", "after"))
+                pair = (decode_rgb(bucket.read_bytes(before)), decode_rgb(bucket.read_bytes(after)))
             except (UnreadablePairError, StorageError) as exc:
                 warn(f"change of {rows['place'][i]} ({rows['chip_before'][i]} -> {rows['chip_after'][i]}) "
                      f"not scored: a chip is unreadable ({exc}); re-materialize chips for {rows['cell'][i]}")
@@ -222,7 +218,7 @@ def write_changes(bucket: Bucket, version: str, table: pa.Table) -> str:
 
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
-    key = changes_key(version)
+    key = layout.changes_key(version)
     bucket.write_bytes(key, buffer.getvalue())
     return key
 
@@ -231,12 +227,12 @@ def read_changes(bucket: Bucket, version: str) -> pa.Table:
     """The published change table of ``version``, most changed first; :class:`ChangesError` when missing."""
     import pyarrow.parquet as pq
 
-    key = changes_key(version)
+    key = layout.changes_key(version)
     if not bucket.exists(key):
         raise ChangesError(f"no change scores for model {version} at {bucket.url(key)}: materialize chip_changes "
                            "(encoder_job)")
     return pq.read_table(io.BytesIO(bucket.read_bytes(key)))
 
 
-__all__ = ["CHANGES_PREFIX", "ChangesError", "EMBEDDING", "FEATURE_MAPS", "MIN_GROUP", "change_table", "changes_key",
-           "pair_distances", "read_changes", "robust_scores", "score_pairs", "write_changes"]
+__all__ = ["ChangesError", "EMBEDDING", "FEATURE_MAPS", "MIN_GROUP", "change_table", "pair_distances",
+           "read_changes", "robust_scores", "score_pairs", "write_changes"]

@@ -84,7 +84,7 @@ class OnnxFeatureMaps:
         batch = np.empty((len(images), 3, self.size, self.size), np.float32)
         for i, image in enumerate(images):
             if image.shape[:2] != (self.size, self.size):
-                image = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR))
+                image = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.Resampling.BILINEAR))
             x = image.transpose(2, 0, 1).astype(np.float32) / 255.0
             if normalise == "image":  # as the pixel-pair scorer's FeatureExtractor does
                 batch[i] = (x - x.mean(axis=(1, 2), keepdims=True)) / (x.std(axis=(1, 2), keepdims=True) + 1 / 255)

@@ -72,7 +72,7 @@ def overlay_png(change: np.ndarray, size: tuple[int, int] | None = None) -> byte
 
     image = Image.fromarray(heat_overlay(change), mode="RGBA")
     if size is not None and image.size != size:
-        image = image.resize(size, Image.BILINEAR)
+        image = image.resize(size, Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -83,7 +83,7 @@ def composite(after: np.ndarray, change: np.ndarray) -> np.ndarray:
     from PIL import Image
 
     base = Image.fromarray(after).convert("RGBA")
-    heat = Image.fromarray(heat_overlay(change), mode="RGBA").resize(base.size, Image.BILINEAR)
+    heat = Image.fromarray(heat_overlay(change), mode="RGBA").resize(base.size, Image.Resampling.BILINEAR)
     return np.asarray(Image.alpha_composite(base, heat).convert("RGB"))
 
 

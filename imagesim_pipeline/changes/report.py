@@ -1,4 +1,4 @@
-"""Pictures of a change table for people: the top pairs as before | after | map, and the score histogram."""
+"""Pictures of a change table for people: the top pairs as before | after | map, the score histogram and its figures."""
 
 from __future__ import annotations
 
@@ -70,4 +70,15 @@ def histogram_png(scores: np.ndarray, method: str) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["histogram_png", "pairs_sheet"]
+def score_summary(scores: np.ndarray) -> dict[str, float]:
+    """The figures behind :func:`histogram_png`: scored pairs, the median, 90th and 99th percentile and the maximum."""
+    finite = np.asarray(scores, np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        return {"scored": 0}
+    p50, p90, p99 = np.percentile(finite, [50, 90, 99])
+    return {"scored": len(finite), "median": float(p50), "p90": float(p90), "p99": float(p99),
+            "max": float(finite.max())}
+
+
+__all__ = ["histogram_png", "pairs_sheet", "score_summary"]

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ class FeatureExtractor:
         if self.upsample != 1:
             x = F.interpolate(x, scale_factor=self.upsample, mode="bilinear", align_corners=False)
         out: dict[int, np.ndarray] = {}
-        m = self.model
+        m: Any = self.model  # a timm EfficientNet: torch's Module type does not declare its stages
         with torch.inference_mode():
             x = m.bn1(m.conv_stem(x))
             for i, block in enumerate(m.blocks[: self.blocks[-1] + 1]):
@@ -261,8 +262,8 @@ def change_map(features_before: Sequence[np.ndarray], features_after: Sequence[n
     if len(features_before) != len(features_after) or not features_before:
         raise ValueError("need the same, non-zero number of feature maps for both images")
     height, width = before.shape[:2]
-    feat = sum(resize_bilinear(feature_distance(fa, fb, params.radius, params.match_penalty), height, width)
-               for fa, fb in zip(features_before, features_after)) / len(features_before)
+    feat = np.asarray(sum(resize_bilinear(feature_distance(fa, fb, params.radius, params.match_penalty), height, width)
+                          for fa, fb in zip(features_before, features_after))) / len(features_before)
     if params.pixel_weight > 0:
         cue = pixel_envelope_distance if params.pixel_cue == "envelope" else pixel_distance
         feat = feat + params.pixel_weight * cue(before, after, params.pixel_radius, params.pixel_sigma)

@@ -15,6 +15,7 @@ from imagesim_pipeline.cli import data, demo, model, runs, search
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``imagesim`` argument parser with every command group's subcommands."""
     parser = argparse.ArgumentParser(prog="imagesim", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (data, runs, model, search, demo):
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``imagesim`` command; its exit code (2 with one line on stderr for an error that says what to do)."""
     from imagesim_pipeline.errors import ImagesimError
     from imagesim_pipeline.storage import StorageError
 

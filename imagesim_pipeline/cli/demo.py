@@ -7,7 +7,7 @@ from pathlib import Path
 
 from imagesim_pipeline.cli.common import BUCKET_HELP, _print
 from imagesim_pipeline.cli.model import _print_model
-from imagesim_pipeline.cli.search import _hits_table, cmd_changes
+from imagesim_pipeline.cli.search import _hits_table, print_changes
 from imagesim_pipeline.service.smoke import check_service
 
 
@@ -43,6 +43,7 @@ def _build_world(args: argparse.Namespace, bucket) -> list[str]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``imagesim demo``: render the demo world and run the whole pipeline over it; 1 when a check failed."""
     from imagesim_pipeline.ard.discovery import discover_bucket
     from imagesim_pipeline.orchestration.instance import (
         register_cells,
@@ -134,8 +135,7 @@ def _print_search(bucket) -> bool:
     _print(f"\nexample: chips that look like {chip} (`imagesim search --chip {chip} --k 8 --spread`):")
     _print(_hits_table(engine.by_chip(chip, k=8, spread=True)))
     _print("")
-    return cmd_changes(argparse.Namespace(bucket=bucket.uri, version="", name=engine.name, top=10, bbox=None,
-                                          map=_change_maps_dir(bucket))) == 0
+    return print_changes(bucket, engine.name, top=10, maps=_change_maps_dir(bucket)) == 0
 
 
 def _change_maps_dir(bucket) -> Path | None:

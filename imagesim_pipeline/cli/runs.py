@@ -9,6 +9,7 @@ from imagesim_pipeline.cli.common import BUCKET_HELP, _exec_dagster, _parse_zone
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
+    """``imagesim materialize``: run a job over cells in this process; 1 when a cell failed."""
     from imagesim_pipeline.orchestration.instance import run_cells
 
     failures = run_cells(args.cells or None, job_name=args.job, progress=_print, bucket=args.bucket,
@@ -21,6 +22,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    """``imagesim backfill``: launch a backfill over a UTM zone's cells, optionally following it."""
     from imagesim_pipeline.orchestration.backfills import daemon_running, launch_zone_backfill, wait_for_backfill
     from imagesim_pipeline.orchestration.instance import open_instance
 
@@ -40,6 +42,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """``imagesim ui``: the Dagster webserver and daemon for this instance."""
     from imagesim_pipeline.settings import dagster_home
 
     if not _port_free(args.host, args.port):
@@ -50,6 +53,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    """``imagesim daemon``: the Dagster daemon alone, after the deployment check."""
     from imagesim_pipeline.orchestration.compute import require_deployment
 
     require_deployment()

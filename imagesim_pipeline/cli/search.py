@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagesim_pipeline.cli.common import (
     BUCKET_HELP,
@@ -16,6 +17,9 @@ from imagesim_pipeline.cli.common import (
     _port_free,
     _print,
 )
+
+if TYPE_CHECKING:
+    from imagesim_pipeline.storage import Bucket
 
 
 def _hits_table(hits, first: tuple[str, ...] = ()) -> str:
@@ -30,6 +34,7 @@ def _hits_table(hits, first: tuple[str, ...] = ()) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    """``imagesim search``: the chips most like the given chips or images, as a table or JSON."""
     from imagesim_pipeline.errors import ImagesimError
     from imagesim_pipeline.search.engine import Example, Filters, SearchEngine, hits_to_geojson
     from imagesim_pipeline.service.uploads import check_image
@@ -65,26 +70,34 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_changes(args: argparse.Namespace) -> int:
+    """``imagesim changes``: the most changed place pairs of the served (or --version) model."""
+    from imagesim_pipeline.storage import open_bucket
+
+    return print_changes(open_bucket(args.bucket), args.name, args.version or "", args.top, args.bbox, args.map)
+
+
+def print_changes(bucket: Bucket, name: str, version: str = "", top: int = 20,
+                  bbox: tuple[float, float, float, float] | None = None, maps: Path | None = None) -> int:
+    """Print the ``top`` most changed place pairs of model ``name`` (``version``, default the served one), only
+    those meeting ``bbox`` when given, and write their change maps into ``maps``; the exit code."""
     import shapely
 
     from imagesim_pipeline.changes.detect import read_changes
     from imagesim_pipeline.demo.truth import CHANGES_KEY, ChangeTruth
     from imagesim_pipeline.models.registry import served_version
-    from imagesim_pipeline.storage import open_bucket
 
-    bucket = open_bucket(args.bucket)
-    version = args.version or served_version(bucket, args.name)
+    version = version or served_version(bucket, name)
     table = read_changes(bucket, version)
     rows = table.to_pylist()
-    if args.bbox:
-        area = shapely.box(*args.bbox)
+    if bbox:
+        area = shapely.box(*bbox)
         rows = [r for r in rows if shapely.from_wkb(r["geometry"]).intersects(area)]
     method = rows[0].get("method", "embedding") if rows else "embedding"
     truth = ChangeTruth.from_bucket(bucket)  # a demo world knows which buildings vanished
     _print(f"{len(rows)} place pairs (model {version}, score from {method}); most changed first:")
     _print(f"{'#':>3}  {'score':>6}  {'change':>6}  {'dist':>5}  {'place':<22} {'before':<10}  {'after':<10}  "
            f"{'kind':<12}" + ("  truth (demo world)" if truth else ""))
-    shown = [r for r in rows if r["score"] == r["score"]][: args.top]  # NaN: a pair that could not be scored
+    shown = [r for r in rows if r["score"] == r["score"]][:top]  # NaN: a pair that could not be scored
     for i, r in enumerate(shown, 1):
         change = f"{r['change']:6.3f}" if r.get("change") is not None and r["change"] == r["change"] else f"{'-':>6}"
         line = (f"{i:>3}  {r['score']:6.2f}  {change}  {r['distance']:5.3f}  {r['place']:<22} "
@@ -97,12 +110,12 @@ def cmd_changes(args: argparse.Namespace) -> int:
     if truth and shown:
         _print(f"demo truth: {truth.hits(shown)} of these {len(shown)} are places where buildings vanished "
                f"({len(truth.rows)} such place pairs in {bucket.url(CHANGES_KEY)})")
-    if args.map:
-        return _write_change_maps(bucket, shown, args.map)
+    if maps:
+        return _write_change_maps(bucket, shown, maps)
     return 0
 
 
-def _write_change_maps(bucket, rows: list[dict], folder: Path) -> int:
+def _write_change_maps(bucket: Bucket, rows: list[dict], folder: Path) -> int:
     """``changes --map``: each row's before | after | after with its change map, as a JPEG in ``folder``."""
     from imagesim_pipeline.changes.cell_changes import read_change_map
     from imagesim_pipeline.changes.maps import triptych
@@ -140,12 +153,12 @@ def cmd_engine(args: argparse.Namespace) -> int:
                f"Stop it: imagesim engine stop --dir {args.dir}")
         return 0
     if args.action == "stop":
-        server = LocalPostgres.running(args.dir)
-        if server is None:
+        running = LocalPostgres.running(args.dir)
+        if running is None:
             _print(f"no PostgreSQL runs from {args.dir}")
             return 0
-        server.stop()
-        _print(f"stopped PostgreSQL (pid {server.pid})")
+        running.stop()
+        _print(f"stopped PostgreSQL (pid {running.pid})")
         return 0
     from imagesim_pipeline.search.stores import engine_status, write_index
     from imagesim_pipeline.storage import open_bucket
@@ -163,6 +176,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``imagesim serve``: the search API, tiles and web page over the bucket."""
     import uvicorn
 
     from imagesim_pipeline.service.app import create_app

@@ -115,14 +115,14 @@ def load_layers(pbf: str | Path) -> Layers:
     heights: list[float] = []
     for obj in osmium.FileProcessor(str(pbf)).with_areas().with_locations():
         try:
-            if obj.is_area():
+            if isinstance(obj, osmium.osm.Area):
                 cls = area_class(obj.tags)
                 if cls:
                     out[cls].append(shapely.from_wkb(wkb.create_multipolygon(obj)))
                     if cls == "building":
                         building_ids.append(f"{'w' if obj.from_way() else 'r'}{obj.orig_id()}")
                         heights.append(building_height(obj.tags))
-            elif obj.is_way():
+            elif isinstance(obj, osmium.osm.Way):
                 cls = line_class(obj.tags)
                 if cls and len(obj.nodes) >= 2:
                     out[cls].append(shapely.from_wkb(wkb.create_linestring(obj)))

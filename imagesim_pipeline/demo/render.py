@@ -78,6 +78,7 @@ class Look:
 
 
 def to_utm(features: dict[str, list[BaseGeometry]], epsg: int) -> dict[str, list[BaseGeometry]]:
+    """``features`` (WGS84) reprojected to ``epsg``."""
     fn = Transformer.from_crs(4326, epsg, always_xy=True).transform
     return {k: [shapely.transform(g, fn, interleaved=False) for g in v] for k, v in features.items()}
 

@@ -28,6 +28,7 @@ def read_changes(bucket: Bucket) -> pa.Table:
 
 @dataclass(frozen=True)
 class Vanished:
+    """Buildings removed from a place between two dates, and the share of its area they covered."""
     buildings: int
     share: float  # of the place's area
 

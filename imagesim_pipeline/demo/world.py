@@ -95,6 +95,7 @@ class Region:
 
 
 def extract_bounds(pbf: Path) -> tuple[float, float, float, float]:
+    """(west, south, east, north) in degrees of an OSM extract: its header's box, else its nodes' extent."""
     import osmium
 
     header = osmium.io.Reader(str(pbf), osmium.osm.osm_entity_bits.NOTHING).header().box()
@@ -103,7 +104,7 @@ def extract_bounds(pbf: Path) -> tuple[float, float, float, float]:
     # No bounding box in the header (e.g. a generated extract): the extent of its nodes.
     lons, lats = [], []
     for node in osmium.FileProcessor(str(pbf), osmium.osm.NODE):
-        if node.location.valid():
+        if isinstance(node, osmium.osm.Node) and node.location.valid():
             lons.append(node.location.lon)
             lats.append(node.location.lat)
     if not lons:
@@ -113,7 +114,7 @@ def extract_bounds(pbf: Path) -> tuple[float, float, float, float]:
 
 def region_frame(region: Region) -> tuple[int, BaseGeometry, tuple[float, float, float, float]]:
     """(EPSG, valid-data footprint, pixel-aligned render bounds) of a region, in its UTM zone."""
-    if region.aligned:
+    if region.bounds is not None and region.epsg is not None:  # region.aligned
         return region.epsg, box(*region.bounds), region.bounds
     west, south, east, north = extract_bounds(region.pbf)
     zone = zone_of_longitude((west + east) / 2)
@@ -244,10 +245,12 @@ def _deliver(bucket: Bucket | str, region: Region, index: int, seed: int, workdi
 
 
 def changes_table(rows: list[dict]) -> pa.Table:
+    """The ground-truth changes table (``CHANGES_SCHEMA``) from its rows."""
     return pa.Table.from_pylist(rows, schema=CHANGES_SCHEMA)
 
 
 def default_regions(pbfs: dict[str, Path]) -> list[Region]:
+    """The demo's two regions: Helsinki and Kotka (the sample extracts)."""
     return [Region("HELSINKI", pbfs["Helsinki.osm.pbf"]), Region("KOTKA", pbfs["test.osm.pbf"])]
 
 

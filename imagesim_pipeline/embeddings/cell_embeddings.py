@@ -16,10 +16,10 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +36,6 @@ from imagesim_pipeline.storage import Bucket, StorageError, layout
 if TYPE_CHECKING:  # the encoder brings torch and onnxruntime: reading embeddings (search, changes) needs neither
     from imagesim_pipeline.embeddings.encoder import OnnxEncoder
 
-EMBEDDINGS_PREFIX = layout.EMBEDDINGS
 Progress = Callable[[str], None]
 
 
@@ -48,12 +47,9 @@ class EmbeddingsError(ImagesimError):
         self.reason = reason or message
 
 
-embeddings_key = layout.embeddings_key
-version_prefix = layout.embeddings_prefix
-
-
 @dataclass
 class CellEmbeddings:
+    """What encoding one cell did: its embeddings table and the counts reported as metadata."""
     cell: str
     version: str
     table: pa.Table
@@ -67,10 +63,12 @@ class CellEmbeddings:
 
     @property
     def chips(self) -> int:
+        """Chips in the cell's table."""
         return self.table.num_rows
 
 
 def schema(dim: int, labels: int) -> pa.Schema:
+    """The Arrow schema of a cell's embeddings file for ``dim``-d embeddings and ``labels`` labels."""
     return pa.schema([
         ("chip", pa.string()), ("place", pa.string()), ("cell", pa.string()), ("catalog_id", pa.string()),
         ("date", pa.date32()), ("geometry", pa.binary()),
@@ -79,7 +77,7 @@ def schema(dim: int, labels: int) -> pa.Schema:
     ])
 
 
-def _geo_metadata(table: pa.Table) -> dict[str, bytes]:
+def _geo_metadata(table: pa.Table) -> dict[bytes, bytes]:
     geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)) if table.num_rows else []
     bbox = list(shapely.total_bounds(geoms)) if len(geoms) else []
     geo = {"version": "1.0.0", "primary_column": "geometry",
@@ -89,7 +87,7 @@ def _geo_metadata(table: pa.Table) -> dict[str, bytes]:
 
 def read_cell_embeddings(bucket: Bucket, version: str, cell_id: str) -> pa.Table | None:
     """The cell's table, or None when it has none for this model version."""
-    key = embeddings_key(version, cell_id)
+    key = layout.embeddings_key(version, cell_id)
     try:
         data = bucket.read_bytes(key)
     except StorageError:
@@ -106,7 +104,7 @@ def iter_embeddings(bucket: Bucket, version: str, warn: Progress | None = None) 
 
     With ``warn``, an unreadable cell file is named there and skipped; without, it raises.
     """
-    for obj in sorted(bucket.list(version_prefix(version)), key=lambda o: o.key):
+    for obj in sorted(bucket.list(layout.embeddings_prefix(version)), key=lambda o: o.key):
         if obj.key.endswith(".parquet"):
             cell = obj.key.rsplit("/", 1)[1][: -len(".parquet")]
             try:
@@ -126,7 +124,7 @@ def kept_chips(bucket: Bucket, cell_id: str) -> list[dict]:
         manifest = read_manifest(bucket, cell_id)
     except StorageError:
         raise EmbeddingsError(f"cell {cell_id} has no chip manifest: materialize chips for it first") from None
-    return [r for r in manifest["chips"] if r["written"] and r["class"] == ALL_DATA]
+    return [dict(r) for r in manifest.chips if r["written"] and r["class"] == ALL_DATA]
 
 
 def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Progress = lambda m: None,
@@ -145,8 +143,8 @@ def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Pro
     try:
         old = read_cell_embeddings(bucket, encoder.version, cell_id)
     except EmbeddingsError as exc:
-        (warn or progress)(f"{bucket.url(embeddings_key(encoder.version, cell_id))} is unreadable ({exc.reason}): "
-                           f"treated as missing, encoding {cell_id} again")
+        (warn or progress)(f"{bucket.url(layout.embeddings_key(encoder.version, cell_id))} is unreadable "
+                           f"({exc.reason}): treated as missing, encoding {cell_id} again")
         old, repaired = None, True
     reuse: dict[str, int] = {}  # chip -> its row in the earlier table, when its JPEG is unchanged
     if old is not None and old.schema.equals(schema(encoder.dim, len(encoder.labels))):
@@ -245,12 +243,13 @@ def write_cell_embeddings(bucket: Bucket, version: str, cell_id: str, table: pa.
     """Publish a cell's table (one atomic object write); its key."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
-    key = embeddings_key(version, cell_id)
+    key = layout.embeddings_key(version, cell_id)
     bucket.write_bytes(key, buffer.getvalue())
     return key
 
 
-def cell_table(rows: list[dict], embeddings: np.ndarray, probs: np.ndarray, encoder: OnnxEncoder) -> pa.Table:
+def cell_table(rows: Sequence[Mapping[str, Any]], embeddings: np.ndarray, probs: np.ndarray,
+               encoder: OnnxEncoder) -> pa.Table:
     """A cell's GeoParquet table from its chip rows (chip, cell, catalog_id, date, bytes), embeddings and
     probabilities; ``encoder`` gives the model name, version, labels and thresholds kept in its metadata."""
     names = [ChipName.parse(r["chip"]) for r in rows]
@@ -283,6 +282,5 @@ def vectors(table: pa.Table, column: str = "embedding") -> np.ndarray:
     return np.asarray(col.flatten(), np.float32).reshape(-1, width)
 
 
-__all__ = ["CellEmbeddings", "EMBEDDINGS_PREFIX", "EmbeddingsError", "cell_table", "embed_cell", "embeddings_key",
-           "iter_embeddings", "kept_chips", "read_cell_embeddings", "schema", "table_meta", "vectors", "version_prefix",
-           "write_cell_embeddings"]
+__all__ = ["CellEmbeddings", "EmbeddingsError", "cell_table", "embed_cell", "iter_embeddings", "kept_chips",
+           "read_cell_embeddings", "schema", "table_meta", "vectors", "write_cell_embeddings"]

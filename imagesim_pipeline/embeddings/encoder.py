@@ -80,6 +80,7 @@ class OnnxEncoder:
 
     @property
     def dim(self) -> int:
+        """The embedding dimension (the model's second output)."""
         return int(self.session.get_outputs()[1].shape[1])
 
     def encode(self, images: Sequence[bytes], with_maps: bool = False) -> Encoded:

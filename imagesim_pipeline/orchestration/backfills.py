@@ -14,7 +14,7 @@ from dagster import AssetKey, DagsterInstance
 
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.orchestration.failures import RUN_RETRY_TAGS
-from imagesim_pipeline.orchestration.partitions import ard_cells
+from imagesim_pipeline.orchestration.partitions import ARD_CELLS, ard_cells
 
 DAEMON_HEARTBEAT_S = 120
 """A daemon whose last heartbeat is older than this is taken as not running."""
@@ -22,6 +22,7 @@ DAEMON_HEARTBEAT_S = 120
 
 @dataclass(frozen=True)
 class ZoneBackfill:
+    """A launched backfill: its id and the zone, cells and assets it covers."""
     backfill_id: str
     zone: int
     cells: list[str]
@@ -30,7 +31,7 @@ class ZoneBackfill:
 
 def zone_cells(instance: DagsterInstance, zone: int) -> list[str]:
     """The registered cells of ``zone``, or an error naming the zones there are."""
-    cells = instance.get_dynamic_partitions(ard_cells.name)
+    cells = instance.get_dynamic_partitions(ARD_CELLS)
     chosen = [c for c in cells if c[1:3] == f"{zone:02d}"]
     if not chosen:
         zones = sorted({c[1:3] for c in cells})
@@ -89,6 +90,8 @@ def wait_for_backfill(instance: DagsterInstance, backfill_id: str, progress: Cal
     last, deadline = "", time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         backfill = instance.get_backfill(backfill_id)
+        if backfill is None:
+            raise ImagesimError(f"backfill {backfill_id} is not in this Dagster instance (deleted?)")
         runs = instance.get_runs(RunsFilter.for_backfill(backfill_id))
         finished = [r for r in runs if r.status in done]
         failed = [r for r in finished if r.status != DagsterRunStatus.SUCCESS]

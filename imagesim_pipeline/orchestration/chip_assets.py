@@ -25,7 +25,7 @@ from imagesim_pipeline.chips.nodata_index import class_histogram, write_cell_ind
 from imagesim_pipeline.orchestration.ard_assets import ard_tile
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
-from imagesim_pipeline.orchestration.metadata import image_markdown
+from imagesim_pipeline.orchestration.metadata import plot
 from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
 from imagesim_pipeline.storage import layout
@@ -74,7 +74,7 @@ def chips(context: AssetExecutionContext, config: ChipsConfig, bucket: BucketRes
         "location": store.url(layout.chip_cell_prefix(cell.id) + "*"),
     }
     if sample:
-        metadata["contact_sheet"] = MetadataValue.md(image_markdown(contact_sheet(sample), "sample chips"))
+        metadata["contact_sheet"] = plot(contact_sheet(sample), "sample chips")
     return MaterializeResult(metadata=metadata)
 
 

@@ -122,7 +122,7 @@ def check_instance_storage(home: Path | None = None, timeout_s: float = 5.0) -> 
     pg = _postgres_block(resolved)
     if pg is None:
         return f"SQLite in {_sqlite_dir(resolved, home)}"
-    raw_pg = _postgres_block(config)
+    raw_pg = _postgres_block(config) or {}
     return _check_postgres(pg, _env_names(raw_pg.get("postgres_db") or {}), f"{config_file} storage.postgres",
                            timeout_s)
 
@@ -138,7 +138,8 @@ def _driver_problem(url: str, names: dict[str, str]) -> str | None:
 
     try:
         dialect = make_url(url).get_dialect()
-        (dialect.import_dbapi if hasattr(dialect, "import_dbapi") else dialect.dbapi)()
+        load_dbapi: Any = getattr(dialect, "import_dbapi", None) or getattr(dialect, "dbapi", None)  # 2.x or 1.4
+        load_dbapi()
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         import sqlalchemy
 
@@ -151,7 +152,7 @@ def _driver_problem(url: str, names: dict[str, str]) -> str | None:
 
 
 def _check_postgres(pg: dict, names: dict[str, str], source: str, timeout_s: float) -> str:
-    import psycopg2
+    import psycopg2  # type: ignore[import-untyped]  # no stubs installed; dagster-postgres's driver
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -160,7 +161,7 @@ def _check_postgres(pg: dict, names: dict[str, str], source: str, timeout_s: flo
     elif isinstance(pg.get("postgres_db"), dict):
         from dagster_postgres.utils import get_conn_string
 
-        db_config = {k: (str(v) if k == "port" else v) for k, v in pg["postgres_db"].items()}
+        db_config: dict[str, Any] = {k: (str(v) if k == "port" else v) for k, v in pg["postgres_db"].items()}
         if not db_config.get("port", "5432").isdigit():
             raise DeploymentError(f"{source}: the port {db_config['port']!r} is not a number "
                                   f"(check {names.get('port', 'port in dagster.yaml')})")
@@ -177,7 +178,7 @@ def _check_postgres(pg: dict, names: dict[str, str], source: str, timeout_s: flo
     problem = _driver_problem(url, names)
     if problem:
         raise DeploymentError(f"Dagster cannot use the PostgreSQL {target} ({source}): {problem}")
-    options = {k: (v if isinstance(v, str) else v[-1]) for k, v in parsed.query.items()}
+    options: dict[str, Any] = {k: (v if isinstance(v, str) else v[-1]) for k, v in parsed.query.items()}
     options.update(parsed.translate_connect_args(username="user", database="dbname"))
     # connect_timeout: libpq's bound on the whole connection set-up (whole seconds, at least 2)
     options["connect_timeout"] = max(2, math.ceil(timeout_s))

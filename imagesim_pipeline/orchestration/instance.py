@@ -28,13 +28,13 @@ def open_instance():
 
 def register_cells(cell_ids: list[str]) -> list[str]:
     """Add the cells that are not yet partitions of ``ard_cells``; returns the added ones."""
-    from imagesim_pipeline.orchestration.partitions import ard_cells
+    from imagesim_pipeline.orchestration.partitions import ARD_CELLS
 
     instance = open_instance()
-    existing = set(instance.get_dynamic_partitions(ard_cells.name))
+    existing = set(instance.get_dynamic_partitions(ARD_CELLS))
     added = [c for c in cell_ids if c not in existing]
     if added:
-        instance.add_dynamic_partitions(ard_cells.name, added)
+        instance.add_dynamic_partitions(ARD_CELLS, added)
     return added
 
 
@@ -81,10 +81,10 @@ def run_cells(cell_ids: list[str] | None = None, job_name: str = "datamaker_job"
     """Run ``job_name`` once per cell partition (default: all registered), or in ``one_run`` over their
     range, over ``bucket`` (default: the configured one); returns the failed cells."""
     from imagesim_pipeline.definitions import defs
-    from imagesim_pipeline.orchestration.partitions import ard_cells
+    from imagesim_pipeline.orchestration.partitions import ARD_CELLS
 
     instance = open_instance()
-    known = instance.get_dynamic_partitions(ard_cells.name)
+    known = instance.get_dynamic_partitions(ARD_CELLS)
     cells = list(cell_ids) if cell_ids else list(known)
     if not cells:
         raise ImagesimError(f"no cell is registered as a partition in the Dagster instance at {dagster_home()}: "

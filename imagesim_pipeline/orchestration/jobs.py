@@ -21,7 +21,7 @@ from dagster import (
 )
 
 from imagesim_pipeline.orchestration.failures import RUN_RETRY_TAGS
-from imagesim_pipeline.orchestration.partitions import ard_cells
+from imagesim_pipeline.orchestration.partitions import ARD_CELLS
 
 CELL_ASSETS = AssetSelection.assets("ard_tile", "osm_data", "chips", "nodata_index", "chip_labels")
 TRAINING_ASSETS = AssetSelection.assets("smlc_model", "onnx_model")
@@ -54,6 +54,7 @@ encoder_job = define_asset_job(
                       "dataset keeps its version (a hash of the inputs); a new version starts training "
                       "(dataset_version_sensor).")
 def dataset_nightly(context: ScheduleEvaluationContext) -> RunRequest:
+    """Rebuild the training dataset once a night."""
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
     return RunRequest(run_key=f"dataset-{day}", asset_selection=[AssetKey("training_dataset")],
                       tags=RUN_RETRY_TAGS)
@@ -63,7 +64,8 @@ def dataset_nightly(context: ScheduleEvaluationContext) -> RunRequest:
           description="Every Saturday, fetch OpenStreetMap again for every registered cell and relabel its "
                       "chips (osm_data, chip_labels): one run per cell, queued behind other work.")
 def osm_weekly(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
-    cells = context.instance.get_dynamic_partitions(ard_cells.name)
+    """Fetch OSM again and relabel every registered cell once a week."""
+    cells = context.instance.get_dynamic_partitions(ARD_CELLS)
     if not cells:
         return SkipReason("no registered cell")
     week = datetime.fromtimestamp(context.scheduled_execution_time.timestamp()).strftime("%G-W%V")

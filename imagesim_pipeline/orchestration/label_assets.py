@@ -37,7 +37,7 @@ from imagesim_pipeline.labels.cell_labels import (
 from imagesim_pipeline.orchestration.chip_assets import nodata_index
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
-from imagesim_pipeline.orchestration.metadata import counts_table, image_markdown
+from imagesim_pipeline.orchestration.metadata import counts_table, plot
 from imagesim_pipeline.orchestration.osm_assets import osm_data
 from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
@@ -181,7 +181,7 @@ def training_dataset(context: AssetExecutionContext, config: TrainingDatasetConf
         "seconds": round(result.seconds, 2),
     }
     for name, png in stats_plots(stats).items():
-        metadata[f"plot_{name}"] = MetadataValue.md(image_markdown(png, name))
+        metadata[f"plot_{name}"] = plot(png, name)
     weak = label_support(manifest, config.min_examples)
     checks = [
         AssetCheckResult(check_name="no_spatial_leakage", passed=leakage.ok, metadata={

@@ -24,6 +24,7 @@ class _OneLine(logging.Formatter):
 @logger(config_schema={"log_level": Field(str, is_required=False, default_value="WARNING")},
         description="One line per record (errors without their traceback), for scripted runs")
 def one_line_console(init_context) -> logging.Logger:
+    """A logger printing one line per record to stderr."""
     log = logging.getLogger("imagesim.runs")
     log.setLevel(init_context.logger_config["log_level"].upper())
     log.propagate = False

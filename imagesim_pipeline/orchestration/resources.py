@@ -1,8 +1,7 @@
-"""Dagster resources: the bucket, built on dagster-aws's S3 resource for ``s3://`` URIs."""
+"""Dagster resources: the bucket (for ``s3://`` URIs, a boto3 session in the configured region)."""
 
 
 from dagster import ConfigurableResource, Failure
-from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from imagesim_pipeline.settings import bucket_uri, settings
@@ -18,14 +17,17 @@ class BucketResource(ConfigurableResource):
     region_name: str | None = Field(default=None, description="AWS region of the bucket")
 
     def get_bucket(self) -> Bucket:
+        """The bucket; a Failure that will not retry for a folder in the AWS deployment."""
         if settings().deployment == "aws" and not self.uri.startswith("s3://"):
             raise Failure(allow_retries=False,
                           description=f"the AWS deployment needs an s3:// bucket, not {self.uri!r}: every step runs "
                                       "in its own ECS task, so a folder would vanish with it. Set IMAGESIM_BUCKET "
                                       "to s3://<bucket>/<prefix> (the stack's task definitions do).")
         if self.uri.startswith("s3://"):
-            s3 = S3Resource(endpoint_url=self.endpoint_url, region_name=self.region_name)
-            return open_bucket(self.uri, client=s3.get_client(), endpoint_url=self.endpoint_url)
+            import boto3
+
+            session = boto3.Session(region_name=self.region_name)  # None: boto3's default region chain
+            return open_bucket(self.uri, session=session, endpoint_url=self.endpoint_url)
         return open_bucket(self.uri)
 
 

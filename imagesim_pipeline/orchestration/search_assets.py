@@ -19,19 +19,22 @@ from pydantic import Field
 from imagesim_pipeline.orchestration.chip_assets import chips
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS, INDEX_POOL
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
-from imagesim_pipeline.orchestration.metadata import counts_table, image_markdown
+from imagesim_pipeline.orchestration.metadata import counts_table, plot, rounded, significant
 from imagesim_pipeline.orchestration.model_assets import onnx_model
 from imagesim_pipeline.orchestration.partitions import ard_cells, registered_cell
 from imagesim_pipeline.orchestration.resources import BucketResource
+from imagesim_pipeline.storage import layout
 from imagesim_pipeline.storage.layout import CHANGES
 
 
 class ModelChoice(Config):
+    """Which published model a search asset uses."""
     name: str = Field(default="smlc", description="model name: models/<name>/ in the bucket")
     version: str = Field(default="", description="model version (default: the newest published one, latest.json)")
 
 
 class EmbeddingsConfig(ModelChoice):
+    """How chip_embeddings runs the encoder."""
     threads: int = Field(default=0, description="onnxruntime intra-op threads (0: every core)")
     batch_size: int = Field(default=32, description="images per onnxruntime call")
     score_changes: bool = Field(default=True, description="also score each place's pairs of acquisitions for "
@@ -51,12 +54,11 @@ def _version(store, config: ModelChoice) -> str:
                    "geometry, embedding, label probabilities). Unchanged chips are not encoded again.")
 def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bucket: BucketResource
                     ) -> MaterializeResult:
+    """Encode the cells' chips and write their embeddings (the asset's description says more)."""
     from imagesim_pipeline.embeddings.cell_embeddings import (
         EmbeddingsError,
         embed_cell,
-        embeddings_key,
         vectors,
-        version_prefix,
     )
     from imagesim_pipeline.embeddings.encoder import OnnxEncoder
     from imagesim_pipeline.errors import ImagesimError, TransientError
@@ -107,12 +109,13 @@ def chip_embeddings(context: AssetExecutionContext, config: EmbeddingsConfig, bu
         "chips_per_second": round(totals["encoded"] / max(seconds, 1e-9), 1),
         "execution_provider": encoder.provider,
         "predicted_labels": MetadataValue.md(counts_table(("label", "chips"), sorted(histogram.items()))),
-        "location": store.url(embeddings_key(encoder.version, cells[0]) if len(cells) == 1
-                              else version_prefix(encoder.version)),
+        "location": store.url(layout.embeddings_key(encoder.version, cells[0]) if len(cells) == 1
+                              else layout.embeddings_prefix(encoder.version)),
     })
 
 
 class IndexConfig(ModelChoice):
+    """Which index kind similarity_index builds."""
     kind: str = Field(default="auto", description="auto (exact while small), flat, an approximate kind, or "
                                                    "ivf_rabitq (quantised: ~92 bytes of RAM per vector)")
     exact_below: int = Field(default=200_000, description="auto: exact search below this many vectors")
@@ -129,9 +132,11 @@ class IndexConfig(ModelChoice):
                    "`models/<name>/serving.json` to the version: search then serves it.")
 def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket: BucketResource
                      ) -> MaterializeResult:
-    from imagesim_pipeline.models.registry import read_pointer, require_published, set_pointer
+    """Write the version's index, check it finds its own chips, and serve it when it does."""
+    from imagesim_pipeline.models.registry import require_published
     from imagesim_pipeline.search.engine import SearchEngine
     from imagesim_pipeline.search.index import IndexParams
+    from imagesim_pipeline.search.serving import finds_itself, serve_if_sound
     from imagesim_pipeline.search.stores import write_index
     from imagesim_pipeline.storage.layout import index_key, model_pointer_key
 
@@ -142,14 +147,11 @@ def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket
         params = replace(IndexParams(), kind=config.kind, exact_below=config.exact_below)
         build = write_index(store, version, params, progress=context.log.info, warn=context.log.warning)
         engine = SearchEngine(store, config.name, version)
-    sampled, share = engine.finds_itself(100)
+    check = finds_itself(engine)
     with step_errors():
-        serving = read_pointer(store, config.name, "serving")
-        moved = share >= 0.95 and (serving is None or serving.version != version)
-        if moved:  # the second phase of a promotion: search now serves this version
-            set_pointer(store, config.name, "serving", version)
-            context.log.info(f"search now serves {config.name}/{version} (was "
-                             f"{serving.version if serving else 'nothing'})")
+        serving = serve_if_sound(store, config.name, version, check)
+    if serving.moved:  # the second phase of a promotion: search now serves this version
+        context.log.info(f"search now serves {config.name}/{version} (was {serving.previous or 'nothing'})")
     return MaterializeResult(
         metadata={
             "model_version": version,
@@ -159,18 +161,20 @@ def similarity_index(context: AssetExecutionContext, config: IndexConfig, bucket
             "added": build.added,
             "build": build.build,
             "left_out_cells": MetadataValue.json(list(build.left_out)),
-            "serving": version if moved else (serving.version if serving else "none"),
+            "serving": serving.version,
             "serving_pointer": store.url(model_pointer_key(config.name, "serving")),
             "seconds": round(build.seconds, 2),
-            "index": MetadataValue.json(build.description),
+            "index": MetadataValue.json(rounded(build.description)),
             "location": store.url(index_key(version, "")),
         },
-        check_results=[AssetCheckResult(check_name="finds_itself", passed=share >= 0.95,
-                                        metadata={"sampled": sampled, "first_is_itself": share})],
+        check_results=[AssetCheckResult(check_name="finds_itself", passed=check.passed,
+                                        metadata={"sampled": check.sampled,
+                                                  "first_is_itself": significant(check.first_is_itself)})],
     )
 
 
 class ChangesConfig(ModelChoice):
+    """How chip_changes scores and shows the changes."""
     min_group: int = Field(default=30, description="fewest places to normalise a kind's changes on their own")
     top: int = Field(default=8, description="changed pairs shown as thumbnails")
     threads: int = Field(default=0, description="onnxruntime intra-op threads for the feature maps (0: every core)")
@@ -184,9 +188,10 @@ class ChangesConfig(ModelChoice):
                    "most changed tenth, most changed first, at `changes/<model version>/changes.parquet`. "
                    "A model exported without feature maps gets the embedding distance instead, with a warning.")
 def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: BucketResource) -> MaterializeResult:
+    """Score every place's consecutive acquisitions for change and write the change table."""
     from imagesim_pipeline.changes.detect import change_table, write_changes
     from imagesim_pipeline.changes.feature_maps import OnnxFeatureMaps
-    from imagesim_pipeline.changes.report import histogram_png, pairs_sheet
+    from imagesim_pipeline.changes.report import histogram_png, pairs_sheet, score_summary
     from imagesim_pipeline.changes.spatial import ChipPairScorer
 
     store = bucket.get_bucket()
@@ -217,8 +222,14 @@ def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: 
         "top": MetadataValue.md(counts_table(("#", "place", "before", "after", "score", "kind"), [
             (i + 1, r["place"], r["date_before"], r["date_after"], round(r["score"], 2), r["kind"])
             for i, r in enumerate(top)])),
-        "histogram": MetadataValue.md(image_markdown(histogram_png(scores, method), "change scores")),
-        "top_pairs": MetadataValue.md(image_markdown(pairs_sheet(store, top), "before | after | change map")),
+        "score_summary": MetadataValue.md(counts_table(*_columns(score_summary(scores)))),
+        "histogram": plot(histogram_png(scores, method), "change scores"),
+        "top_pairs": plot(pairs_sheet(store, top), "before | after | change map"),
         "location": store.url(key),
         "maps_location": store.url(f"{CHANGES}{version}/cells/"),
     })
+
+
+def _columns(figures: dict[str, float]) -> tuple[tuple[str, ...], list[tuple]]:
+    """A one-row table of named figures: (header, rows) for :func:`counts_table`."""
+    return tuple(figures), [tuple(figures.values())]

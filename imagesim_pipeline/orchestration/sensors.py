@@ -26,7 +26,7 @@ from dagster import (
 from imagesim_pipeline.ard.discovery import discover_bucket
 from imagesim_pipeline.orchestration.failures import RUN_RETRY_TAGS, step_failure_message
 from imagesim_pipeline.orchestration.jobs import datamaker_job, encoder_job, trainer_job
-from imagesim_pipeline.orchestration.partitions import ard_cells
+from imagesim_pipeline.orchestration.partitions import ARD_CELLS, ard_cells
 from imagesim_pipeline.orchestration.resources import BucketResource
 
 LOOKBACK = timedelta(hours=1)
@@ -39,10 +39,11 @@ inside the sensor's 60 s evaluation limit; see benchmarks/bench_delivery_sensor.
         description="Scans ard/ in the bucket; adds new level-12 cells as partitions and runs datamaker_job "
                     "for new cells and for cells whose delivery changed since the last tick.")
 def ard_delivery_sensor(context: SensorEvaluationContext, bucket: BucketResource) -> SensorResult | SkipReason:
+    """Register new cells and run datamaker_job for new or changed deliveries."""
     found = discover_bucket(bucket.get_bucket())
     for problem in found.problems[:20]:
         context.log.warning(f"malformed delivery entry: {problem}")
-    existing = set(context.instance.get_dynamic_partitions(ard_cells.name))
+    existing = set(context.instance.get_dynamic_partitions(ARD_CELLS))
     since = datetime.fromisoformat(context.cursor) if context.cursor else None
     # Look back a while: an S3 multipart upload's LastModified is when it *started*, so a large
     # COG that finished after the last tick may carry an older time. Run keys drop repeats.
@@ -88,6 +89,7 @@ def _metadata_value(event: EventLogEntry, name: str):
                           "checks pass.")
 def dataset_version_sensor(context: SensorEvaluationContext, asset_event: EventLogEntry, bucket: BucketResource
                            ) -> RunRequest | SkipReason:
+    """Train on a new dataset version unless a published model already was."""
     from imagesim_pipeline.models.registry import published_versions
 
     version = _metadata_value(asset_event, "version")
@@ -109,6 +111,7 @@ def dataset_version_sensor(context: SensorEvaluationContext, asset_event: EventL
                           "an index is not re-encoded.")
 def model_promoted_sensor(context: SensorEvaluationContext, asset_event: EventLogEntry, bucket: BucketResource
                           ) -> RunRequest | SkipReason:
+    """Encode every cell and index them for a newly published model."""
     from imagesim_pipeline.search.stores import has_index
 
     version = _metadata_value(asset_event, "version")
@@ -116,7 +119,7 @@ def model_promoted_sensor(context: SensorEvaluationContext, asset_event: EventLo
         return SkipReason(f"model {version} was not published (its checks did not pass): nothing to re-encode")
     if has_index(bucket.get_bucket(), str(version)):
         return SkipReason(f"model {version} already has a similarity index: nothing to re-encode")
-    cells = context.instance.get_dynamic_partitions(ard_cells.name)
+    cells = context.instance.get_dynamic_partitions(ARD_CELLS)
     if not cells:
         return SkipReason("no registered cell to encode")
     return RunRequest(run_key=f"encode-{version}", tags={
@@ -157,6 +160,7 @@ def failure_summary(context: RunFailureSensorContext) -> str:
 @run_failure_sensor(default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
                     description="Writes a readable summary of every failed run to ops/run-failures/ in the bucket.")
 def run_failure_summary_sensor(context: RunFailureSensorContext, bucket: BucketResource) -> None:
+    """Write a failed run's summary to the bucket."""
     from imagesim_pipeline.storage import layout
 
     run = context.dagster_run
@@ -170,6 +174,7 @@ def run_failure_summary_sensor(context: RunFailureSensorContext, bucket: BucketR
         description="Marks runs failed whose process is gone (killed, crashed), so they hold no run or pool slot; "
                     "see imagesim_pipeline/orchestration/runs.py.")
 def orphaned_runs_sensor(context: SensorEvaluationContext) -> SkipReason:
+    """Mark runs whose process is gone as failed."""
     from imagesim_pipeline.orchestration.runs import fail_orphaned_runs
 
     failed = fail_orphaned_runs(context.instance)

@@ -44,11 +44,11 @@ from imagesim_pipeline.embeddings.cell_embeddings import (
     read_cell_embeddings,
     table_meta,
     vectors,
-    version_prefix,
 )
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.search.index import (
     IndexParams,
+    SimilarityIndex,
     build_index,
     describe,
     extend_index,
@@ -84,12 +84,14 @@ class IndexManifest(BaseModel):
     built: float
 
     def key(self, file: str) -> str:
+        """The bucket key of one of this index's files (its build folder, or beside the manifest for an old index)."""
         return layout.index_build_key(self.version, self.build, file) if self.build \
             else layout.index_key(self.version, file)
 
 
 @dataclass
 class IndexBuild:
+    """What one build, extension or check of a version's index did (returned to the asset and the CLI)."""
     version: str
     mode: str  # "built", "extended" or "unchanged"
     vectors: int
@@ -102,8 +104,9 @@ class IndexBuild:
 
 
 def embeddings_listing(bucket: Bucket, version: str) -> dict[str, dict]:
+    """Each cell's embeddings file of ``version`` in the bucket: cell -> key, size, modified time."""
     out = {}
-    for obj in bucket.list(version_prefix(version)):
+    for obj in bucket.list(layout.embeddings_prefix(version)):
         if obj.key.endswith(".parquet"):
             cell = obj.key.rsplit("/", 1)[1][: -len(".parquet")]
             out[cell] = {"key": obj.key, "size": obj.size, "modified": obj.modified.isoformat()}
@@ -225,27 +228,26 @@ def build_similarity_index(bucket: Bucket, version: str, params: IndexParams | N
     params = params or IndexParams()
     listing = embeddings_listing(bucket, version)
     if not listing:
-        raise IndexNotFoundError(f"no embeddings under {bucket.url(version_prefix(version))}: materialize "
+        raise IndexNotFoundError(f"no embeddings under {bucket.url(layout.embeddings_prefix(version))}: materialize "
                                  "chip_embeddings for some cells first")
     old = _previous(bucket, version, warn)
     same_params = old is not None and old.params == params.to_dict()
     if old is not None and same_params and old.cells == listing:
         return IndexBuild(version, "unchanged", old.vectors, len(listing), 0, time.perf_counter() - started,
                           old.index, old.build)
-    extend = old is not None and same_params and all(listing.get(c) == f for c, f in old.cells.items())
-    index = items = None
-    if extend:
+    loaded: tuple[SimilarityIndex, pa.Table] | None = None
+    if old is not None and same_params and all(listing.get(c) == f for c, f in old.cells.items()):
         try:
-            index, items = _load_files(bucket, old)
+            loaded = _load_files(bucket, old)
         except IndexNotFoundError as exc:
             warn(f"{exc}; rebuilding the index from every cell")
-            extend = False
-    new_cells = sorted(set(listing) - set(old.cells)) if extend else sorted(listing)
+    new_cells = sorted(set(listing) - set(old.cells)) if old is not None and loaded else sorted(listing)
     tables, left_out = _read_cells(bucket, version, new_cells, warn)
-    meta = table_meta(tables[0]) if tables else None
+    meta: dict[str, Any] = table_meta(tables[0]) if tables else {}
     added = pa.concat_tables([t.drop_columns(["embedding"]).combine_chunks() for t in tables]) if tables else None
     fresh = normalise(np.concatenate([vectors(t) for t in tables])) if tables else np.zeros((0, 1), np.float32)
-    if extend:
+    if old is not None and loaded:
+        index, items = loaded
         if len(fresh):
             extend_index(index, fresh)
             items = pa.concat_tables([items, _items(added)])
@@ -254,7 +256,7 @@ def build_similarity_index(bucket: Bucket, version: str, params: IndexParams | N
         progress(f"index {version}: extending with {len(fresh)} vectors of {len(new_cells)} new cell(s)")
     else:
         if not tables:
-            raise IndexNotFoundError(f"no readable embeddings under {bucket.url(version_prefix(version))} "
+            raise IndexNotFoundError(f"no readable embeddings under {bucket.url(layout.embeddings_prefix(version))} "
                                      f"({len(left_out)} unreadable): materialize chip_embeddings again")
         progress(f"index {version}: building over {len(fresh)} vectors of {len(tables)} cell(s)")
         index = build_index(fresh, params)

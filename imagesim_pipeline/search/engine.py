@@ -23,6 +23,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
@@ -37,6 +38,9 @@ from imagesim_pipeline.search.index import normalise
 from imagesim_pipeline.search.stores import Item, VectorStore, open_store
 from imagesim_pipeline.storage import Bucket
 
+if TYPE_CHECKING:
+    from imagesim_pipeline.embeddings.encoder import OnnxEncoder
+
 BETA = 0.5
 
 
@@ -50,6 +54,7 @@ class UnknownChipError(SearchError):
 
 @dataclass(frozen=True)
 class Filters:
+    """Restrictions on the chips a search may return (all must hold)."""
     bbox: tuple[float, float, float, float] | None = None  # west, south, east, north (degrees)
     labels: tuple[str, ...] = ()
     since: date | None = None
@@ -57,11 +62,13 @@ class Filters:
     catalog_ids: tuple[str, ...] = ()
 
     def active(self) -> bool:
+        """Whether any filter is set."""
         return bool(self.bbox or self.labels or self.since or self.until or self.catalog_ids)
 
 
 @dataclass
 class Hit:
+    """One search result: the chip, its score and what the index knows of it."""
     rank: int
     chip: str
     score: float
@@ -101,7 +108,7 @@ class SearchEngine:
         self.build = self.store.build  # a rebuild of the same version has another
         self.labels: list[str] = self.store.labels
         self.thresholds = self.store.thresholds
-        self._encoder = None
+        self._encoder: OnnxEncoder | None = None
         self._cells: dict[str, dict[str, np.ndarray] | None] = {}  # cell -> chip -> embedding, a few recent cells
         self._cells_lock = threading.Lock()
 
@@ -240,10 +247,12 @@ class SearchEngine:
         return self._collect(q, k, filters, spread, spread_zoom, examples)
 
     def by_chip(self, chip: str, k: int = 10, filters: Filters = Filters(), spread: bool = False) -> list[Hit]:
+        """The chips most like an indexed chip (its own place left out)."""
         return self.query([Example(chip=chip)], k=k, filters=filters, spread=spread)
 
     def by_image(self, image: bytes, k: int = 10, filters: Filters = Filters(), spread: bool = False,
                  name: str = "image") -> list[Hit]:
+        """The chips most like an uploaded image."""
         return self.query([Example(image=image, name=name)], k=k, filters=filters, spread=spread)
 
     def _collect(self, q: np.ndarray, k: int, filters: Filters, spread: bool, spread_zoom: int,
@@ -276,6 +285,7 @@ class SearchEngine:
 
 
 def hits_to_geojson(hits: Sequence[Hit], query: dict | None = None) -> dict:
+    """Hits as a GeoJSON FeatureCollection, with the query that found them."""
     return {"type": "FeatureCollection", "features": [h.to_feature() for h in hits], "query": query or {}}
 
 

@@ -30,10 +30,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeAlias
 
 import faiss
 import numpy as np
+
+# A built index: the concrete faiss class (IndexFlatIP, IndexHNSWSQ, ...) or, for "ivf_rabitq",
+# search.quantised.RerankedIndex. Any: faiss's SWIG stubs declare only the base Index (no hnsw,
+# nprobe, nlist, storage, codes, cp on the concrete classes), and RerankedIndex is no faiss.Index.
+SimilarityIndex: TypeAlias = Any
 
 KINDS = ("flat", "hnsw_flat", "hnsw_fp16", "hnsw_sq8", "ivf_sq8", "ivf_rabitq")
 _APPROXIMATE = KINDS[1:]
@@ -170,20 +175,21 @@ def ivf_nlist(n: int) -> int:
     return int(min(65_536, max(16, 2 ** round(math.log2(target)))))
 
 
-def build_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> faiss.Index:
+def build_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> SimilarityIndex:
     """Index of already-normalised ``vectors`` (n, d); ids are the row numbers 0..n-1."""
     _ensure_threads()
     x = _as_rows(vectors)
     n, d = x.shape
     kind = params.resolve_kind(n)
     ip = faiss.METRIC_INNER_PRODUCT
+    index: SimilarityIndex
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "hnsw_flat":
         index = faiss.IndexHNSWFlat(d, params.m, ip)
     elif kind in ("hnsw_fp16", "hnsw_sq8"):
         qtype = faiss.ScalarQuantizer.QT_fp16 if kind == "hnsw_fp16" else faiss.ScalarQuantizer.QT_8bit
-        index = faiss.IndexHNSWSQ(d, qtype, params.m, ip)
+        index = faiss.IndexHNSWSQ(d, qtype, params.m, ip)  # type: ignore[arg-type]  # stub: SWIG takes the QT_ int
         if n == 0 and kind == "hnsw_sq8":
             raise ValueError("hnsw_sq8 needs vectors to train its 8-bit ranges")
         index.train(_sample(x, _TRAIN_SAMPLE))
@@ -200,7 +206,7 @@ def build_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> fai
         index.cp.niter = 10
         index.train(_sample(x, _IVF_TRAIN_PER_LIST * nlist))
         index.nprobe = min(params.nprobe, nlist)
-        index.set_direct_map_type(faiss.DirectMap.Array)  # reconstruct() for filtered search
+        index.set_direct_map_type(faiss.DirectMap.Array)  # type: ignore[attr-defined]  # stub lacks DirectMap
     if kind.startswith("hnsw"):
         index.hnsw.efConstruction = params.ef_construction
         index.hnsw.efSearch = params.ef_search
@@ -209,7 +215,7 @@ def build_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> fai
     return index
 
 
-def extend_index(index: faiss.Index, vectors: np.ndarray) -> None:
+def extend_index(index: SimilarityIndex, vectors: np.ndarray) -> None:
     """Append normalised rows; their ids continue at ``index.ntotal``.
 
     An ``"auto"`` index stays the kind it was built as: rebuild to switch from flat to approximate.
@@ -223,7 +229,7 @@ def extend_index(index: faiss.Index, vectors: np.ndarray) -> None:
 
 # --------------------------------------------------------------------------- inspect / serialise
 
-def _concrete(index: faiss.Index) -> faiss.Index:
+def _concrete(index: SimilarityIndex) -> SimilarityIndex:
     """``index`` as its concrete class. The result may not own the C++ object: keep ``index``
     referenced while it is used (never rebind the only reference to it)."""
     return faiss.downcast_index(index) if type(index) is faiss.Index else index
@@ -235,13 +241,13 @@ def _reranked(index: Any) -> bool:
     return isinstance(index, RerankedIndex)
 
 
-def index_kind(index: faiss.Index) -> str:
+def index_kind(index: SimilarityIndex) -> str:
     """The kind name (one of ``KINDS``) of a faiss index built here."""
     if _reranked(index):
         return "ivf_rabitq"
     concrete = _concrete(index)
     if isinstance(concrete, faiss.IndexHNSWSQ):
-        qtype = faiss.downcast_index(concrete.storage).sq.qtype
+        qtype = _concrete(concrete.storage).sq.qtype
         return "hnsw_fp16" if qtype == faiss.ScalarQuantizer.QT_fp16 else "hnsw_sq8"
     if isinstance(concrete, faiss.IndexHNSWFlat):
         return "hnsw_flat"
@@ -255,15 +261,15 @@ def index_kind(index: faiss.Index) -> str:
 LOSSLESS_KINDS = ("flat", "hnsw_flat", "hnsw_fp16", "ivf_rabitq")  # stored vectors within float16 rounding of the input
 
 
-def stored_vector(index: faiss.Index, i: int) -> np.ndarray | None:
+def stored_vector(index: SimilarityIndex, i: int) -> np.ndarray | None:
     """Vector ``i`` as the index stores it, when that is the embedding itself (float32 or float16
     kinds); None for the 8-bit kinds, whose decoded vectors are only approximations."""
     if index_kind(index) not in LOSSLESS_KINDS:
         return None
-    return index.reconstruct(int(i))
+    return np.asarray(index.reconstruct(int(i)))
 
 
-def _bytes_per_vector(index: faiss.Index, kind: str) -> float:
+def _bytes_per_vector(index: SimilarityIndex, kind: str) -> float:
     d = index.d
     if kind == "flat":
         return 4.0 * d
@@ -276,7 +282,7 @@ def _bytes_per_vector(index: faiss.Index, kind: str) -> float:
     return code + links + 4 + 8  # + level and offset per vector
 
 
-def describe(index: faiss.Index) -> dict[str, Any]:
+def describe(index: SimilarityIndex) -> dict[str, Any]:
     """Kind, vector count, dimension, approximate bytes per vector and the stored parameters."""
     if _reranked(index):
         return {"kind": "ivf_rabitq", "n": index.ntotal, "dim": index.d,
@@ -294,12 +300,12 @@ def describe(index: faiss.Index) -> dict[str, Any]:
             "bytes_per_vector": round(_bytes_per_vector(concrete, kind), 1), "params": params}
 
 
-def to_bytes(index: faiss.Index) -> bytes:
+def to_bytes(index: SimilarityIndex) -> bytes:
     """Serialised index (``faiss.serialize_index``)."""
     return faiss.serialize_index(index).tobytes()
 
 
-def from_bytes(data: bytes) -> faiss.Index:
+def from_bytes(data: bytes) -> SimilarityIndex:
     """Inverse of :func:`to_bytes`.
 
     ``deserialize_index`` already returns the concrete, owning wrapper; ``downcast_index`` around it
@@ -310,25 +316,42 @@ def from_bytes(data: bytes) -> faiss.Index:
 
 # --------------------------------------------------------------------------- search
 
-def _search_parameters(index: faiss.Index, kind: str, k: int, params: IndexParams | None,
+def _search_parameters(index: SimilarityIndex, kind: str, k: int, params: IndexParams | None,
                        boost: float = 1.0, sel: Any = None) -> Any:
     """faiss SearchParameters for one call (``None`` when nothing overrides the index)."""
     if kind.startswith("hnsw"):
         base = params.ef_search if params else index.hnsw.efSearch
-        return faiss.SearchParametersHNSW(efSearch=max(k, math.ceil(base * boost)), sel=sel)
+        hnsw = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # stub lacks the class
+        hnsw.efSearch = max(k, math.ceil(base * boost))
+        return _with_selector(hnsw, sel)
     if kind == "ivf_sq8":
         base = params.nprobe if params else index.nprobe
-        return faiss.SearchParametersIVF(nprobe=min(index.nlist, math.ceil(base * boost)), sel=sel)
-    return faiss.SearchParameters(sel=sel) if sel is not None else None
+        ivf = faiss.SearchParametersIVF()
+        ivf.nprobe = min(index.nlist, math.ceil(base * boost))
+        return _with_selector(ivf, sel)
+    return _with_selector(faiss.SearchParameters(), sel) if sel is not None else None
 
 
-def _codes_view(storage: faiss.Index) -> np.ndarray:
+def _with_selector(sp: Any, sel: faiss.IDSelector | None) -> Any:
+    if sel is not None:
+        sp.sel = sel
+    return sp
+
+
+def bitmap_selector(mask: np.ndarray) -> faiss.IDSelector:
+    """A faiss id selector passing the ids where the boolean ``mask`` is True."""
+    bits = np.packbits(np.asarray(mask, dtype=bool), bitorder="little")
+    # faiss's wrapper takes the bitmap alone (n from its length, a reference kept); the stub lists (n, bitmap)
+    return faiss.IDSelectorBitmap(bits)  # type: ignore[call-arg, arg-type]
+
+
+def _codes_view(storage: SimilarityIndex) -> np.ndarray:
     """Zero-copy (ntotal, code_size) uint8 view of an IndexFlatCodes' codes (read, copy, drop)."""
     size = storage.code_size
     return faiss.rev_swig_ptr(storage.codes.data(), storage.ntotal * size).reshape(-1, size)
 
 
-def _exact_over(index: faiss.Index, kind: str, queries: np.ndarray, k: int, mask: np.ndarray,
+def _exact_over(index: SimilarityIndex, kind: str, queries: np.ndarray, k: int, mask: np.ndarray,
                 count: int) -> tuple[np.ndarray, np.ndarray]:
     """Exhaustive top-k of ``queries`` over the stored vectors where ``mask`` is True.
 
@@ -339,7 +362,7 @@ def _exact_over(index: faiss.Index, kind: str, queries: np.ndarray, k: int, mask
     n = index.ntotal
     if count == 0 or len(queries) == 0:
         return (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
-    storage = (index if kind in ("flat", "ivf_sq8") else faiss.downcast_index(index.storage))
+    storage = index if kind in ("flat", "ivf_sq8") else _concrete(index.storage)
     if count <= max(_GATHER_BELOW, n // 256):
         ids = np.flatnonzero(mask)
         vecs = index.reconstruct_batch(ids) if kind == "ivf_sq8" else storage.sa_decode(_codes_view(storage)[ids])
@@ -349,13 +372,15 @@ def _exact_over(index: faiss.Index, kind: str, queries: np.ndarray, k: int, mask
         out = np.full((len(queries), k), -1, np.int64)
         scores[:, :kk], out[:, :kk] = d, np.where(i >= 0, ids[np.maximum(i, 0)], -1)
         return scores, out
-    sel = faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
-    sp = (faiss.SearchParametersIVF(nprobe=index.nlist, sel=sel) if kind == "ivf_sq8"
-          else faiss.SearchParameters(sel=sel))
+    sp: faiss.SearchParameters = faiss.SearchParameters()
+    if kind == "ivf_sq8":
+        sp = faiss.SearchParametersIVF()
+        sp.nprobe = index.nlist
+    sp.sel = bitmap_selector(mask)
     return storage.search(queries, k, params=sp)
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+def search(index: SimilarityIndex, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
            params: IndexParams | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` by inner product: (scores (q, k) float32, ids (q, k) int64).
 
@@ -406,12 +431,12 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray 
         raise ValueError(f"allowed must be a boolean mask of shape ({n},), got {mask.shape}")
     count = n if mask is None else int(np.count_nonzero(mask))
     fp = params or IndexParams()
-    if count == n:
+    if count == n or mask is None:
         scores, ids = index.search(x, k, params=_search_parameters(index, kind, k, params))
     elif count <= fp.filter_exact_below:
         scores, ids = _exact_over(index, kind, x, k, mask, count)
     else:
-        sel = faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+        sel = bitmap_selector(mask)
         boost = max(1.0, min(fp.filter_boost_max, fp.filter_boost / math.sqrt(count / n)))
         scores, ids = index.search(x, k, params=_search_parameters(index, kind, k, params, boost, sel))
         short = np.flatnonzero((ids >= 0).sum(axis=1) < min(k, count))

@@ -1,23 +1,7 @@
-"""The similarity index in PostgreSQL with pgvector (``IMAGESIM_VECTOR_ENGINE=pgvector``).
+"""Similarity search over a version's table in PostgreSQL with pgvector (``IMAGESIM_VECTOR_ENGINE=pgvector``).
 
-Layout (created on first write; the role needs CREATE on the database, and the ``vector``
-extension >= 0.8 must be installable, as on RDS/Aurora PostgreSQL 16+):
-
-* ``imagesim_indexes``: one row per model version, its :class:`~imagesim_pipeline.search.catalog.IndexManifest`
-  as JSON (build id, labels, thresholds, the embeddings file of every cell it holds);
-* ``imagesim_chips_<version>``: one row per indexed chip: ``chip``, ``place``, ``cell``,
-  ``catalog_id``, ``date``, ``box`` (the WGS84 bounds, GiST-indexed), ``wkb`` (the outline),
-  ``probs`` (label probabilities), ``labels`` (the predicted labels' numbers, GIN-indexed) and
-  ``embedding`` (``vector``, float32; the HNSW index is over its float16 cast, ``halfvec``, half
-  the size, inner product on unit vectors = cosine).
-
-Writes (:func:`sync_index`) bring a version's table up to date with ``embeddings/<version>/`` in the
-bucket one cell at a time: a cell's rows are deleted and copied in again and the manifest row
-updated in the same transaction, so a reader sees a cell either wholly old or wholly new, and the
-manifest always describes what the table holds. A first build loads every cell, then builds the HNSW
-index, then commits once. Versions never mix: each has its own table.
-
-Reads (:class:`PgvectorStore`) hold no index state (each thread keeps one connection per database,
+The tables and their writes are ``search.pgvector_db``'s. Reads (:class:`PgvectorStore`) hold no
+index state (each thread keeps one connection per database,
 shared by every store, so the store a service opens for each new index build reuses it): filters are
 SQL conditions, so any number of search processes share one database. Nearest neighbours: the HNSW
 index (over the float16 cast) gives a shortlist that the float32 vectors re-rank. Filtered ones
@@ -32,310 +16,20 @@ sort them (110 ms against 6 ms for the walk, one EXPLAIN ANALYZE on the benchmar
 
 from __future__ import annotations
 
-import re
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.search.pgvector_db import PgParams, VectorEngineError, connect, read_manifest, table_name
 from imagesim_pipeline.search.stores import Extent, Item
 
 if TYPE_CHECKING:
     import psycopg
 
-    from imagesim_pipeline.search.catalog import IndexBuild, IndexManifest
+    from imagesim_pipeline.search.catalog import IndexManifest
     from imagesim_pipeline.search.engine import Filters
-    from imagesim_pipeline.storage import Bucket
-
-MANIFESTS = "imagesim_indexes"
-Progress = Callable[[str], None]
-
-
-class VectorEngineError(ImagesimError):
-    """The vector database cannot be reached or is not set up; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class PgParams:
-    """HNSW build and search settings (defaults measured in ``benchmarks/bench_engines.py``)."""
-
-    m: int = 32
-    ef_construction: int = 200  # at 80 the graph's recall varied 0.85-0.97 from build to build (ef_search 100)
-    ef_search: int = 100
-    shortlist: int = 100  # HNSW candidates (float16) re-ranked with the float32 vectors
-    max_scan_tuples: int = 40_000  # iterative scan: most tuples one filtered query may visit
-    filter_exact_below: int = 2_000  # exact scoring reads ~10 µs of heap per row; the HNSW walk ~6 ms at 10 %
-    build_memory: str = "1GB"  # maintenance_work_mem while the HNSW index is built
-
-
-def table_name(version: str) -> str:
-    """The table of a model version (PostgreSQL identifiers: lower case letters, digits, underscores)."""
-    return "imagesim_chips_" + re.sub(r"[^a-z0-9_]", "_", version.lower())
-
-
-def connect(dsn: str = "") -> psycopg.Connection:
-    """A connection to the vector database with pgvector's types registered (autocommit off)."""
-    import psycopg
-    from pgvector.psycopg import register_vector
-
-    from imagesim_pipeline.settings import settings
-
-    dsn = dsn or settings().pgvector_dsn
-    if not dsn:
-        raise VectorEngineError("IMAGESIM_VECTOR_ENGINE is pgvector but IMAGESIM_PGVECTOR_DSN is not set: set it to "
-                                "the database's connection string (postgresql://user@host:5432/db)")
-    try:
-        conn = psycopg.connect(dsn, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise VectorEngineError(f"cannot connect to the vector database ({_safe(dsn)}): "
-                                f"{str(exc).strip().splitlines()[0]}") from None
-    try:
-        register_vector(conn)
-    except psycopg.ProgrammingError:  # the extension is not created yet: the first write creates it
-        conn.rollback()
-    return conn
-
-
-def _safe(dsn: str) -> str:
-    """``dsn`` without its password."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
-
-
-def ensure_schema(conn: psycopg.Connection) -> None:
-    """The extension and the manifests table (idempotent)."""
-    from pgvector.psycopg import register_vector
-
-    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-    if version is None:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-    if tuple(int(p) for p in version[0].split(".")[:2]) < (0, 8):
-        raise VectorEngineError(f"pgvector {version[0]} is too old: iterative index scans need 0.8 or newer "
-                                "(ALTER EXTENSION vector UPDATE)")
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {MANIFESTS} (version text PRIMARY KEY, manifest jsonb NOT NULL)")
-    conn.commit()
-    register_vector(conn)
-
-
-def describe_database(dsn: str = "") -> str:
-    """Where the database is, its PostgreSQL and pgvector versions and the indexed model versions;
-    ``VectorEngineError`` when it cannot serve (unreachable, pgvector missing or older than 0.8)."""
-    import psycopg
-
-    from imagesim_pipeline.settings import settings
-
-    dsn = dsn or settings().pgvector_dsn
-    conn = connect(dsn)
-    try:
-        server = conn.execute("SHOW server_version").fetchone()[0]
-        ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-        available = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
-                                 ).fetchone()
-        try:
-            versions = [r[0] for r in conn.execute(f"SELECT version FROM {MANIFESTS} ORDER BY 1").fetchall()]
-        except psycopg.errors.UndefinedTable:
-            conn.rollback()
-            versions = []
-    finally:
-        conn.close()
-    vector = ext[0] if ext else (available[0] if available else None)
-    if vector is None:
-        raise VectorEngineError(f"the vector database at {_safe(dsn)} has no pgvector extension: install pgvector "
-                                "0.8 or newer (RDS and Aurora PostgreSQL 16+ ship it)")
-    if tuple(int(p) for p in vector.split(".")[:2]) < (0, 8):
-        raise VectorEngineError(f"the vector database at {_safe(dsn)} has pgvector {vector}: iterative index scans "
-                                "need 0.8 or newer (ALTER EXTENSION vector UPDATE)")
-    state = "created" if ext else "installable, created on the first write"
-    return (f"{_safe(dsn)} (PostgreSQL {server}, pgvector {vector} {state}; indexed model versions: "
-            f"{', '.join(versions) or 'none yet'})")
-
-
-def read_manifest(version: str, conn: psycopg.Connection | None = None) -> IndexManifest:
-    """The manifest of ``version``'s index in the database; ``IndexNotFoundError`` when it has none."""
-    import psycopg
-
-    from imagesim_pipeline.search.catalog import IndexManifest, IndexNotFoundError
-
-    own = conn is None
-    conn = conn or connect()
-    try:
-        row = conn.execute(f"SELECT manifest FROM {MANIFESTS} WHERE version = %s", (version,)).fetchone()
-    except psycopg.errors.UndefinedTable:
-        row = None
-    finally:
-        if own:
-            conn.close()
-        else:
-            conn.rollback()
-    if row is None:
-        raise IndexNotFoundError(f"model {version} has no similarity index in the vector database: materialize "
-                                 "chip_embeddings and similarity_index (encoder_job) with IMAGESIM_VECTOR_ENGINE="
-                                 "pgvector")
-    return IndexManifest.model_validate(row[0])
-
-
-def _write_manifest(conn: psycopg.Connection, manifest: IndexManifest) -> None:
-    conn.execute(f"INSERT INTO {MANIFESTS} (version, manifest) VALUES (%s, %s) ON CONFLICT (version) "
-                 "DO UPDATE SET manifest = EXCLUDED.manifest", (manifest.version, manifest.model_dump_json()))
-
-
-# --------------------------------------------------------------------------- writing
-
-def _create_table(conn: psycopg.Connection, table: str, dim: int) -> None:
-    conn.execute(f"""CREATE TABLE {table} (
-        id bigserial PRIMARY KEY, chip text NOT NULL UNIQUE, place text NOT NULL, cell text NOT NULL,
-        catalog_id text NOT NULL, date date NOT NULL, box box NOT NULL, wkb bytea NOT NULL,
-        probs real[] NOT NULL, labels smallint[] NOT NULL, embedding vector({dim}) NOT NULL)""")
-    for column, method in (("cell", "btree"), ("place", "btree"), ("date", "btree"), ("catalog_id", "btree"),
-                           ("box", "gist"), ("labels", "gin")):
-        conn.execute(f"CREATE INDEX ON {table} USING {method} ({column})")
-
-
-def _create_hnsw(conn: psycopg.Connection, table: str, params: PgParams, dim: int) -> None:
-    # a graph that fits in maintenance_work_mem builds several times faster (PostgreSQL's default is 64 MB)
-    conn.execute(f"SET LOCAL maintenance_work_mem = '{params.build_memory}'")
-    conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw "
-                 f"((embedding::halfvec({int(dim)})) halfvec_ip_ops) "
-                 f"WITH (m = {int(params.m)}, ef_construction = {int(params.ef_construction)})")
-
-
-def copy_rows(conn: psycopg.Connection, table: str, rows: Iterator[tuple]) -> int:
-    """COPY ``(chip, place, cell, catalog_id, date, box, wkb, probs, labels, embedding)`` rows; the count."""
-    from pgvector import Vector
-
-    n = 0
-    columns = "chip, place, cell, catalog_id, date, box, wkb, probs, labels, embedding"
-    with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-        for chip, place, cell, catalog, day, box, wkb, probs, labels, vec in rows:
-            copy.write_row((chip, place, cell, catalog, day, "({},{}),({},{})".format(*box), wkb, list(probs),
-                            labels, Vector(vec)))
-            n += 1
-    return n
-
-
-def _cell_rows(table: Any, thresholds: np.ndarray) -> Iterator[tuple]:
-    """The rows of one cell's embeddings table (``embeddings.cell_embeddings``), embeddings L2-normalised."""
-    import shapely
-
-    from imagesim_pipeline.embeddings.cell_embeddings import vectors
-    from imagesim_pipeline.search.index import normalise
-
-    emb = normalise(vectors(table))
-    probs = vectors(table, "probs")
-    wkbs = table.column("geometry").to_pylist()
-    bounds = shapely.bounds(shapely.from_wkb(wkbs)) if wkbs else np.zeros((0, 4))
-    cols = [table.column(c).to_pylist() for c in ("chip", "place", "cell", "catalog_id", "date")]
-    for i, (chip, place, cell, catalog, day) in enumerate(zip(*cols)):
-        yield (chip, place, cell, catalog, day, tuple(bounds[i]), wkbs[i], probs[i],
-               np.flatnonzero(probs[i] >= thresholds).tolist(), emb[i])
-
-
-def sync_index(bucket: Bucket, version: str, params: PgParams = PgParams(), progress: Progress = lambda m: None,
-               warn: Progress | None = None, dsn: str = "") -> IndexBuild:
-    """Bring ``version``'s table up to date with its cells' embeddings in the bucket (see the module's doc)."""
-    from imagesim_pipeline.embeddings.cell_embeddings import EmbeddingsError, read_cell_embeddings, table_meta
-    from imagesim_pipeline.search.catalog import IndexBuild, IndexManifest, IndexNotFoundError, embeddings_listing
-
-    started = time.perf_counter()
-    warn = warn or progress
-    listing = embeddings_listing(bucket, version)
-    if not listing:
-        raise IndexNotFoundError(f"no embeddings under {bucket.url(f'embeddings/{version}/')}: materialize "
-                                 "chip_embeddings for some cells first")
-    table = table_name(version)
-    conn = connect(dsn)
-    try:
-        ensure_schema(conn)
-        # one writer per version at a time (released with the connection); readers are never blocked
-        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (table,))
-        conn.commit()
-        try:
-            old = read_manifest(version, conn)
-        except IndexNotFoundError:
-            old = None
-        held = dict(old.cells) if old else {}
-        changed = sorted(c for c, entry in listing.items() if held.get(c) != entry)
-        removed = sorted(set(held) - set(listing))
-        if old is not None and not changed and not removed:
-            return IndexBuild(version, "unchanged", old.vectors, len(held), 0, time.perf_counter() - started,
-                              old.index, old.build)
-        first = old is None
-        manifest = old
-        added, left_out = 0, []
-        if first:
-            conn.execute(f"DROP TABLE IF EXISTS {table}")  # a first build that never committed its manifest
-        for n, cell in enumerate(changed + removed):
-            try:
-                cell_table = read_cell_embeddings(bucket, version, cell) if cell in listing else None
-            except EmbeddingsError as exc:
-                warn(f"{exc}; {cell} is left out of the index until its embeddings are rebuilt")
-                left_out.append(cell)
-                continue
-            if manifest is None:
-                if cell_table is None:
-                    continue
-                meta = table_meta(cell_table)
-                dim = cell_table.column("embedding").type.list_size
-                _create_table(conn, table, dim)
-                manifest = IndexManifest(version=version, model=meta.get("model"), labels=meta["labels"],
-                                         thresholds=meta["thresholds"], params=vars(params),
-                                         index={"engine": "pgvector", "kind": "hnsw_halfvec_rerank", "dim": dim,
-                                                "table": table}, vectors=0, cells={}, built=time.time())
-            deleted = conn.execute(f"DELETE FROM {table} WHERE cell = %s", (cell,)).rowcount
-            copied = 0
-            if cell_table is not None:
-                copied = copy_rows(conn, table, _cell_rows(cell_table, np.asarray(manifest.thresholds, np.float32)))
-                manifest.cells[cell] = listing[cell]
-            else:
-                manifest.cells.pop(cell, None)
-            added += copied
-            manifest.vectors += copied - max(deleted, 0)
-            if not first:  # an update commits cell by cell, its manifest with it
-                _commit(conn, manifest)
-            if (n + 1) % 50 == 0:
-                progress(f"index {version}: {n + 1}/{len(changed) + len(removed)} cells written")
-        if manifest is None:
-            raise IndexNotFoundError(f"no readable embeddings under {bucket.url(f'embeddings/{version}/')} "
-                                     f"({len(left_out)} unreadable): materialize chip_embeddings again")
-        if first:
-            progress(f"index {version}: building the HNSW index over {added} vectors")
-            _create_hnsw(conn, table, params, int(manifest.index["dim"]))
-            _commit(conn, manifest)
-        conn.execute(f"ANALYZE {table}")
-        conn.commit()
-    finally:
-        conn.close()
-    return IndexBuild(version, "built" if first else "updated", manifest.vectors, len(manifest.cells), added,
-                      time.perf_counter() - started, manifest.index, manifest.build, tuple(left_out))
-
-
-def _commit(conn: psycopg.Connection, manifest: IndexManifest) -> None:
-    """The manifest row (a new build id) in the transaction that changed the table, then commit."""
-    manifest.index = {**manifest.index, "n": manifest.vectors}
-    manifest.build = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
-    manifest.built = time.time()
-    _write_manifest(conn, manifest)
-    conn.commit()
-
-
-def drop_index(version: str, dsn: str = "") -> None:
-    """Remove ``version``'s table and manifest row."""
-    conn = connect(dsn)
-    try:
-        conn.execute(f"DROP TABLE IF EXISTS {table_name(version)}")
-        conn.execute(f"DELETE FROM {MANIFESTS} WHERE version = %s", (version,))
-        conn.commit()
-    finally:
-        conn.close()
-
-
-# --------------------------------------------------------------------------- reading
 
 _ITEM = "chip, place, date, catalog_id, wkb, probs"
 _threads = threading.local()  # each thread's connection per database, shared by every store of the process
@@ -369,7 +63,7 @@ class PgvectorStore:
 
     engine = "pgvector"
 
-    def __init__(self, manifest: IndexManifest, dsn: str = "", params: PgParams = PgParams()) -> None:
+    def __init__(self, manifest: IndexManifest, dsn: str = "", params: PgParams | None = None) -> None:
         self.version = manifest.version
         self.build = manifest.build
         self.labels = list(manifest.labels)
@@ -378,7 +72,7 @@ class PgvectorStore:
         self.dim = int(manifest.index.get("dim", 0))
         self._n = manifest.vectors
         self._index = manifest.index
-        self.params = params
+        self.params = params or PgParams()
         if not dsn:
             from imagesim_pipeline.settings import settings
 
@@ -387,6 +81,7 @@ class PgvectorStore:
 
     @classmethod
     def open(cls, version: str, dsn: str = "") -> PgvectorStore:
+        """The store of ``version``'s table, from its manifest row."""
         conn = connect(dsn)
         try:
             return cls(read_manifest(version, conn), dsn)
@@ -408,10 +103,12 @@ class PgvectorStore:
         return self._n
 
     def item(self, chip: str) -> Item | None:
+        """The chip's record, or None when it is not indexed."""
         rows = self._rows(f"SELECT {_ITEM} FROM {self.table} WHERE chip = %s", (chip,))
         return _item(rows[0]) if rows else None
 
     def embedding(self, chip: str) -> np.ndarray | None:
+        """The chip's stored float32 embedding (unit length), or None when it is not indexed."""
         rows = self._rows(f"SELECT embedding FROM {self.table} WHERE chip = %s", (chip,))
         return rows[0][0].to_numpy().astype(np.float32) if rows else None
 
@@ -419,7 +116,8 @@ class PgvectorStore:
                opaque: bool = False) -> tuple[str, list]:
         """SQL conditions and their arguments. ``opaque`` wraps each in ``IS TRUE``, which no index matches: the
         planner then cannot read the filter indexes first and walks the HNSW index, testing each row."""
-        clauses, args = ["TRUE"], []
+        clauses: list[str] = ["TRUE"]
+        args: list[Any] = []
         if filters.bbox:
             clauses.append("box && box(point(%s, %s), point(%s, %s))")
             args += list(filters.bbox)
@@ -444,6 +142,7 @@ class PgvectorStore:
 
     def nearest(self, query: np.ndarray, k: int, filters: Filters,
                 excluded_places: frozenset[str] = frozenset()) -> list[tuple[float, Item]]:
+        """The ``k`` items most like ``query`` passing ``filters``, outside ``excluded_places``, best first."""
         import psycopg
         from pgvector import HalfVector
 
@@ -491,6 +190,7 @@ class PgvectorStore:
                               args)[0][0])
 
     def newest_per_place(self, bbox: tuple[float, float, float, float], limit: int) -> tuple[list[Item], int]:
+        """The newest chip of each place in ``bbox`` (at most ``limit``) and how many places it holds."""
         box = "box && box(point(%s, %s), point(%s, %s))"
         total = int(self._rows(f"SELECT count(DISTINCT place) FROM {self.table} WHERE {box}", bbox)[0][0])
         rows = self._rows(f"SELECT DISTINCT ON (place) {_ITEM} FROM {self.table} WHERE {box} "
@@ -498,10 +198,12 @@ class PgvectorStore:
         return [_item(r) for r in rows], total
 
     def sample(self, n: int, seed: int = 0) -> list[str]:
+        """``n`` chip ids picked by a hash of the seed (the same for the same seed)."""
         rows = self._rows(f"SELECT chip FROM {self.table} ORDER BY md5(chip || %s) LIMIT %s", (str(seed), n))
         return [r[0] for r in rows]
 
     def extent(self) -> Extent:
+        """The catalogs, bounds and dates the table covers."""
         row = self._rows(f"SELECT min((box[1])[0]), min((box[1])[1]), max((box[0])[0]), max((box[0])[1]), "
                          f"min(date), max(date) FROM {self.table}")[0]
         catalogs = [r[0] for r in self._rows(f"SELECT DISTINCT catalog_id FROM {self.table} ORDER BY 1")]
@@ -511,6 +213,7 @@ class PgvectorStore:
                       last if isinstance(last, date) else None)
 
     def describe(self) -> dict[str, Any]:
+        """The index description from the manifest, with the engine and row count."""
         return {**self._index, "engine": self.engine, "n": self._n}
 
     def close(self) -> None:
@@ -520,6 +223,4 @@ class PgvectorStore:
             conn.close()
 
 
-__all__ = ["PgParams", "PgvectorStore", "VectorEngineError", "connect", "describe_database", "drop_index",
-           "ensure_schema",
-           "read_manifest", "sync_index", "table_name"]
+__all__ = ["PgvectorStore"]

@@ -29,6 +29,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from imagesim_pipeline.search.index import bitmap_selector
+
 KIND = "ivf_rabitq"
 PCA_DIMS, BITS = 256, 2
 # exact filtered path: gathering float16 rows from disk costs ~2 µs each,
@@ -49,14 +51,17 @@ class RerankedIndex:
 
     @property
     def ntotal(self) -> int:
+        """Vectors held."""
         return int(self.codes.ntotal)
 
     @property
     def d(self) -> int:
+        """Vector dimension (before the PCA projection)."""
         return int(self.codes.d)
 
     @property
     def nlist(self) -> int:
+        """Inverted lists of the code index."""
         return int(faiss.extract_index_ivf(self.codes).nlist)
 
     @staticmethod
@@ -86,6 +91,7 @@ class RerankedIndex:
         self.vectors = np.concatenate([np.asarray(self.vectors), np.asarray(x, np.float16)])
 
     def reconstruct(self, i: int) -> np.ndarray:
+        """Vector ``i`` as stored (float16, returned as float32)."""
         return np.asarray(self.vectors[int(i)], np.float32)
 
     def bytes_per_vector(self) -> float:
@@ -121,7 +127,7 @@ class RerankedIndex:
         probe = nprobe or self.nprobe
         sel = None
         if mask is not None and count < n:
-            sel = faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+            sel = bitmap_selector(mask)
             probe = math.ceil(probe * max(1.0, min(boost_max, boost / math.sqrt(count / n))))
         params = faiss.IVFRaBitQSearchParameters()
         params.nprobe = min(self.nlist, probe)
@@ -138,9 +144,11 @@ class RerankedIndex:
 
     # -- files ----------------------------------------------------------------------------------
     def codes_bytes(self) -> bytes:
+        """The serialised code index (``index.faiss``)."""
         return faiss.serialize_index(self.codes).tobytes()
 
     def vectors_bytes(self) -> bytes:
+        """The float16 re-rank vectors as a ``.npy`` file (``vectors.npy``)."""
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(self.vectors, np.float16))
         return buffer.getvalue()

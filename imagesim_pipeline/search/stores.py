@@ -46,6 +46,7 @@ class Item:
 
     @property
     def geometry(self) -> shapely.Geometry:
+        """The chip's WGS84 outline as a shapely geometry."""
         return shapely.from_wkb(self.wkb)
 
 
@@ -135,10 +136,12 @@ class FaissStore:
                     self.geometry[i].as_py(), self.probs[i])
 
     def item(self, chip: str) -> Item | None:
+        """The chip's record, or None when it is not indexed."""
         i = self.row_of.get(chip)
         return None if i is None else self._item(i)
 
     def embedding(self, chip: str) -> np.ndarray | None:
+        """The chip's stored embedding, or None for the 8-bit kinds (their decoded vectors are approximations)."""
         from imagesim_pipeline.search.index import stored_vector
 
         i = self.row_of.get(chip)
@@ -176,6 +179,7 @@ class FaissStore:
 
     def nearest(self, query: np.ndarray, k: int, filters: Filters,
                 excluded_places: frozenset[str] = frozenset()) -> list[tuple[float, Item]]:
+        """The ``k`` items most like ``query`` passing ``filters``, outside ``excluded_places``, best first."""
         from imagesim_pipeline.search.index import search
 
         allowed = self._allowed(filters)
@@ -191,9 +195,11 @@ class FaissStore:
         return []
 
     def count(self, filters: Filters) -> int:
+        """How many chips pass ``filters``."""
         return len(self) if not filters.active() else int(self.mask(filters).sum())
 
     def newest_per_place(self, bbox: tuple[float, float, float, float], limit: int) -> tuple[list[Item], int]:
+        """The newest chip of each place meeting ``bbox`` (at most ``limit``) and how many places there are."""
         w, s, e, n = bbox
         b = self.bounds
         rows = np.flatnonzero((b[:, 0] <= e) & (b[:, 2] >= w) & (b[:, 1] <= n) & (b[:, 3] >= s))
@@ -205,10 +211,12 @@ class FaissStore:
         return [self._item(int(i)) for i in newest[:limit]], len(newest)
 
     def sample(self, n: int, seed: int = 0) -> list[str]:
+        """``n`` chip ids drawn at random (the same for the same seed)."""
         rows = np.random.default_rng(seed).choice(len(self), size=min(n, len(self)), replace=False)
         return [self.chips[i] for i in rows]
 
     def extent(self) -> Extent:
+        """The catalogs, bounds and dates the index covers."""
         if not len(self):
             return Extent([], None, None, None)
         b = self.bounds
@@ -217,6 +225,7 @@ class FaissStore:
                       self.dates.min().astype(date), self.dates.max().astype(date))
 
     def describe(self) -> dict[str, Any]:
+        """The index's kind, size and parameters (``search.index.describe``)."""
         from imagesim_pipeline.search.index import describe
 
         return {"engine": self.engine, **describe(self.index)}
@@ -243,7 +252,7 @@ def index_build(bucket: Bucket, version: str) -> str:
     """The build id of ``version``'s complete index on the configured engine (it changes with the content);
     ``IndexNotFoundError`` when there is none."""
     if engine_setting() == "pgvector":
-        from imagesim_pipeline.search.pgvector_store import read_manifest as read_pg_manifest
+        from imagesim_pipeline.search.pgvector_db import read_manifest as read_pg_manifest
 
         return read_pg_manifest(version).build
     from imagesim_pipeline.search.catalog import read_manifest
@@ -265,7 +274,7 @@ def has_index(bucket: Bucket, version: str) -> bool:
 def engine_status(bucket: Bucket | None = None) -> str:
     """One line on the configured engine (for ``imagesim check``); an ``ImagesimError`` saying what is wrong."""
     if engine_setting() == "pgvector":
-        from imagesim_pipeline.search.pgvector_store import describe_database
+        from imagesim_pipeline.search.pgvector_db import describe_database
 
         return f"vector engine: pgvector, {describe_database()}"
     where = f" under {bucket.url('index/')}" if bucket is not None else ""
@@ -277,7 +286,7 @@ def write_index(bucket: Bucket, version: str, params: IndexParams | None = None,
                 warn: Callable[[str], None] | None = None) -> IndexBuild:
     """Bring ``version``'s index on the configured engine up to date with its embeddings in the bucket."""
     if engine_setting() == "pgvector":
-        from imagesim_pipeline.search.pgvector_store import sync_index
+        from imagesim_pipeline.search.pgvector_db import sync_index
 
         return sync_index(bucket, version, progress=progress, warn=warn)
     from imagesim_pipeline.search.catalog import build_similarity_index

@@ -16,7 +16,6 @@ from imagesim_pipeline.changes.detect import EMBEDDING, FEATURE_MAPS, change_tab
 from imagesim_pipeline.changes.feature_maps import OnnxFeatureMaps
 from imagesim_pipeline.changes.maps import STORED_DOWNSAMPLE
 from imagesim_pipeline.changes.spatial import ChipPairScorer
-from imagesim_pipeline.chips.cell_chips import manifest_key
 from imagesim_pipeline.chips.naming import ChipName, chip_key
 from imagesim_pipeline.embeddings.cell_embeddings import embed_cell, kept_chips
 from imagesim_pipeline.embeddings.encoder import OnnxEncoder
@@ -109,10 +108,10 @@ def test_a_re_chipped_chip_re_scores_its_place_only(scored_cell, tmp_path):
     data = bucket.read_bytes(chip_key(ChipName.parse(other)))
     assert len(data) != len(bucket.read_bytes(chip_key(ChipName.parse(chip))))  # a re-chip: another byte count
     bucket.write_bytes(chip_key(ChipName.parse(chip)), data)
-    manifest = json.loads(bucket.read_text(manifest_key(cell)))
+    manifest = json.loads(bucket.read_text(layout.chip_manifest_key(cell)))
     row = next(r for r in manifest["chips"] if r["chip"] == chip)
     row["bytes"] = len(data)
-    bucket.write_text(manifest_key(cell), json.dumps(manifest))
+    bucket.write_text(layout.chip_manifest_key(cell), json.dumps(manifest))
 
     again = embed_cell(bucket, encoder, cell, changes=True)
     chips_of_place = len(places[place]) + 1

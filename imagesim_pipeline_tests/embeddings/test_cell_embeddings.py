@@ -8,15 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
-
-from imagesim_pipeline.models.registry import ModelNotFoundError
 from PIL import Image
 
-from imagesim_pipeline.chips.cell_chips import manifest_key
 from imagesim_pipeline.chips.naming import ChipName, chip_key
-from imagesim_pipeline.embeddings.cell_embeddings import embed_cell, embeddings_key, kept_chips, vectors
+from imagesim_pipeline.embeddings.cell_embeddings import embed_cell, kept_chips, vectors
 from imagesim_pipeline.embeddings.encoder import EncoderError, OnnxEncoder
-from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline.models.registry import ModelNotFoundError
+from imagesim_pipeline.storage import layout, open_bucket
 
 
 @pytest.fixture
@@ -39,7 +37,7 @@ def test_a_cell_becomes_geoparquet_with_embeddings_that_match_the_model(model_bu
     result = embed_cell(bucket, encoder, cell)
     kept = kept_chips(bucket, cell)
     assert result.chips == result.encoded == len(kept) > 0 and result.reused == 0
-    with bucket.local_copy(embeddings_key(version, cell)) as path:
+    with bucket.local_copy(layout.embeddings_key(version, cell)) as path:
         frame = gpd.read_parquet(path)
     assert frame.crs.to_epsg() == 4326 or frame.crs.to_string() == "OGC:CRS84"
     assert list(frame.columns[:6]) == ["chip", "place", "cell", "catalog_id", "date", "geometry"]
@@ -63,7 +61,7 @@ def test_re_running_encodes_only_new_or_changed_chips_and_skips_unreadable_ones(
     first = embed_cell(bucket, encoder, cell)
     assert embed_cell(bucket, encoder, cell).encoded == 0  # nothing changed: nothing encoded
     # one chip re-chipped with other content (other bytes), one truncated
-    manifest = json.loads(bucket.read_text(manifest_key(cell)))
+    manifest = json.loads(bucket.read_text(layout.chip_manifest_key(cell)))
     kept = [r for r in manifest["chips"] if r["written"] and r["class"] == "all data"]
     changed, broken = kept[0], kept[1]
     buffer = io.BytesIO()
@@ -73,7 +71,7 @@ def test_re_running_encodes_only_new_or_changed_chips_and_skips_unreadable_ones(
     data = bucket.read_bytes(chip_key(ChipName.parse(broken["chip"])))
     bucket.write_bytes(chip_key(ChipName.parse(broken["chip"])), data[: len(data) // 4])
     broken["bytes"] = len(data) // 4
-    bucket.write_text(manifest_key(cell), json.dumps(manifest))
+    bucket.write_text(layout.chip_manifest_key(cell), json.dumps(manifest))
     again = embed_cell(bucket, encoder, cell)
     assert again.encoded == 1 and again.reused == first.chips - 2
     assert again.unreadable == [broken["chip"]] and again.chips == first.chips - 1

@@ -11,12 +11,16 @@ import shapely
 
 from imagesim_pipeline.chips.naming import ChipName, chip_key
 from imagesim_pipeline.dataset.splits import block_of
-from imagesim_pipeline.embeddings.cell_embeddings import embed_cell, embeddings_key
+from imagesim_pipeline.embeddings.cell_embeddings import embed_cell
 from imagesim_pipeline.embeddings.encoder import OnnxEncoder
-from imagesim_pipeline.search.catalog import IndexNotFoundError, build_similarity_index, load_index
-from imagesim_pipeline.storage.layout import index_key
+from imagesim_pipeline.search.catalog import (
+    IndexNotFoundError,
+    build_similarity_index,
+    load_index,
+)
 from imagesim_pipeline.search.engine import Example, Filters, SearchEngine, SearchError
-from imagesim_pipeline.storage import open_bucket
+from imagesim_pipeline.storage import layout, open_bucket
+from imagesim_pipeline.storage.layout import index_key
 from imagesim_pipeline_tests.conftest import chip_cells
 
 
@@ -132,7 +136,7 @@ def test_versions_never_mix_and_new_cells_extend_the_index(indexed, tmp_path):
     cells = chip_cells(copy)
     kept = cells[:2]
     for cell in cells[2:]:
-        copy.delete(embeddings_key(version, cell))
+        copy.delete(layout.embeddings_key(version, cell))
     first = build_similarity_index(copy, version)
     assert first.mode == "built"
     _, items_before, _ = load_index(copy, version)
@@ -148,7 +152,7 @@ def test_versions_never_mix_and_new_cells_extend_the_index(indexed, tmp_path):
     assert set(items_after.column("cell").to_pylist()[:n]) <= set(kept)
     # a cell encoded again (its file changed) rebuilds the index
     embed_cell(copy, encoder, kept[0])
-    copy.write_bytes(embeddings_key(version, kept[0]), copy.read_bytes(embeddings_key(version, kept[0])))
+    copy.write_bytes(layout.embeddings_key(version, kept[0]), copy.read_bytes(layout.embeddings_key(version, kept[0])))
     assert build_similarity_index(copy, version).mode == "built"
     fresh = SearchEngine(copy, version=version)
     assert len(fresh) == len(engine)

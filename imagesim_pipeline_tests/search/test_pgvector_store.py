@@ -15,21 +15,24 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from imagesim_pipeline.embeddings.cell_embeddings import version_prefix
 from imagesim_pipeline.search.engine import Filters, SearchEngine
 from imagesim_pipeline.search.local_postgres import LocalPostgres
-from imagesim_pipeline.search.pgvector_store import (
+from imagesim_pipeline.search.pgvector_db import (
     PgParams,
-    PgvectorStore,
     VectorEngineError,
     connect,
     drop_index,
     read_manifest,
     sync_index,
 )
+from imagesim_pipeline.search.pgvector_store import PgvectorStore
 from imagesim_pipeline.search.stores import FaissStore, has_index, open_store
-from imagesim_pipeline.storage import open_bucket
-from imagesim_pipeline_tests.conftest import free_port, stop_process_group, wait_for_port
+from imagesim_pipeline.storage import layout, open_bucket
+from imagesim_pipeline_tests.conftest import (
+    free_port,
+    stop_process_group,
+    wait_for_port,
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +114,9 @@ def test_adding_replacing_and_removing_cells(demo_index, local_pg, tmp_path):
     root, version = demo_index
     bucket = open_bucket(tmp_path / "bucket")
     source = open_bucket(root)
-    for obj in source.list(version_prefix(version)):
+    for obj in source.list(layout.embeddings_prefix(version)):
         bucket.write_bytes(obj.key, source.read_bytes(obj.key))
-    cells = sorted(o.key for o in bucket.list(version_prefix(version)))
+    cells = sorted(o.key for o in bucket.list(layout.embeddings_prefix(version)))
     held_out = cells[-1]
     held_bytes = bucket.read_bytes(held_out)
     bucket.delete(held_out)
