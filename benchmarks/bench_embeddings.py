@@ -34,7 +34,6 @@ import sys
 import time
 
 import numpy as np
-
 from bench_retrieval import MIN_JACCARD, RANDOM_DIM, retrieval, table
 
 T0 = time.perf_counter()
@@ -42,6 +41,7 @@ RULES = ("exact", f"jaccard>={MIN_JACCARD}")
 
 
 def log(msg: str) -> None:
+    """Print a timed progress line on stderr."""
     print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
@@ -51,13 +51,12 @@ def corpus(data) -> dict:
 
     chips, labels, feats, split = [], [], [], []
     for name in ("train", "val", "test"):
-        part = data.data.splits[name]
-        bad = set(data.corrupt.get(name, ()))
-        keep = [i for i, c in enumerate(part.chips) if c not in bad]
-        chips += [part.chips[i] for i in keep]
-        labels.append(part.targets[keep].astype(bool))
-        feats.append(data._sets[name].features[0])
-        split += [name] * len(keep)
+        readable = data.readable_chips(name)
+        features, targets = data.split_features(name)
+        chips += readable
+        labels.append(targets.numpy().astype(bool))
+        feats.append(features)
+        split += [name] * len(readable)
     lab = np.concatenate(labels)
     query = np.flatnonzero((np.asarray(split) == "test") & (lab.sum(1) > 0))
     return {"chips": chips, "places": [c.split("_", 1)[0] for c in chips], "labels": lab,
@@ -70,8 +69,9 @@ def score(world: dict, reps: dict[str, np.ndarray], seed: int, repeats: int) -> 
     variants["random"] = [np.random.default_rng(seed + i).standard_normal((len(world["chips"]), RANDOM_DIM),
                                                                           np.float32) for i in range(repeats)]
     res = retrieval(world, 10, seed, repeats, variants)
-    out = {name: {rule: (res["rules"][rule]["reps"][name]["precision_at_k"], res["rules"][rule]["reps"][name]["map_at_k"])
-                  for rule in RULES} for name in variants}
+    figures = {rule: res["rules"][rule]["reps"] for rule in RULES}
+    out = {name: {rule: (figures[rule][name]["precision_at_k"], figures[rule][name]["map_at_k"]) for rule in RULES}
+           for name in variants}
     out["_ceiling"] = {rule: (res["rules"][rule]["ceiling_precision"], float("nan")) for rule in RULES}
     return out
 
@@ -99,11 +99,12 @@ def train(strategy: str, size: int, pooling: str, bucket: str, epochs: int, seed
     model = model.cpu().eval()
     val_p, _, val_y = predict(model, data, "val")
     test_p, _, test_y = predict(model, data, "test")
-    at = evaluate(val_p, val_y, test_p, test_y, model.labels)["test_at_thresholds"]
-    return model, data, wall, cpu, (at["f2_micro"], at["f2_macro"])
+    at = evaluate(val_p, val_y, test_p, test_y, model.labels).test_at_thresholds
+    return model, data, wall, cpu, (at.f2_micro, at.f2_macro)
 
 
 def embed(model, features) -> np.ndarray:
+    """The model's embeddings of cached features."""
     import torch
 
     with torch.inference_mode():
@@ -121,6 +122,7 @@ def world_of(bucket: str, size: int, pooling: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train each strategy at each configuration and print (and optionally write) the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bucket", default="", help="bucket URI (default: the IMAGESIM_BUCKET setting)")
@@ -132,9 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transfer-bucket", default="", help="another demo world's bucket (other seed)")
     ap.add_argument("--json", default="", help="write every figure to this JSON file")
     args = ap.parse_args(argv)
-    from imagesim_pipeline.models.features import features_key
     from imagesim_pipeline.settings import bucket_uri
-    from imagesim_pipeline.storage import open_bucket
+    from imagesim_pipeline.storage import layout, open_bucket
 
     bucket = args.bucket or bucket_uri()
     rows, record = [], []
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{config}: training {strategy}")
             trained[strategy] = train(strategy, size, pooling, bucket, args.epochs, args.seed)
         data = next(iter(trained.values()))[1]
-        manifest = json.loads(open_bucket(bucket).read_text(features_key(data.cache_key, "manifest.json")))
+        manifest = json.loads(open_bucket(bucket).read_text(layout.features_key(data.cache_key, "manifest.json")))
         world = corpus(data)
         reps = {"backbone (raw)": world["features"].numpy()}
         reps.update({s: embed(m, world["features"]) for s, (m, *_) in trained.items()})

@@ -87,8 +87,7 @@ def copy_dataset(source_uri: str, target: Path, train_chips: int, test_chips: in
     from imagesim_pipeline.chips.naming import ChipName, chip_key
     from imagesim_pipeline.dataset.build import latest_version
     from imagesim_pipeline.models.data import load_dataset_version
-    from imagesim_pipeline.models.features import FEATURES_PREFIX
-    from imagesim_pipeline.storage import StorageError, open_bucket
+    from imagesim_pipeline.storage import StorageError, layout, open_bucket
 
     source, dest = open_bucket(source_uri), open_bucket(str(target))
     version = latest_version(source)
@@ -96,7 +95,7 @@ def copy_dataset(source_uri: str, target: Path, train_chips: int, test_chips: in
         dest.write_bytes(obj.key, source.read_bytes(obj.key))
     dest.write_text("datasets/latest.json", json.dumps({"version": version}))
     caches = []
-    for obj in source.list(FEATURES_PREFIX):
+    for obj in source.list(layout.FEATURES):
         if obj.key.endswith("/manifest.json"):
             try:
                 manifest = json.loads(source.read_text(obj.key))
@@ -196,22 +195,21 @@ def _train(bucket: str, mode: str, batch_size: int, epochs: int, chips: int, thr
     edges = timer.starts + [timer.end]
     seconds = [b - a for a, b in itertools.pairwise(edges)]
     out = {"mode": mode, "epochs": seconds, "chips": timer.chips, "setup_s": setup_s,
-           "train_chips": len(data._sets["train"]), "split_chips": len(train.chips), "workers": data.num_workers,
+           "train_chips": data.chip_counts()["train"], "split_chips": len(train.chips), "workers": data.num_workers,
            "cache_key": data.cache_key}
     if mode == "cached":
         # The trained head for the inference part: thresholds on val, figures on test (cached features).
         model.eval()
         with torch.inference_mode():
-            val, test = data._sets["val"], data._sets["test"]
-            val_p = torch.sigmoid(model(val.features[0])[0])
-            test_logits = model(test.features[0])[0]
-        thresholds = f2_optimal_thresholds(val_p, val.targets)
+            (val_x, val_y), (test_x, test_y) = data.split_features("val"), data.split_features("test")
+            val_p = torch.sigmoid(model(val_x)[0])
+            test_logits = model(test_x)[0]
+        thresholds = f2_optimal_thresholds(val_p, val_y)
         out["thresholds"] = thresholds
-        out["test_f2_cached"] = score(torch.sigmoid(test_logits), test.targets, data.labels, thresholds)["f2_micro"]
-        corrupt = set(data.corrupt["test"])
+        out["test_f2_cached"] = score(torch.sigmoid(test_logits), test_y, data.labels, thresholds)["f2_micro"]
         torch.save({"head": model.head.state_dict(), "thresholds": thresholds, "labels": data.labels,
-                    "test_chips": [c for c in data.data.splits["test"].chips if c not in corrupt],
-                    "test_features": test.features[0].clone(), "test_logits": test_logits.clone()}, head_out)
+                    "test_chips": data.readable_chips("test"),
+                    "test_features": test_x.clone(), "test_logits": test_logits.clone()}, head_out)
     Path(report).write_text(json.dumps(out))
     return sum(timer.chips)
 
@@ -345,7 +343,7 @@ def _inference(bucket: str, head_path: str, workdir: str, batch_size: int, threa
                                                     ).max())
     out["cache_vs_backbone_logits_max_abs"] = float(np.abs(ref_logits - saved["test_logits"][:n_test].numpy()).max())
     rows = {}
-    for name, (run, path) in variants.items():
+    for name, (_run, path) in variants.items():
         logits, emb = (np.concatenate(v) for v in outputs[name])
         pred = 1 / (1 + np.exp(-logits)) >= cut
         cos = (emb * ref_emb).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref_emb, axis=1) + 1e-12)
@@ -411,6 +409,7 @@ def _share(value: float | None) -> str:
 
 
 def main() -> None:
+    """Run the cached and full paths in their own processes and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bucket", default="", help="bucket holding the dataset (default: the configured bucket)")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (both paths)")
@@ -501,11 +500,12 @@ def main() -> None:
     kept = (f"; {rates['cached'] / rates['full-mallopt']:.0f}x against the full path with freed memory kept"
             if "full-mallopt" in rates else "")
     kept += (f"; keeping freed memory: cached {rates['cached-mallopt'] / rates['cached']:.1f}x, full "
-             f"{rates['full-mallopt'] / rates['full']:.1f}x the chips/s" if {"cached-mallopt", "full-mallopt"} <= set(rates)
-             else "")
+             f"{rates['full-mallopt'] / rates['full']:.1f}x the chips/s"
+             if {"cached-mallopt", "full-mallopt"} <= set(rates) else "")
+    met = min(rates["cached"] / v for k, v in rates.items() if k.startswith("full")) >= TRAIN_AIM
     print(f"cached vs full: {ratio:.0f}x the chips/s{kept} (steady state: median of epochs 2..; "
           f"{len(cached['epochs'])} cached and {len(full['epochs'])} full epochs run); aim {TRAIN_AIM:.0f}x: "
-          f"{'met' if min(rates['cached'] / v for k, v in rates.items() if k.startswith('full')) >= TRAIN_AIM else 'NOT met'}")
+          f"{'met' if met else 'NOT met'}")
     print(f"  'chips/epoch' are the chips in the batches (last partial batch dropped); 's/epoch split' scales to the "
           f"{split_chips}-chip train split; data set-up (not in the epochs): cached {cached['setup_s']:.1f} s "
           f"(feature cache {cached['cache_key']}), full {full['setup_s']:.1f} s; others: the machine's CPU that other "

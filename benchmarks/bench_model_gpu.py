@@ -73,7 +73,7 @@ def _decoded_batch(data, prep, n: int) -> torch.Tensor:
 @torch.inference_mode()
 def encoding(data, prep, batch_size: int, workers: int, repeat: int) -> dict:
     from imagesim_pipeline.models.backbones import build_backbone
-    from imagesim_pipeline.models.data import ChipImages
+    from imagesim_pipeline.models.datasets import ChipImages
     from imagesim_pipeline.models.features import encode_images
 
     out: dict = {}

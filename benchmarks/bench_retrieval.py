@@ -374,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     bucket = open_bucket(args.bucket)
     version = args.model_version or get_pointer(bucket, DEFAULT_NAME, "latest")
     metrics = read_metrics(bucket, DEFAULT_NAME, version)
-    dataset = metrics["data"]["dataset_version"]
-    fkey = args.features_key or metrics["data"]["feature_cache"]
+    dataset = metrics.data.dataset_version
+    fkey = args.features_key or metrics.data.feature_cache
     log(f"bucket {bucket.url('')}, model {version}, dataset {dataset}, features {fkey}")
 
     emb = load_embeddings(bucket, version)

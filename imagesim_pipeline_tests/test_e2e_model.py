@@ -54,11 +54,11 @@ def test_trainer_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch)
     assert get_pointer(bucket, "smlc", "trained") == version
     metrics = read_metrics(bucket, "smlc", version)
     dataset = json.loads(bucket.read_text("datasets/latest.json"))["version"]
-    assert metrics["data"]["dataset_version"] == dataset
+    assert metrics.data.dataset_version == dataset
     # figures on test are there, next to both baselines from the same run
-    assert set(metrics["baselines"]) == {"train_frequency", "logistic_regression"}
-    assert 0 < metrics["test"]["f2_micro"] <= 1 and 0 < metrics["test"]["map"] <= 1
-    assert metrics["test"]["map"] > metrics["baselines"]["train_frequency"]["test"]["map"]
+    assert set(metrics.baselines) == {"train_frequency", "logistic_regression"}
+    assert 0 < metrics.test.f2_micro <= 1 and 0 < metrics.test.map <= 1
+    assert metrics.test.map > metrics.baselines["train_frequency"].test.map
     assert "plot_f2_per_label" in meta and "plot_pr_curves" in meta
     assert (meta["embedding_strategy"].value, meta["pooling"].value, meta["input_size"].value) == ("metric", "multiscale", 320)
     # the checks ran and say what they saw
@@ -69,16 +69,17 @@ def test_trainer_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch)
     # model.onnx: both outputs, dynamic batch, metadata that matches the checkpoint's labels and thresholds
     with bucket.local_copy(model_key("smlc", version, "model.onnx")) as path:
         runtime = session(path)
-        size = metrics["data"]["input_size"]
+        size = metrics.data.input_size
         logits, embedding = runtime.run(["logits", "embedding"], {"input": np.zeros((3, 3, size, size), np.float32)})
         # the recommended defaults: 320 px, multiscale pooling (1280 + 192 features), the metric strategy
-        assert size == 320 and metrics["training"]["pooling"] == "multiscale"
-        assert logits.shape == (3, len(metrics["labels"])) and embedding.shape == (3, (1280 + 192) // 4)
-        assert read_metadata(path)["strategy"] == metrics["training"]["strategy"] == "metric"
-        assert read_metadata(path)["thresholds"] == metrics["thresholds"]
-    assert metrics["onnx"]["max_abs_diff"] < 1e-3
-    promoted = all(metrics["checks"].values())
-    assert promoted, metrics["checks"]
+        assert size == 320 and metrics.training.pooling == "multiscale"
+        assert logits.shape == (3, len(metrics.labels)) and embedding.shape == (3, (1280 + 192) // 4)
+        assert read_metadata(path)["strategy"] == metrics.training.strategy == "metric"
+        assert read_metadata(path)["thresholds"] == metrics.thresholds
+    assert metrics.onnx is not None and metrics.onnx.max_abs_diff < 1e-3
+    assert metrics.checks is not None
+    promoted = all(metrics.checks.values())
+    assert promoted, metrics.checks
     try:
         latest = get_pointer(bucket, "smlc", "latest")
     except Exception:  # noqa: BLE001 - none published

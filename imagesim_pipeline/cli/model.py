@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC
+from typing import TYPE_CHECKING
 
 from imagesim_pipeline.cli.common import BUCKET_HELP, _print
+
+if TYPE_CHECKING:
+    from imagesim_pipeline.models.registry import PointerName
 
 
 def _print_model(bucket) -> bool:
@@ -21,14 +24,16 @@ def _print_model(bucket) -> bool:
         print(f"error: {exc}", file=sys.stderr)
         return False
     metrics = read_metrics(bucket, "smlc", version)
-    _print(f"model smlc/{version}: val loss {metrics['val_loss']:.3f}, val accuracy {metrics['val']['accuracy']:.3f} "
-           f"(reference benchmark: < 0.3, > 0.85); ONNX max |diff| {metrics['onnx']['max_abs_diff']:.1e}")
+    onnx = f"{metrics.onnx.max_abs_diff:.1e}" if metrics.onnx else "not exported"
+    _print(f"model smlc/{version}: val loss {metrics.val_loss:.3f}, val accuracy {metrics.val.accuracy:.3f} "
+           f"(reference benchmark: < 0.3, > 0.85); ONNX max |diff| {onnx}")
     _print("test split (never trained on), baselines from the same run:")
     _print(quality_table(metrics))
     return True
 
 
 def cmd_model(args: argparse.Namespace) -> int:
+    """Run `imagesim model train|report|list`; the exit status."""
     from imagesim_pipeline.models.registry import get_pointer, read_metrics, verify
     from imagesim_pipeline.models.report import per_label_table, quality_table
     from imagesim_pipeline.storage import open_bucket
@@ -45,11 +50,11 @@ def cmd_model(args: argparse.Namespace) -> int:
     verify(bucket, args.name, version)  # a damaged or unpublished version: one line, exit 2
     metrics = read_metrics(bucket, args.name, version)
     if args.json:
-        _print(json.dumps(metrics, indent=2))
+        _print(metrics.to_json())
         return 0
-    _print(f"{args.name}/{version} on dataset {metrics['data']['dataset_version']} "
-           f"({', '.join(f'{s} {n}' for s, n in metrics['data']['chips'].items())} chips)")
-    _print(f"val: loss {metrics['val_loss']:.3f}, accuracy {metrics['val']['accuracy']:.3f}")
+    _print(f"{args.name}/{version} on dataset {metrics.data.dataset_version} "
+           f"({', '.join(f'{s} {n}' for s, n in metrics.data.chips.items())} chips)")
+    _print(f"val: loss {metrics.val_loss:.3f}, accuracy {metrics.val.accuracy:.3f}")
     _print("test, beside the baselines computed in the same run:")
     _print(quality_table(metrics))
     _print("")
@@ -63,8 +68,8 @@ def _list_models(bucket, name: str) -> int:
 
     from imagesim_pipeline.models.registry import published_versions, read_pointer
 
-    pointers = {which: (p.version if (p := read_pointer(bucket, name, which)) else None)
-                for which in ("latest", "serving", "trained")}
+    kinds: tuple[PointerName, ...] = ("latest", "serving", "trained")
+    pointers = {which: (p.version if (p := read_pointer(bucket, name, which)) else None) for which in kinds}
     versions = published_versions(bucket, name)
     if not versions:
         _print(f"no published version of {name} in {bucket.url('models/')}: `imagesim model train`")

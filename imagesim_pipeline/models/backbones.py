@@ -31,6 +31,8 @@ class WeightsError(ImagesimError):
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    """A supported backbone: its name and the module names of its stages."""
+
     name: str
     features: int  # width of the feature vector
     last_stage: str  # module name prefix of the stage that ``unfreeze_last_stage`` trains
@@ -52,6 +54,7 @@ def default_weights(name: str) -> str:
 
 
 def spec_of(name: str) -> BackboneSpec:
+    """The spec of a supported backbone; ValueError naming the supported ones otherwise."""
     try:
         return BACKBONES[name]
     except KeyError:
@@ -181,18 +184,19 @@ def forward_with_maps(backbone: nn.Module, name: str, images: torch.Tensor, pool
         if module == extra:
             pooled_extra = gem(x)
 
+    part = backbone.get_submodule  # timm's modules by name (nn.Module types its attributes as Tensor | Module)
     if name == "efficientnet_lite0":
-        x = backbone.bn1(backbone.conv_stem(images))
-        for i, block in enumerate(backbone.blocks):
+        x = part("bn1")(part("conv_stem")(images))
+        for i, block in enumerate(part("blocks").children()):
             x = block(x)
             seen(f"blocks.{i}", x)
-        vector = backbone.global_pool(backbone.bn2(backbone.conv_head(x)))
+        vector = part("global_pool")(part("bn2")(part("conv_head")(x)))
     else:
-        x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(images))))
+        x = part("maxpool")(part("relu")(part("bn1")(part("conv1")(images))))
         for layer in ("layer1", "layer2", "layer3", "layer4"):
-            x = getattr(backbone, layer)(x)
+            x = part(layer)(x)
             seen(layer, x)
-        vector = torch.flatten(backbone.avgpool(x), 1)
+        vector = torch.flatten(part("avgpool")(x), 1)
     if pooled_extra is not None:
         vector = torch.cat([vector, pooled_extra], dim=1)
     return vector, maps

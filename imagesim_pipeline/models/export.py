@@ -13,13 +13,16 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from imagesim_pipeline.errors import ImagesimError
+
+if TYPE_CHECKING:
+    from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
 
 INPUT, OUTPUTS = "input", ("logits", "embedding")
 MAP_OUTPUTS = ("features_8", "features_16")  # spatial features: encoders that only search never fetch them
@@ -31,15 +34,15 @@ class ExportError(ImagesimError):
 
 
 class _Exportable(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: SkywayMultiLabelClassifier) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from imagesim_pipeline.models.backbones import forward_with_maps
 
-        hp = self.model.hparams
-        vector, maps = forward_with_maps(self.model.backbone, hp.backbone, images, hp.get("pooling", "avg"))
+        settings = self.model.settings
+        vector, maps = forward_with_maps(self.model.backbone, settings.backbone, images, settings.pooling)
         logits, embedding = self.model.head_outputs(vector)
         return (logits, embedding, *(maps[name] for name in MAP_OUTPUTS))
 
@@ -81,6 +84,8 @@ def export_features(backbone: nn.Module, name: str, pooling: str, path: str | Pa
 
 @dataclass
 class Parity:
+    """Largest differences between onnxruntime and torch on real chips."""
+
     max_abs_logits: float
     max_abs_embedding: float
     images: int
@@ -88,10 +93,11 @@ class Parity:
 
     @property
     def max_abs(self) -> float:
+        """The largest of the differences."""
         return max(self.max_abs_logits, self.max_abs_embedding, self.max_abs_features)
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_size: int, metadata: dict[str, Any],
+def export_onnx(model: SkywayMultiLabelClassifier, path: str | Path, input_size: int, metadata: dict[str, Any],
                 opset: int = 18) -> Path:
     """Write ``model`` (an SMLC) as ONNX with outputs ``logits`` and ``embedding`` and ``metadata``."""
     import onnx
@@ -112,7 +118,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, metadata: d
     return path
 
 
-def session(path: str | Path, threads: int = 0, optimize: bool = True):
+def session(path: str | Path, threads: int = 0, optimize: bool = True) -> Any:
     """An onnxruntime session on the best installed execution provider (CUDA when there)."""
     import onnxruntime as ort
 
@@ -135,7 +141,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def check_parity(model: nn.Module, path: str | Path, images: torch.Tensor) -> Parity:
+def check_parity(model: SkywayMultiLabelClassifier, path: str | Path, images: torch.Tensor) -> Parity:
     """Max absolute differences between torch and onnxruntime on ``images`` (N, 3, S, S); the feature maps'
     relative to their largest magnitude (their values reach the tens)."""
     was_training = model.training

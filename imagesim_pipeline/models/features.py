@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,26 +27,26 @@ from torch.utils.data import DataLoader
 
 from imagesim_pipeline.dataset.splits import SPLITS
 from imagesim_pipeline.models.backbones import build_backbone, default_weights, pooled_features, weights_fingerprint
-from imagesim_pipeline.models.data import ChipImages, LabelledChips, collate_skipping
+from imagesim_pipeline.models.datasets import ChipImages, LabelledChips, collate_skipping
 from imagesim_pipeline.models.preprocess import Preprocessing
 from imagesim_pipeline.storage import layout
 
-FEATURES_PREFIX = layout.FEATURES
+if TYPE_CHECKING:
+    from imagesim_pipeline.storage import Bucket
+
 AUGMENTATIONS = ("none", "d4")
 Progress = Callable[[str], None]
 
 
-features_key = layout.features_key
-
-
 def cache_key(dataset_version: str, backbone: str, weights: str, prep: Preprocessing, augmentation: str,
               pooling: str = "avg") -> str:
-    spec = {"dataset": dataset_version, "backbone": backbone, "weights": weights_fingerprint(weights),
-            "prep": prep.to_dict(), "augmentation": augmentation}
+    """The cache's name: the backbone and a hash of everything that decides the features."""
+    spec: dict[str, Any] = {"dataset": dataset_version, "backbone": backbone, "weights": weights_fingerprint(weights),
+                            "prep": prep.to_dict(), "augmentation": augmentation}
     if pooling != "avg":  # caches made before pooling was a setting keep their keys
         spec["pooling"] = pooling
-    spec = json.dumps(spec, sort_keys=True)
-    return f"{backbone}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+    text = json.dumps(spec, sort_keys=True)
+    return f"{backbone}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def d4_views(images: torch.Tensor) -> list[torch.Tensor]:
@@ -145,23 +146,26 @@ def onnx_extractor(backbone: torch.nn.Module, name: str, pooling: str, size: int
 
 @dataclass
 class FeatureCache:
+    """The features of every split, as cached under ``features/<key>/``, and the cache's manifest."""
+
     key: str
     data: dict[str, tuple[np.ndarray, np.ndarray, list[str]]]  # split -> (features, targets, corrupt chips)
-    manifest: dict
+    manifest: dict[str, Any]
 
     def split(self, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(features, float labels, unreadable chips) of a split."""
         features, targets, corrupt = self.data[split]
         return torch.from_numpy(features), torch.from_numpy(targets.astype(np.float32)), corrupt
 
 
-def _load(bucket, key: str, data: LabelledChips) -> FeatureCache | None:
+def _load(bucket: Bucket, key: str, data: LabelledChips) -> FeatureCache | None:
     from imagesim_pipeline.storage import StorageError
 
     try:
-        manifest = json.loads(bucket.read_text(features_key(key, "manifest.json")))
+        manifest = json.loads(bucket.read_text(layout.features_key(key, "manifest.json")))
         loaded = {}
         for split in SPLITS:
-            with np.load(io.BytesIO(bucket.read_bytes(features_key(key, f"{split}.npz")))) as npz:
+            with np.load(io.BytesIO(bucket.read_bytes(layout.features_key(key, f"{split}.npz")))) as npz:
                 chips, features = npz["chips"].tolist(), npz["features"]
             corrupt = manifest["corrupt"][split]
             part = data.splits[split]
@@ -177,7 +181,8 @@ def _load(bucket, key: str, data: LabelledChips) -> FeatureCache | None:
 
 def cached_features(data: LabelledChips, backbone: str, weights: str | None, prep: Preprocessing,
                     augmentation: str = "none", batch_size: int = 64, num_workers: int = 0,
-                    progress: Progress = lambda m: None, bucket=None, pooling: str = "avg") -> FeatureCache:
+                    progress: Progress = lambda m: None, bucket: Bucket | None = None,
+                    pooling: str = "avg") -> FeatureCache:
     """Features of every split: from the cache when it holds them, else computed and stored."""
     from imagesim_pipeline.storage import open_bucket
 
@@ -189,12 +194,12 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
         bucket = open_bucket(bucket_uri() if data.version.startswith("csv:") else data.source)
     cached = _load(bucket, key, data)
     if cached is not None:
-        progress(f"backbone features from the cache {bucket.url(features_key(key, ''))}")
+        progress(f"backbone features from the cache {bucket.url(layout.features_key(key, ''))}")
         return cached
     device = encoding_device()
     progress(f"computing backbone features ({backbone}, {prep.size} px, {pooling} pooling, augmentation "
              f"{augmentation}, on {device}) "
-             f"into {bucket.url(features_key(key, ''))}")
+             f"into {bucket.url(layout.features_key(key, ''))}")
     model = build_backbone(backbone, weights).eval()
     extract = onnx_extractor(model, backbone, pooling, prep.size, progress) if device.type == "cpu" else None
     extract = extract or partial(pooled_features, model, backbone, pooling=pooling)
@@ -212,7 +217,7 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
         buffer = io.BytesIO()
         np.savez(buffer, chips=np.array([c for c, k in zip(part.chips, keep) if k]),
                  features=features if views > 1 else features[0])
-        bucket.write_bytes(features_key(key, f"{split}.npz"), buffer.getvalue())
+        bucket.write_bytes(layout.features_key(key, f"{split}.npz"), buffer.getvalue())
         loaded[split] = (features if views > 1 else features[0], part.targets[keep], corrupt)
         corrupt_all[split] = corrupt
         counts[split] = int(keep.sum())
@@ -224,9 +229,9 @@ def cached_features(data: LabelledChips, backbone: str, weights: str | None, pre
                 "augmentation": augmentation, "pooling": pooling, "chips": counts, "corrupt": corrupt_all,
                 "device": str(device),
                 "seconds": round(seconds, 1), "chips_per_second": round(sum(counts.values()) / max(seconds, 1e-9), 1)}
-    bucket.write_text(features_key(key, "manifest.json"), json.dumps(manifest, indent=2))
+    bucket.write_text(layout.features_key(key, "manifest.json"), json.dumps(manifest, indent=2))
     return FeatureCache(key, loaded, manifest)
 
 
-__all__ = ["AUGMENTATIONS", "FEATURES_PREFIX", "FeatureCache", "cache_key", "cached_features", "d4_views",
-           "encode_images", "encoding_device", "features_key", "keep_freed_memory", "onnx_extractor"]
+__all__ = ["AUGMENTATIONS", "FeatureCache", "cache_key", "cached_features", "d4_views", "encode_images",
+           "encoding_device", "keep_freed_memory", "onnx_extractor"]

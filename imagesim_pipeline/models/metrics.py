@@ -35,7 +35,7 @@ class MultilabelScores(MetricCollection):
 
     def __init__(self, num_labels: int, threshold: float = 0.5, sync: bool = True) -> None:
         common: dict[str, Any] = {"num_labels": num_labels, "threshold": threshold, "sync_on_compute": sync}
-        metrics: dict[str, Metric] = {
+        metrics: dict[str, Metric | MetricCollection] = {
             "accuracy": MultilabelAccuracy(average="micro", **common),
             "f2_micro": MultilabelFBetaScore(beta=2.0, average="micro", zero_division=0, **common),
             "f2_label": MultilabelFBetaScore(beta=2.0, average="none", zero_division=0, **common),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import simplejpeg
@@ -32,7 +33,8 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-ready values (metrics.json, model.onnx's metadata, the feature cache's key)."""
         return asdict(self)
 
 
@@ -71,9 +73,10 @@ def decode(data: bytes) -> torch.Tensor:
         else:
             with Image.open(io.BytesIO(data)) as image:
                 image.seek(0)  # an animation: its first frame
+                upright: Image.Image = image
                 if image.getexif().get(ORIENTATION, 1) != 1:
-                    image = ImageOps.exif_transpose(image)
-                array = np.array(image.convert("RGB"))  # writable: torch.from_numpy warns on read-only
+                    upright = ImageOps.exif_transpose(image)
+                array = np.array(upright.convert("RGB"))  # writable: torch.from_numpy warns on read-only
     except (ValueError, OSError, EOFError, Image.DecompressionBombError) as exc:
         raise CorruptImageError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)

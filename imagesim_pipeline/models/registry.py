@@ -24,11 +24,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from imagesim_pipeline.errors import ImagesimError
+from imagesim_pipeline.models.metrics_record import ModelMetrics
 from imagesim_pipeline.storage import Bucket, MissingObjectError, layout
 from imagesim_pipeline.storage.records import CorruptRecordError, read_record, write_record
 
@@ -58,6 +59,8 @@ class Pointer(BaseModel):
 
 
 class FileEntry(BaseModel):
+    """A published file's size and SHA-256, as its version's manifest lists it."""
+
     bytes: int
     sha256: str
 
@@ -74,10 +77,12 @@ class ModelManifest(BaseModel):
 
 
 def model_key(name: str, version: str, file: str) -> str:
+    """Key of a published version's file."""
     return layout.model_key(name, version, file)
 
 
 def staging_key(name: str, version: str, file: str) -> str:
+    """Key of a staged version's file."""
     return layout.model_staging_key(name, version, file)
 
 
@@ -96,6 +101,7 @@ def read_pointer(bucket: Bucket, name: str, which: PointerName) -> Pointer | Non
 
 
 def set_pointer(bucket: Bucket, name: str, which: PointerName, version: str) -> None:
+    """Point a role at a version."""
     write_record(bucket, layout.model_pointer_key(name, which), Pointer(name=name, version=version, moved=time.time()))
 
 
@@ -127,10 +133,12 @@ def read_manifest(bucket: Bucket, name: str, version: str) -> ModelManifest | No
 
 
 def is_published(bucket: Bucket, name: str, version: str) -> bool:
+    """Whether the version's manifest exists (it is written last)."""
     return read_manifest(bucket, name, version) is not None
 
 
 def require_published(bucket: Bucket, name: str, version: str) -> ModelManifest:
+    """The manifest of a published version; :class:`ModelNotFoundError` saying what to do otherwise."""
     manifest = read_manifest(bucket, name, version)
     if manifest is None:
         raise ModelNotFoundError(f"model {name}/{version} is not published "
@@ -247,7 +255,7 @@ def point_latest_at_newest(bucket: Bucket, name: str) -> str | None:
     return None
 
 
-def read_metrics(bucket: Bucket, name: str, version: str) -> dict[str, Any]:
+def read_metrics(bucket: Bucket, name: str, version: str) -> ModelMetrics:
     """``metrics.json`` of a published version, or of a staged one (trained, not yet published)."""
     for key in (model_key(name, version, METRICS), staging_key(name, version, METRICS)):
         try:
@@ -255,9 +263,14 @@ def read_metrics(bucket: Bucket, name: str, version: str) -> dict[str, Any]:
         except MissingObjectError:
             continue
         try:
-            return json.loads(text)
+            return ModelMetrics.from_json(text)
         except json.JSONDecodeError as exc:
             raise CorruptRecordError(f"{bucket.url(key)} is not valid JSON ({exc}): train the model again") from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "the document"
+            raise CorruptRecordError(f"{bucket.url(key)} is not a model's metrics.json ({where}: "
+                                     f"{first.get('msg', 'invalid')}): train the model again") from None
     raise ModelNotFoundError(f"model {name}/{version} is neither published nor staged under "
                              f"{bucket.url(model_key(name, version, ''))}: train it (trainer_job)")
 

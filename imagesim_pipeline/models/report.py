@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from imagesim_pipeline.models.metrics_record import Evaluation, ModelMetrics, Scores
 
 if TYPE_CHECKING:  # torch and the metrics are imported where used: the tables (`imagesim model report`) need neither
     import torch
@@ -22,18 +24,19 @@ HEADLINE = ("f2_micro", "f2_macro", "map", "accuracy")
 
 
 def evaluate(val_probs: torch.Tensor, val_targets: torch.Tensor, test_probs: torch.Tensor,
-             test_targets: torch.Tensor, labels: Sequence[str]) -> dict[str, Any]:
+             test_targets: torch.Tensor, labels: Sequence[str]) -> Evaluation:
     """Thresholds from val; test figures at 0.5 and at those thresholds."""
     from imagesim_pipeline.models.metrics import f2_optimal_thresholds, score
 
     thresholds = f2_optimal_thresholds(val_probs, val_targets)
-    return {"thresholds": thresholds,
-            "val": score(val_probs, val_targets, labels),
-            "test": score(test_probs, test_targets, labels),
-            "test_at_thresholds": score(test_probs, test_targets, labels, thresholds)}
+    return Evaluation(thresholds=thresholds,
+                      val=Scores.model_validate(score(val_probs, val_targets, labels)),
+                      test=Scores.model_validate(score(test_probs, test_targets, labels)),
+                      test_at_thresholds=Scores.model_validate(score(test_probs, test_targets, labels, thresholds)))
 
 
 def frequency_baseline(train_targets: np.ndarray, n_val: int, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(val, test) probabilities: each label's frequency in train, for every chip."""
     import torch
 
     freq = torch.from_numpy(train_targets.astype(np.float32).mean(0))
@@ -42,6 +45,7 @@ def frequency_baseline(train_targets: np.ndarray, n_val: int, n_test: int) -> tu
 
 def logistic_baseline(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, test_x: np.ndarray,
                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(val, test) probabilities of one standardised logistic regression per label on the features."""
     import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -62,7 +66,7 @@ def logistic_baseline(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarra
     return torch.from_numpy(val_p), torch.from_numpy(test_p)
 
 
-def baselines(features: dict[str, tuple[np.ndarray, np.ndarray]], labels: Sequence[str]) -> dict[str, Any]:
+def baselines(features: dict[str, tuple[np.ndarray, np.ndarray]], labels: Sequence[str]) -> dict[str, Evaluation]:
     """Both baselines from split -> (features (N, D) or (views, N, D), 0/1 targets)."""
     import torch
 
@@ -81,52 +85,54 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None or value != value else f"{value:.3f}"
 
 
-def quality_table(metrics: dict[str, Any]) -> str:
+def quality_table(metrics: ModelMetrics) -> str:
     """Markdown: the model and the baselines on test, at 0.5 and at the val-chosen thresholds."""
-    rows = [("SMLC", metrics)] + [(name.replace("_", " "), b) for name, b in metrics.get("baselines", {}).items()]
+    rows = [("SMLC", metrics.test, metrics.test_at_thresholds)] + [
+        (name.replace("_", " "), b.test, b.test_at_thresholds) for name, b in metrics.baselines.items()]
     lines = ["| model | micro F2 @0.5 | macro F2 @0.5 | micro F2 @thr | macro F2 @thr | mAP | accuracy @0.5 |",
              "|---|---|---|---|---|---|---|"]
-    for name, m in rows:
-        t, tt = m["test"], m["test_at_thresholds"]
-        lines.append(f"| {name} | {_fmt(t['f2_micro'])} | {_fmt(t['f2_macro'])} | {_fmt(tt['f2_micro'])} | "
-                     f"{_fmt(tt['f2_macro'])} | {_fmt(t['map'])} | {_fmt(t['accuracy'])} |")
+    for name, t, tt in rows:
+        lines.append(f"| {name} | {_fmt(t.f2_micro)} | {_fmt(t.f2_macro)} | {_fmt(tt.f2_micro)} | "
+                     f"{_fmt(tt.f2_macro)} | {_fmt(t.map)} | {_fmt(t.accuracy)} |")
     return "\n".join(lines)
 
 
-def per_label_table(metrics: dict[str, Any]) -> str:
-    test, at_thr = metrics["test"]["per_label"], metrics["test_at_thresholds"]["per_label"]
+def per_label_table(metrics: ModelMetrics) -> str:
+    """Markdown: per label, its threshold, test F2 at 0.5 and at it, test AP, and the support in test and val."""
+    test, at_thr = metrics.test.per_label, metrics.test_at_thresholds.per_label
     lines = ["| label | threshold | test F2 @0.5 | test F2 @thr | test AP | test support | val support |",
              "|---|---|---|---|---|---|---|"]
     for i, (name, per) in enumerate(test.items()):
-        lines.append(f"| {name} | {metrics['thresholds'][i]:.2f} | {_fmt(per['f2'])} | {_fmt(at_thr[name]['f2'])} | "
-                     f"{_fmt(per['ap'])} | {per['support']} | {metrics['val']['per_label'][name]['support']} |")
+        lines.append(f"| {name} | {metrics.thresholds[i]:.2f} | {_fmt(per.f2)} | {_fmt(at_thr[name].f2)} | "
+                     f"{_fmt(per.ap)} | {per.support} | {metrics.val.per_label[name].support} |")
     return "\n".join(lines)
 
 
-def model_card(name: str, version: str, metrics: dict[str, Any]) -> str:
+def model_card(name: str, version: str, metrics: ModelMetrics) -> str:
     """A short markdown model card: data, training, quality against the baselines, per label."""
-    data, training = metrics["data"], metrics["training"]
-    counts = ", ".join(f"{s} {n}" for s, n in data["chips"].items())
-    unreadable = ", ".join(f"{s} {n}" for s, n in data["unreadable"].items()) if "unreadable" in data \
+    data, training = metrics.data, metrics.training
+    counts = ", ".join(f"{s} {n}" for s, n in data.chips.items())
+    unreadable = ", ".join(f"{s} {n}" for s, n in data.unreadable.items()) if data.unreadable is not None \
         else "not recorded (metrics written before they were counted per split)"
     return "\n".join([
         f"# {name} {version}",
         "",
         "SkywayMultiLabelClassifier: a frozen ImageNet backbone with an MLP head "
-        f"({training['backbone']} → {training['head']}), multi-label over {len(metrics['labels'])} labels.",
-        f"Embedding for search: strategy `{training.get('strategy', 'classifier')}`, "
-        f"{training.get('embedding_dim', '')}-d, on `{training.get('pooling', 'avg')}`-pooled backbone features.",
+        f"({training.backbone} → {training.head}), multi-label over {len(metrics.labels)} labels.",
+        f"Embedding for search: strategy `{training.strategy}`, "
+        f"{'' if training.embedding_dim is None else training.embedding_dim}-d, on `{training.pooling}`-pooled "
+        "backbone features.",
         "",
         "## Data",
-        f"- dataset version `{data['dataset_version']}` ({counts} chips; splits by spatial block)",
-        f"- input {data['input_size']} px, ImageNet normalisation; unreadable chips left out: {unreadable}",
+        f"- dataset version `{data.dataset_version}` ({counts} chips; splits by spatial block)",
+        f"- input {data.input_size} px, ImageNet normalisation; unreadable chips left out: {unreadable}",
         "",
         "## Training",
-        f"- {training['epochs']} epochs, Adam lr {training['lr']}, cosine to {training['eta_min']}, "
-        f"{'cached backbone features' if training['cached_features'] else 'images'} "
-        f"(augmentation {training['augmentation']}), {training['seconds']:.0f} s on {training['device']}",
-        f"- validation: loss {metrics['val_loss']:.3f}, accuracy {metrics['val']['accuracy']:.3f}, "
-        f"micro F2 {metrics['val']['f2_micro']:.3f}",
+        f"- {training.epochs} epochs, Adam lr {training.lr}, cosine to {training.eta_min}, "
+        f"{'cached backbone features' if training.cached_features else 'images'} "
+        f"(augmentation {training.augmentation}), {training.seconds:.0f} s on {training.device}",
+        f"- validation: loss {metrics.val_loss:.3f}, accuracy {metrics.val.accuracy:.3f}, "
+        f"micro F2 {metrics.val.f2_micro:.3f}",
         "",
         "## Quality on the test split (never trained on), with baselines from the same run",
         "",
@@ -140,17 +146,17 @@ def model_card(name: str, version: str, metrics: dict[str, Any]) -> str:
     ])
 
 
-def report_plots(metrics: dict[str, Any], test_probs: torch.Tensor, test_targets: torch.Tensor) -> dict[str, bytes]:
+def report_plots(metrics: ModelMetrics, test_probs: torch.Tensor, test_targets: torch.Tensor) -> dict[str, bytes]:
     """PNGs: test F2 per label (model at 0.5 and thresholds, logistic baseline) and test PR curves."""
     import io
 
     from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) stays as it is
     from torchmetrics.functional.classification import multilabel_precision_recall_curve
 
-    labels = metrics["labels"]
+    labels = metrics.labels
     out = {}
 
-    def png(fig) -> bytes:
+    def png(fig: Figure) -> bytes:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
         return buffer.getvalue()
@@ -158,12 +164,12 @@ def report_plots(metrics: dict[str, Any], test_probs: torch.Tensor, test_targets
     fig = Figure(figsize=(9, 3.5))
     ax = fig.subplots()
     x = np.arange(len(labels))
-    series = [("SMLC @0.5", metrics["test"]), ("SMLC @thresholds", metrics["test_at_thresholds"])]
-    if "logistic_regression" in metrics.get("baselines", {}):
+    series = [("SMLC @0.5", metrics.test), ("SMLC @thresholds", metrics.test_at_thresholds)]
+    if "logistic_regression" in metrics.baselines:
         series.append(("logistic regression @thresholds",
-                       metrics["baselines"]["logistic_regression"]["test_at_thresholds"]))
+                       metrics.baselines["logistic_regression"].test_at_thresholds))
     for k, (name, figures) in enumerate(series):
-        ax.bar(x + (k - 1) * 0.27, [figures["per_label"][n]["f2"] or 0 for n in labels], 0.27, label=name)
+        ax.bar(x + (k - 1) * 0.27, [figures.per_label[n].f2 or 0 for n in labels], 0.27, label=name)
     ax.set_xticks(x, labels, rotation=40, ha="right")
     ax.set_ylabel("test F2")
     ax.set_ylim(0, 1)

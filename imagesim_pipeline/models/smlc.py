@@ -17,7 +17,8 @@ a chip of the same or a neighbouring place.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -36,6 +37,25 @@ from imagesim_pipeline.models.strategies import (
 STAGES = ("train", "val", "test")
 
 
+@dataclass(frozen=True)
+class SmlcSettings:
+    """The model's settings (its saved hyperparameters, less the labels), typed."""
+
+    backbone: str
+    weights: str
+    unfreeze_last_stage: bool
+    lr: float
+    eta_min: float
+    weight_decay: float
+    dropout: float
+    threshold: float
+    pooling: str
+    strategy: str
+    metric_weight: float
+    temperature: float
+    pca_dim: int
+
+
 class MlpHead(nn.Module):
     """in → in/2 → in/4 → n_labels; returns (logits, last hidden layer)."""
 
@@ -45,6 +65,7 @@ class MlpHead(nn.Module):
         self.classifier = nn.Linear(in_features // 4, n_labels)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, last hidden layer) of pooled backbone features."""
         embedding = self.hidden(features)
         return self.classifier(embedding), embedding
 
@@ -71,6 +92,13 @@ class SkywayMultiLabelClassifier(L.LightningModule):
         pca_dim: width of the ``descriptor`` strategy's embedding.
     """
 
+    # only with the label-free strategy
+    embedder: nn.Module
+    projector: nn.Module
+    # only with the descriptor strategy (buffers)
+    pca_mean: torch.Tensor
+    pca_components: torch.Tensor
+
     def __init__(self, labels: list[str], backbone: str = "efficientnet_lite0", weights: str = "",
                  unfreeze_last_stage: bool = False, lr: float = 1e-3, eta_min: float = 1e-5,
                  weight_decay: float = 1e-3, dropout: float = 0.2, threshold: float = 0.5, pooling: str = "avg",
@@ -84,6 +112,8 @@ class SkywayMultiLabelClassifier(L.LightningModule):
             raise ValueError(f"eta_min ({eta_min}) must be below lr ({lr}): a cosine schedule from lr to a larger "
                              "eta_min raises the learning rate instead of decaying it")
         self.save_hyperparameters()
+        self.settings = SmlcSettings(backbone, weights, unfreeze_last_stage, lr, eta_min, weight_decay, dropout,
+                                     threshold, pooling, strategy, metric_weight, temperature, pca_dim)
         self.labels = list(labels)
         spec = spec_of(backbone)
         self.backbone = build_backbone(backbone, weights or None)
@@ -102,11 +132,13 @@ class SkywayMultiLabelClassifier(L.LightningModule):
     # -- model ---------------------------------------------------------------------------
     @property
     def feature_dim(self) -> int:
-        return feature_width(self.hparams.backbone, self.hparams.pooling)
+        """Width of the pooled backbone features the head takes."""
+        return feature_width(self.settings.backbone, self.settings.pooling)
 
     @property
     def embedding_dim(self) -> int:
-        return self.hparams.pca_dim if self.hparams.strategy == "descriptor" else self.feature_dim // 4
+        """Width of the embedding search indexes."""
+        return self.settings.pca_dim if self.settings.strategy == "descriptor" else self.feature_dim // 4
 
     def train(self, mode: bool = True) -> SkywayMultiLabelClassifier:
         """Frozen backbone layers stay in eval mode (their BatchNorm statistics are ImageNet's);
@@ -114,17 +146,18 @@ class SkywayMultiLabelClassifier(L.LightningModule):
         super().train(mode)
         if mode:
             self.backbone.eval()
-            if self.hparams.unfreeze_last_stage:
-                self.backbone.get_submodule(spec_of(self.hparams.backbone).last_stage).train()
+            if self.settings.unfreeze_last_stage:
+                self.backbone.get_submodule(spec_of(self.settings.backbone).last_stage).train()
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return pooled_features(self.backbone, self.hparams.backbone, images, self.hparams.pooling)
+        """Pooled backbone features of normalised images."""
+        return pooled_features(self.backbone, self.settings.backbone, images, self.settings.pooling)
 
     def head_outputs(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, embedding) of pooled backbone features, as the strategy defines the embedding."""
         logits, hidden = self.head(features)
-        strategy = self.hparams.strategy
+        strategy = self.settings.strategy
         if strategy == "label-free":
             return logits, self.embedder(features)
         if strategy == "descriptor":
@@ -134,7 +167,7 @@ class SkywayMultiLabelClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, embedding) of normalised images (B, 3, H, W) or of backbone features (B, D)."""
         if x.ndim == 4:
-            if self.hparams.unfreeze_last_stage:
+            if self.settings.unfreeze_last_stage:
                 x = self.features(x)
             else:
                 with torch.no_grad():
@@ -153,36 +186,42 @@ class SkywayMultiLabelClassifier(L.LightningModule):
             return None
         logits, embedding = self(x)
         loss = classification = self.loss(logits, y.float())  # stage/loss: the reference's BCE, whatever the strategy
-        strategy = self.hparams.strategy
+        strategy = self.settings.strategy
         if strategy == "metric":
             metric = jaccard_metric_loss(embedding, y)
             self.log(f"{stage}/metric_loss", metric, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
-            loss = loss + self.hparams.metric_weight * metric
+            loss = loss + self.settings.metric_weight * metric
         elif strategy == "label-free" and len(batch) == 3 and len(y) > 1:  # (features, labels, partner features)
             contrast = info_nce(self.projector(embedding), self.projector(self.embedder(batch[2])),
-                                self.hparams.temperature)
+                                self.settings.temperature)
             self.log(f"{stage}/info_nce", contrast, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
             loss = loss + contrast  # separate parameters: labels never reach the embedder
-        self.scores[f"{stage}_scores"].update(torch.sigmoid(logits.detach()), y.long())
+        self._scores(stage).update(torch.sigmoid(logits.detach()), y.long())
         self.log(f"{stage}/loss", classification, on_step=False, on_epoch=True, prog_bar=stage != "test",
                  batch_size=len(y), sync_dist=True)
         return loss
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        """The batch's loss (None for a batch whose chips were all unreadable)."""
         return self._step(batch, "train")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Log the batch's val loss and accumulate its val figures."""
         self._step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
+        """Log the batch's test loss and accumulate its test figures."""
         self._step(batch, "test")
 
+    def _scores(self, stage: str) -> MultilabelScores:
+        return cast(MultilabelScores, self.scores[f"{stage}_scores"])  # ModuleDict's values are typed Module
 
     def _epoch_end(self, stage: str) -> None:
-        if not self.scores[f"{stage}_scores"]["accuracy"].update_called:  # e.g. an epoch with no batches
+        scores = self._scores(stage)
+        if not scores["accuracy"].update_called:  # e.g. an epoch with no batches
             return
-        summary = MultilabelScores.summary(self.scores[f"{stage}_scores"].compute(), self.labels)
-        self.scores[f"{stage}_scores"].reset()
+        summary = MultilabelScores.summary(scores.compute(), self.labels)
+        scores.reset()
         figures = {f"{stage}/{k}": summary[k] for k in ("accuracy", "f2_micro", "f2_macro", "map")}
         for name, per in summary["per_label"].items():
             if per["f2"] is not None:
@@ -193,28 +232,37 @@ class SkywayMultiLabelClassifier(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """The ``descriptor`` strategy's PCA, from the training chips' cached features (no labels)."""
-        if self.hparams.strategy == "descriptor" and not bool(self.pca_components.abs().sum()):
-            features = self.trainer.datamodule.train_features()
-            mean, components = fit_pca(features, self.hparams.pca_dim)
+        if self.settings.strategy == "descriptor" and not bool(self.pca_components.abs().sum()):
+            from imagesim_pipeline.models.data import SmlcDataModule
+
+            data = getattr(self.trainer, "datamodule", None)
+            if not isinstance(data, SmlcDataModule):
+                raise TypeError("the descriptor strategy fits its PCA on an SmlcDataModule's cached features")
+            features = data.split_features("train")[0]
+            mean, components = fit_pca(features, self.settings.pca_dim)
             self.pca_mean.copy_(mean.to(self.pca_mean.device))
             self.pca_components.zero_()
             self.pca_components[:, : components.shape[1]].copy_(components.to(self.pca_components.device))
 
     def on_train_epoch_end(self) -> None:
+        """Log the epoch's training figures."""
         self._epoch_end("train")
 
     def on_validation_epoch_end(self) -> None:
+        """Log the epoch's val figures."""
         self._epoch_end("val")
 
     def on_test_epoch_end(self) -> None:
+        """Log the test figures."""
         self._epoch_end("test")
 
     def configure_optimizers(self) -> Any:
+        """Adam on the trainable parameters, with a cosine schedule over ``max_epochs``."""
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=self.settings.lr, weight_decay=self.settings.weight_decay)
         epochs = max(1, int(self.trainer.max_epochs or 1)) if self._trainer is not None else 1
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=self.hparams.eta_min)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=self.settings.eta_min)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
 
-__all__ = ["MlpHead", "SkywayMultiLabelClassifier"]
+__all__ = ["MlpHead", "SkywayMultiLabelClassifier", "SmlcSettings"]

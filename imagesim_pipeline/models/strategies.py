@@ -34,6 +34,7 @@ NEEDS_CACHED_FEATURES = ("label-free", "descriptor")  # pairs of cached features
 
 
 def check_strategy(strategy: str) -> str:
+    """The strategy, when it is one; ValueError naming them otherwise."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown embedding strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     return strategy

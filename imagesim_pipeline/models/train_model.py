@@ -26,7 +26,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from imagesim_pipeline.models.data import SmlcDataModule
 from imagesim_pipeline.models.recommended import RECOMMENDED
@@ -71,7 +72,8 @@ def map_gpus_flag(argv: list[str]) -> list[str]:
 class SmlcCLI(LightningCLI):
     """LightningCLI with the data module's labels linked into the model and extra publishing options."""
 
-    def add_arguments_to_parser(self, parser) -> None:
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Link the model's settings into the data module and add the publishing options."""
         parser.link_arguments("model.backbone", "data.backbone")
         parser.link_arguments("model.weights", "data.weights")
         parser.link_arguments("model.pooling", "data.pooling")
@@ -92,15 +94,14 @@ class SmlcCLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train, stage, export and publish from the command line; the exit status (0 published or nothing to do)."""
     from imagesim_pipeline.errors import ImagesimError
-    from imagesim_pipeline.models.registry import AlreadyPublishedError, next_version
     from imagesim_pipeline.models.training import (
         Benchmark,
         checkpointing,
         export_and_publish,
-        model_version,
         tensorboard,
-        train_and_stage,
+        train_model,
     )
     from imagesim_pipeline.settings import runs_dir
     from imagesim_pipeline.storage import open_bucket
@@ -116,29 +117,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config, model, data, trainer = cli.config, cli.model, cli.datamodule, cli.trainer
+    if not isinstance(model, SkywayMultiLabelClassifier) or not isinstance(data, SmlcDataModule):
+        raise TypeError("SmlcCLI makes an SMLC and its data module")
     data.progress = print
-    settings_id = config.version or model_version(model, data, {"max_epochs": trainer.max_epochs,
-                                                                "seed": config.seed_everything})
-    bucket = open_bucket(data.hparams.bucket or None) if not data.hparams.chip_dir else open_bucket()
+    bucket = open_bucket(data.settings.bucket or None) if not data.settings.chip_dir else open_bucket()
+
+    def run_trainer(run_dir: Path) -> Trainer:
+        # Checkpoints and TensorBoard logs live in the run folder, so the same command resumes a killed run.
+        trainer.callbacks.append(checkpointing(run_dir))  # type: ignore[attr-defined]  # set by Lightning, undeclared
+        if config.trainer.logger in (None, True):
+            trainer.loggers = [tensorboard(run_dir)]
+        return trainer
+
     try:
-        version = next_version(bucket, config.name, settings_id, config.force_new)
-    except AlreadyPublishedError as exc:  # nothing to do: the published version stays as it is
-        print(exc, file=sys.stderr)
-        return 0
-    run_dir = Path(config.runs or runs_dir()) / config.name / version
-    # Checkpoints and TensorBoard logs live in the run folder, so the same command resumes a killed run.
-    trainer.callbacks.append(checkpointing(run_dir))
-    if config.trainer.logger in (None, True):
-        trainer.loggers = [tensorboard(run_dir)]
-    try:
-        outcome = train_and_stage(model, data, trainer, bucket, run_dir, config.name, version, settings_id)
+        outcome = train_model(model, data, bucket, run_trainer, Path(config.runs or runs_dir()), config.name,
+                              trainer.max_epochs, config.seed_everything, config.version, config.force_new)
         if outcome is None:  # a non-zero rank of a multi-process run
+            return 0
+        if outcome.already_published:  # nothing to do: the published version stays as it is
+            print(outcome.note, file=sys.stderr)
             return 0
         from imagesim_pipeline.models.report import quality_table
 
         print(quality_table(outcome.metrics))
         if config.export:
-            done = export_and_publish(bucket, config.name, version, Benchmark(min_test_f2=config.min_test_f2))
+            done = export_and_publish(bucket, config.name, outcome.version, Benchmark(min_test_f2=config.min_test_f2))
             print("checks: " + ", ".join(f"{k} {'passed' if ok else 'FAILED'}" for k, ok in done.checks.items()))
             return 0 if done.published else 1
     except ImagesimError as exc:

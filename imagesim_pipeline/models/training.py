@@ -1,7 +1,8 @@
 """Train and stage the SMLC; export it to ONNX and publish it (immutable) once its checks pass.
 
 The same two steps serve the command line (:mod:`imagesim_pipeline.models.train_model`) and the
-Dagster assets ``smlc_model`` and ``onnx_model``:
+Dagster assets ``smlc_model`` and ``onnx_model`` (both train through :func:`train_model`, which picks
+the version and the run folder):
 
 1. :func:`train_and_stage` fits the model (resuming a killed run from its last checkpoint),
    picks per-label F2-optimal thresholds on val, scores val and test (and the baselines, in the
@@ -24,27 +25,38 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 
 from imagesim_pipeline.errors import ImagesimError
-from imagesim_pipeline.models.data import ChipImages, SmlcDataModule, collate_skipping
+from imagesim_pipeline.models.data import SmlcDataModule
+from imagesim_pipeline.models.datasets import ChipImages, ChipReader, collate_skipping
 from imagesim_pipeline.models.export import ExportError, Parity, check_parity, export_onnx
 from imagesim_pipeline.models.features import keep_freed_memory
+from imagesim_pipeline.models.metrics_record import (
+    Benchmark,
+    DataInfo,
+    Evaluation,
+    ModelMetrics,
+    OnnxInfo,
+    TrainingInfo,
+)
 from imagesim_pipeline.models.registry import (
     CARD,
     CHECKPOINT,
     DEFAULT_NAME,
     METRICS,
     ONNX,
+    AlreadyPublishedError,
     get_pointer,
     is_published,
     model_key,
+    next_version,
     point_latest_at_newest,
     publish,
     read_metrics,
@@ -57,6 +69,9 @@ from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
 from imagesim_pipeline.models.strategies import NEEDS_CACHED_FEATURES
 from imagesim_pipeline.storage import Bucket
 
+if TYPE_CHECKING:
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+
 
 class TrainingSetupError(ImagesimError):
     """The model and data settings of a training run contradict each other."""
@@ -64,48 +79,49 @@ class TrainingSetupError(ImagesimError):
 
 def check_setup(model: SkywayMultiLabelClassifier, data: SmlcDataModule) -> None:
     """Refuse settings that would silently train something other than asked."""
-    if model.hparams.unfreeze_last_stage and data.hparams.cache_features:
+    hp, data_hp = model.settings, data.settings
+    if hp.unfreeze_last_stage and data_hp.cache_features:
         raise TrainingSetupError(
             "unfreeze_last_stage trains the backbone's last stage, but cache_features feeds the head precomputed "
             "features (the backbone never runs): set cache_features to false (CLI: --data.cache_features false)")
     for setting in ("backbone", "pooling"):
-        if data.hparams.cache_features and model.hparams[setting] != data.hparams[setting]:
-            raise TrainingSetupError(f"the model's {setting} ({model.hparams[setting]}) differs from the data module's "
-                                     f"({data.hparams[setting]}), whose cached features would not fit it")
-    if model.hparams.strategy != data.hparams.strategy:
-        raise TrainingSetupError(f"the model's strategy ({model.hparams.strategy}) differs from the data module's "
-                                 f"({data.hparams.strategy}): link them (the CLI and the asset do)")
-    if model.hparams.strategy in NEEDS_CACHED_FEATURES and not data.hparams.cache_features:
-        raise TrainingSetupError(f"the {model.hparams.strategy} strategy trains on cached backbone features: set "
+        ours, theirs = getattr(hp, setting), getattr(data_hp, setting)
+        if data_hp.cache_features and ours != theirs:
+            raise TrainingSetupError(f"the model's {setting} ({ours}) differs from the data module's "
+                                     f"({theirs}), whose cached features would not fit it")
+    if hp.strategy != data_hp.strategy:
+        raise TrainingSetupError(f"the model's strategy ({hp.strategy}) differs from the data module's "
+                                 f"({data_hp.strategy}): link them (the CLI and the asset do)")
+    if hp.strategy in NEEDS_CACHED_FEATURES and not data_hp.cache_features:
+        raise TrainingSetupError(f"the {hp.strategy} strategy trains on cached backbone features: set "
                                  "cache_features to true (CLI: --data.cache_features true)")
 
+
 Progress = Callable[[str], None]
-
-
-@dataclass
-class Benchmark:
-    """The reference benchmark and the project's floors, checked before a model is published."""
-
-    max_val_loss: float = 0.3
-    min_val_accuracy: float = 0.85
-    min_test_f2: float = 0.5  # micro F2 at the stored thresholds
-    max_onnx_diff: float = 1e-3
-
-    def results(self, metrics: dict[str, Any]) -> dict[str, bool]:
-        out = {"reference_benchmark": metrics["val_loss"] < self.max_val_loss
-               and metrics["val"]["accuracy"] > self.min_val_accuracy,
-               "test_f2_floor": metrics["test_at_thresholds"]["f2_micro"] >= self.min_test_f2}
-        if "onnx" in metrics:
-            out["onnx_parity"] = metrics["onnx"]["max_abs_diff"] <= self.max_onnx_diff
-        return out
+TrainerFactory = Callable[[Path], L.Trainer]  # a run folder -> the Trainer that checkpoints and logs there
 
 
 @dataclass
 class TrainOutcome:
+    """What a training run gave: the version, its metrics, where it ran; or the published version it matched."""
+
     name: str
     version: str
-    metrics: dict[str, Any]
-    resumed_from: str | None = None
+    metrics: ModelMetrics
+    run_dir: Path  # the run's checkpoints and TensorBoard logs
+    already_published: bool = False
+    note: str = ""  # why nothing was trained, when nothing was
+
+    @property
+    def resumed_from(self) -> str | None:
+        """The checkpoint a killed run resumed from, if it did."""
+        return self.metrics.training.resumed_from
+
+    @property
+    def checks(self) -> dict[str, bool]:
+        """The training checks: the reference benchmark on val, and the baselines of the same run beaten."""
+        return {"reference_benchmark": Benchmark().reference_benchmark(self.metrics),
+                "beats_baselines": self.metrics.beats_baselines}
 
 
 def model_version(model: SkywayMultiLabelClassifier, data: SmlcDataModule, trainer_settings: dict[str, Any]) -> str:
@@ -142,20 +158,54 @@ def predict(model: SkywayMultiLabelClassifier, data: SmlcDataModule, split: str
     return torch.sigmoid(lg), lg, y
 
 
-def evaluate_model(model: SkywayMultiLabelClassifier, data: SmlcDataModule
-                   ) -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor]]:
+@dataclass
+class Figures:
+    """A trained model's figures: thresholds, val and test, val loss, the baselines; the test predictions."""
+
+    evaluation: Evaluation
+    val_loss: float
+    baselines: dict[str, Evaluation] = field(default_factory=dict)  # only with cached features
+    test_probs: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    test_targets: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+
+def evaluate_model(model: SkywayMultiLabelClassifier, data: SmlcDataModule) -> Figures:
     """Thresholds, val and test figures, val loss, the baselines (on cached features); test predictions."""
     val_p, val_logits, val_y = predict(model, data, "val")
     test_p, _, test_y = predict(model, data, "test")
-    figures = evaluate(val_p, val_y, test_p, test_y, model.labels)
-    figures["val_loss"] = float(torch.nn.functional.binary_cross_entropy_with_logits(val_logits, val_y)) \
+    val_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(val_logits, val_y)) \
         if len(val_y) else float("nan")
-    if data.hparams.cache_features:
-        sets = {s: (data._sets[s].features.numpy() if data._sets[s].features.shape[0] > 1
-                    else data._sets[s].features[0].numpy(), data._sets[s].targets.numpy())
-                for s in ("train", "val", "test")}
-        figures["baselines"] = baselines(sets, model.labels)
-    return figures, (test_p, test_y)
+    figures = Figures(evaluate(val_p, val_y, test_p, test_y, model.labels), val_loss, {}, test_p, test_y)
+    if data.settings.cache_features:
+        sets = {}
+        for split in ("train", "val", "test"):
+            features, targets = data.split_features(split)
+            sets[split] = (features.numpy(), targets.numpy())
+        figures.baselines = baselines(sets, model.labels)
+    return figures
+
+
+def _metrics(model: SkywayMultiLabelClassifier, data: SmlcDataModule, trainer: L.Trainer, figures: Figures,
+             name: str, version: str, settings_id: str, seconds: float, resume: Path | None) -> ModelMetrics:
+    hp, data_hp, evaluation = model.settings, data.settings, figures.evaluation
+    splits = data.data.splits
+    extra = {"baselines": figures.baselines} if data_hp.cache_features else {}  # no key without cached features
+    return ModelMetrics(
+        name=name, version=version, settings_id=settings_id or version, labels=model.labels,
+        thresholds=evaluation.thresholds, val=evaluation.val, test=evaluation.test,
+        test_at_thresholds=evaluation.test_at_thresholds, val_loss=figures.val_loss, **extra,
+        data=DataInfo(dataset_version=data.dataset_version, input_size=data.prep.size, chips=data.chip_counts(),
+                      unreadable=data.unreadable_counts(), feature_cache=data.cache_key or None,
+                      preprocessing=data.prep.to_dict(), source=data.data.source,
+                      parity_chips=(splits["test"].chips + splits["val"].chips)[:16]),
+        training=TrainingInfo(
+            backbone=hp.backbone, weights=hp.weights or "default",
+            head=f"{model.feature_dim}→{model.feature_dim // 2}→{model.embedding_dim}→{len(model.labels)}",
+            unfreeze_last_stage=hp.unfreeze_last_stage, lr=hp.lr, eta_min=hp.eta_min, strategy=hp.strategy,
+            pooling=hp.pooling, embedding_dim=model.embedding_dim, epochs=trainer.current_epoch, seconds=seconds,
+            device=f"{trainer.num_devices}x {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}",
+            cached_features=bool(data_hp.cache_features), augmentation=data_hp.augmentation,
+            resumed_from=str(resume) if resume else None))
 
 
 def train_and_stage(model: SkywayMultiLabelClassifier, data: SmlcDataModule, trainer: L.Trainer, bucket: Bucket,
@@ -185,39 +235,43 @@ def train_and_stage(model: SkywayMultiLabelClassifier, data: SmlcDataModule, tra
     (run_dir / "finished").write_text(str(time.time()))
     model = model.cpu()
     progress("evaluating on val (thresholds) and test, with the baselines")
-    figures, (test_p, test_y) = evaluate_model(model, data)
-    hp = model.hparams
-    metrics = {
-        "name": name, "version": version, "settings_id": settings_id or version, "labels": model.labels,
-        **figures,
-        "data": {"dataset_version": data.dataset_version, "input_size": data.prep.size,
-                 "chips": {s: len(data._sets[s]) for s in ("train", "val", "test")},
-                 "unreadable": data.unreadable_counts(),
-                 "feature_cache": data.cache_key or None, "preprocessing": data.prep.to_dict(),
-                 "source": data.data.source,
-                 "parity_chips": (data.data.splits["test"].chips + data.data.splits["val"].chips)[:16]},
-        "training": {"backbone": hp.backbone, "weights": hp.weights or "default",
-                     "head": f"{model.feature_dim}→{model.feature_dim // 2}→{model.embedding_dim}→{len(model.labels)}",
-                     "unfreeze_last_stage": hp.unfreeze_last_stage, "lr": hp.lr, "eta_min": hp.eta_min,
-                     "strategy": hp.strategy, "pooling": hp.pooling, "embedding_dim": model.embedding_dim,
-                     "epochs": trainer.current_epoch, "seconds": seconds,
-                     "device": f"{trainer.num_devices}x "
-                               f"{trainer.accelerator.__class__.__name__.replace('Accelerator', '')}",
-                     "cached_features": bool(data.hparams.cache_features), "augmentation": data.hparams.augmentation,
-                     "resumed_from": str(resume) if resume else None},
-    }
+    figures = evaluate_model(model, data)
+    metrics = _metrics(model, data, trainer, figures, name, version, settings_id, seconds, resume)
     checkpoint = run_dir / "model.ckpt"
     trainer.save_checkpoint(checkpoint, weights_only=False)
     bucket.delete_prefix(staging_key(name, version, ""))  # an earlier staging of this version is replaced whole
     bucket.upload_file(checkpoint, staging_key(name, version, CHECKPOINT))
-    for plot, png in report_plots(metrics, test_p, test_y).items():
+    for plot, png in report_plots(metrics, figures.test_probs, figures.test_targets).items():
         bucket.write_bytes(staging_key(name, version, f"plots/{plot}.png"), png)
     bucket.write_text(staging_key(name, version, CARD), model_card(name, version, metrics))
-    bucket.write_text(staging_key(name, version, METRICS), json.dumps(metrics, indent=2))  # last: staging complete
+    bucket.write_text(staging_key(name, version, METRICS), metrics.to_json())  # last: staging complete
     set_pointer(bucket, name, "trained", version)
     progress(f"staged {bucket.url(staging_key(name, version, ''))} ({CHECKPOINT}, metrics.json, {CARD}); "
              "onnx_model exports, checks and publishes it")
-    return TrainOutcome(name, version, metrics, str(resume) if resume else None)
+    return TrainOutcome(name, version, metrics, run_dir)
+
+
+def train_model(model: SkywayMultiLabelClassifier, data: SmlcDataModule, bucket: Bucket, trainer: TrainerFactory,
+                runs: Path, name: str = DEFAULT_NAME, max_epochs: int | None = 40, seed: int = 0, version: str = "",
+                force_new: bool = False, progress: Progress = print) -> TrainOutcome | None:
+    """One training run, as the command line and ``smlc_model`` make it: pick the version, train and stage it.
+
+    The version is ``version`` or the hash of the settings (:func:`model_version`). Settings that
+    match a published version train nothing (unless ``force_new``: then ``<id>-2``...): the outcome
+    names that version (``already_published``, ``note`` says why) and ``trained.json`` moves to it, so
+    that the export step finds it published. Otherwise the run goes to ``runs/<name>/<version>/``
+    (a killed run resumes from there) with the Trainer ``trainer`` makes for that folder. None on
+    the non-zero ranks of a multi-process run.
+    """
+    settings_id = version or model_version(model, data, {"max_epochs": max_epochs, "seed": seed})
+    try:
+        version = next_version(bucket, name, settings_id, force_new)
+    except AlreadyPublishedError as exc:  # nothing to do: the published version stays as it is
+        set_pointer(bucket, name, "trained", settings_id)
+        return TrainOutcome(name, settings_id, read_metrics(bucket, name, settings_id), runs / name / settings_id,
+                            already_published=True, note=str(exc))
+    run_dir = runs / name / version
+    return train_and_stage(model, data, trainer(run_dir), bucket, run_dir, name, version, settings_id, progress)
 
 
 def load_checkpoint(bucket: Bucket, name: str, version: str) -> SkywayMultiLabelClassifier:
@@ -230,30 +284,28 @@ def load_checkpoint(bucket: Bucket, name: str, version: str) -> SkywayMultiLabel
         return SkywayMultiLabelClassifier.load_from_checkpoint(path, map_location="cpu").eval()
 
 
-def parity_images(metrics: dict[str, Any], count: int = 16) -> torch.Tensor:
+def parity_images(metrics: ModelMetrics, count: int = 16) -> torch.Tensor:
     """Real chips of the model's dataset (test split first), preprocessed like training."""
-    from imagesim_pipeline.models.data import ChipReader
     from imagesim_pipeline.models.preprocess import Preprocessing
 
-    data = metrics["data"]
-    chips = data["parity_chips"][:count]
-    reader = ChipReader(data["source"], data["dataset_version"].startswith("csv:"))
-    images = ChipImages(chips, np.zeros((len(chips), len(metrics["labels"])), np.uint8), reader,
-                        Preprocessing(data["input_size"]))
+    data = metrics.data
+    chips = data.parity_chips[:count]
+    reader = ChipReader(data.source, data.dataset_version.startswith("csv:"))
+    images = ChipImages(chips, np.zeros((len(chips), len(metrics.labels)), np.uint8), reader,
+                        Preprocessing(data.input_size))
     batch = collate_skipping([images[i] for i in range(len(images))])[0]
     if not len(batch):
-        raise ExportError(f"none of the {len(chips)} parity chips could be read from {data['source']}")
+        raise ExportError(f"none of the {len(chips)} parity chips could be read from {data.source}")
     return batch
 
 
-def onnx_metadata(metrics: dict[str, Any], model: SkywayMultiLabelClassifier) -> dict[str, Any]:
+def onnx_metadata(metrics: ModelMetrics, model: SkywayMultiLabelClassifier) -> dict[str, Any]:
     """What ``model.onnx`` carries so that an encoder needs nothing else: labels, thresholds, preprocessing..."""
-    return {"name": metrics["name"], "version": metrics["version"], "labels": metrics["labels"],
-            "thresholds": metrics["thresholds"], "preprocessing": metrics["data"]["preprocessing"],
-            "input_size": metrics["data"]["input_size"], "backbone": metrics["training"]["backbone"],
-            "strategy": metrics["training"].get("strategy", "classifier"),
-            "pooling": metrics["training"].get("pooling", "avg"),
-            "embedding_dim": model.embedding_dim, "dataset_version": metrics["data"]["dataset_version"],
+    return {"name": metrics.name, "version": metrics.version, "labels": metrics.labels,
+            "thresholds": metrics.thresholds, "preprocessing": metrics.data.preprocessing,
+            "input_size": metrics.data.input_size, "backbone": metrics.training.backbone,
+            "strategy": metrics.training.strategy, "pooling": metrics.training.pooling,
+            "embedding_dim": model.embedding_dim, "dataset_version": metrics.data.dataset_version,
             "outputs": ["logits", "embedding", "features_8", "features_16"], "feature_strides": {"features_8": 8,
                                                                                           "features_16": 16}}
 
@@ -264,7 +316,7 @@ class Publication:
     the checks, and whether the version is published (now or before)."""
 
     version: str
-    metrics: dict[str, Any]
+    metrics: ModelMetrics
     parity: Parity
     checks: dict[str, bool]
     published: bool
@@ -282,41 +334,41 @@ def export_and_publish(bucket: Bucket, name: str = DEFAULT_NAME, version: str = 
     """
     benchmark = benchmark or Benchmark()
     version = version or get_pointer(bucket, name, "trained")
+    metrics = read_metrics(bucket, name, version)
     if is_published(bucket, name, version):
-        metrics = read_metrics(bucket, name, version)
-        onnx = metrics["onnx"]
         progress(f"{name}/{version} is already published: nothing to export (published versions are never rewritten)")
         if moved := point_latest_at_newest(bucket, name):
             progress(f"latest.json now names {name}/{moved}, the newest published version")
-        return Publication(version, metrics, Parity(onnx["max_abs_logits"], onnx["max_abs_embedding"], onnx["images"],
-                                                         onnx.get("max_rel_features", 0.0)),
-                           metrics["checks"], published=True, already=True)
-    metrics = read_metrics(bucket, name, version)
+        if metrics.onnx is None:
+            raise ExportError(f"{name}/{version} is published but its metrics.json has no onnx figures")
+        onnx = metrics.onnx
+        return Publication(version, metrics, Parity(onnx.max_abs_logits, onnx.max_abs_embedding, onnx.images,
+                                                    onnx.max_rel_features),
+                           metrics.checks or {}, published=True, already=True)
     model = load_checkpoint(bucket, name, version)
     with tempfile.TemporaryDirectory(prefix="imagesim-onnx-") as tmp:
-        path = export_onnx(model, Path(tmp) / ONNX, metrics["data"]["input_size"], onnx_metadata(metrics, model))
+        path = export_onnx(model, Path(tmp) / ONNX, metrics.data.input_size, onnx_metadata(metrics, model))
         parity = check_parity(model, path, parity_images(metrics))
         onnx_bytes = path.read_bytes()
-    metrics["onnx"] = {"max_abs_diff": parity.max_abs, "max_abs_logits": parity.max_abs_logits,
-                       "max_abs_embedding": parity.max_abs_embedding, "max_rel_features": parity.max_abs_features,
-                       "images": parity.images,
-                       "bytes": len(onnx_bytes)}
+    metrics.onnx = OnnxInfo(max_abs_diff=parity.max_abs, max_abs_logits=parity.max_abs_logits,
+                            max_abs_embedding=parity.max_abs_embedding, max_rel_features=parity.max_abs_features,
+                            images=parity.images, bytes=len(onnx_bytes))
     checks = benchmark.results(metrics)
-    metrics["checks"] = checks
+    metrics.checks = checks
     if not all(checks.values()):  # the export stays beside the staged files, to be looked into
         bucket.write_bytes(staging_key(name, version, ONNX), onnx_bytes)
-        bucket.write_text(staging_key(name, version, METRICS), json.dumps(metrics, indent=2))
+        bucket.write_text(staging_key(name, version, METRICS), metrics.to_json())
         progress(f"{name}/{version} not published: failed {', '.join(k for k, ok in checks.items() if not ok)} "
                  f"(staged at {bucket.url(staging_key(name, version, ''))})")
         return Publication(version, metrics, parity, checks, published=False)
-    files = {ONNX: onnx_bytes, METRICS: json.dumps(metrics, indent=2).encode(),
+    files = {ONNX: onnx_bytes, METRICS: metrics.to_json().encode(),
              CARD: model_card(name, version, metrics).encode()}
     staged = staging_key(name, version, "")
     for obj in bucket.list(staged):
         relative = obj.key[len(staged):]
         if relative not in files:  # the checkpoint and the plots
             files[relative] = bucket.read_bytes(obj.key)
-    publish(bucket, name, version, files, metrics["data"]["dataset_version"], metrics.get("settings_id", version))
+    publish(bucket, name, version, files, metrics.data.dataset_version, metrics.settings)
     bucket.delete_prefix(staged)
     set_pointer(bucket, name, "latest", version)
     progress(f"published {name}/{version} ({bucket.url(model_key(name, version, ''))}); search serves it once "
@@ -324,9 +376,10 @@ def export_and_publish(bucket: Bucket, name: str = DEFAULT_NAME, version: str = 
     return Publication(version, metrics, parity, checks, published=True)
 
 
-__all__ = ["Benchmark", "EpochLog", "Publication", "TrainOutcome", "checkpointing", "choose_device", "evaluate_model",
-           "export_and_publish", "load_checkpoint", "make_trainer", "model_version", "onnx_metadata", "predict",
-           "resumable_checkpoint", "tensorboard", "train_and_stage"]
+__all__ = ["Benchmark", "EpochLog", "Figures", "Publication", "TrainOutcome", "TrainerFactory", "TrainingSetupError",
+           "check_setup", "checkpointing", "choose_device", "evaluate_model", "export_and_publish", "load_checkpoint",
+           "make_trainer", "model_version", "onnx_metadata", "parity_images", "predict", "resumable_checkpoint",
+           "tensorboard", "train_and_stage", "train_model"]
 
 
 class EpochLog(L.Callback):
@@ -336,6 +389,7 @@ class EpochLog(L.Callback):
         self.progress = progress
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the epoch's losses, accuracy and F2."""
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
@@ -351,6 +405,7 @@ def checkpointing(run_dir: Path) -> L.pytorch.callbacks.ModelCheckpoint:
 
 
 def tensorboard(run_dir: Path) -> L.pytorch.loggers.TensorBoardLogger:
+    """TensorBoard logs under ``run_dir/tensorboard``."""
     return L.pytorch.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
 
 
@@ -390,6 +445,7 @@ def make_trainer(run_dir: Path, max_epochs: int = 40, accelerator: str = "auto",
     if progress:
         callbacks.append(EpochLog(progress))
     return L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=devices, strategy=strategy,
-                     precision=precision, default_root_dir=str(run_dir), logger=tensorboard(run_dir),
+                     precision=cast("_PRECISION_INPUT | None", precision),  # the Trainer checks the value
+                     default_root_dir=str(run_dir), logger=tensorboard(run_dir),
                      callbacks=callbacks, enable_progress_bar=progress is None, enable_model_summary=False,
                      num_sanity_val_steps=0, log_every_n_steps=10, **kwargs)

@@ -23,6 +23,8 @@ from imagesim_pipeline.orchestration.resources import BucketResource
 
 
 class SmlcTrainingConfig(Config):
+    """smlc_model's settings: data, model, training and compute."""
+
     name: str = Field(default="smlc", description="model name: models/<name>/ in the bucket")
     dataset_version: str = Field(default="", description="dataset version (default: the latest)")
     backbone: str = Field(default="efficientnet_lite0", description="efficientnet_lite0 or resnet50")
@@ -71,27 +73,14 @@ class SmlcTrainingConfig(Config):
 )
 def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucket: BucketResource,
                compute: ComputeResource) -> MaterializeResult:
+    """Train and stage the SMLC (:func:`~imagesim_pipeline.models.training.train_model`); its figures and checks."""
     import lightning as L
 
     from imagesim_pipeline.models.data import SmlcDataModule
-    from imagesim_pipeline.models.registry import (
-        CARD,
-        AlreadyPublishedError,
-        model_key,
-        next_version,
-        read_metrics,
-        set_pointer,
-        staging_key,
-    )
+    from imagesim_pipeline.models.registry import CARD, model_key, staging_key
     from imagesim_pipeline.models.report import per_label_table, quality_table
     from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
-    from imagesim_pipeline.models.training import (
-        Benchmark,
-        TrainOutcome,
-        make_trainer,
-        model_version,
-        train_and_stage,
-    )
+    from imagesim_pipeline.models.training import make_trainer, train_model
     from imagesim_pipeline.settings import runs_dir
 
     store = bucket.get_bucket()
@@ -109,31 +98,24 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
                                            unfreeze_last_stage=config.unfreeze_last_stage, lr=config.lr,
                                            eta_min=config.eta_min, weight_decay=config.weight_decay,
                                            pooling=config.pooling, strategy=config.embedding_strategy)
-        settings_id = model_version(model, data, {"max_epochs": config.max_epochs, "seed": config.seed})
-        try:
-            version = next_version(store, config.name, settings_id, config.force_new)
-        except AlreadyPublishedError as exc:
-            # Re-materializing with the same settings is a no-op: the published version stays as it is.
-            context.log.info(str(exc))
-            set_pointer(store, config.name, "trained", settings_id)
-            outcome = TrainOutcome(config.name, settings_id, read_metrics(store, config.name, settings_id))
-            run_dir, already = Path(runs_dir()) / config.name / settings_id, True
-        else:
+
+        def trainer(run_dir: Path) -> L.Trainer:
             if accelerator == "cpu" and config.accelerator == "auto":
                 context.log.warning(device_note)  # a CPU-only trainer says so, and proceeds
             else:
                 context.log.info(device_note)
-            run_dir, already = Path(runs_dir()) / config.name / version, False
-            trainer = make_trainer(run_dir, config.max_epochs, accelerator, devices, config.strategy,
-                                   config.precision, progress=context.log.info)
-            outcome = train_and_stage(model, data, trainer, store, run_dir, config.name, version, settings_id,
-                                      progress=context.log.info)
-    metrics, version = outcome.metrics, outcome.version
-    key = model_key if already else staging_key
-    test, base = metrics["test_at_thresholds"], metrics.get("baselines", {})
-    passed = Benchmark().results(metrics)["reference_benchmark"]
-    beats = all(test["f2_micro"] > b["test_at_thresholds"]["f2_micro"] and metrics["test"]["map"] > b["test"]["map"]
-                for b in base.values())
+            return make_trainer(run_dir, config.max_epochs, accelerator, devices, config.strategy, config.precision,
+                                progress=context.log.info)
+
+        outcome = train_model(model, data, store, trainer, Path(runs_dir()), config.name, config.max_epochs,
+                              config.seed, force_new=config.force_new, progress=context.log.info)
+    if outcome is None:  # pragma: no cover - Dagster runs the asset in one process
+        raise RuntimeError("smlc_model trains in a single process")
+    if outcome.note:
+        context.log.info(outcome.note)  # re-materializing with the same settings is a no-op
+    metrics, version, checks = outcome.metrics, outcome.version, outcome.checks
+    key = model_key if outcome.already_published else staging_key
+    test, at_thresholds = metrics.test, metrics.test_at_thresholds
     plots = {}
     for plot in ("f2_per_label", "pr_curves"):
         plots[f"plot_{plot}"] = MetadataValue.md(
@@ -141,39 +123,41 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
     return MaterializeResult(
         metadata={
             "version": version,
-            "already_published": already,
-            "dataset_version": metrics["data"]["dataset_version"],
-            "embedding_strategy": metrics["training"].get("strategy", "classifier"),
-            "pooling": metrics["training"].get("pooling", "avg"),
-            "input_size": metrics["data"]["input_size"],
-            "val_loss": metrics["val_loss"],
-            "val_accuracy": metrics["val"]["accuracy"],
-            "test_f2_micro@0.5": metrics["test"]["f2_micro"],
-            "test_f2_macro@0.5": metrics["test"]["f2_macro"],
-            "test_f2_micro@thresholds": test["f2_micro"],
-            "test_f2_macro@thresholds": test["f2_macro"],
-            "test_map": metrics["test"]["map"],
+            "already_published": outcome.already_published,
+            "dataset_version": metrics.data.dataset_version,
+            "embedding_strategy": metrics.training.strategy,
+            "pooling": metrics.training.pooling,
+            "input_size": metrics.data.input_size,
+            "val_loss": metrics.val_loss,
+            "val_accuracy": metrics.val.accuracy,
+            "test_f2_micro@0.5": test.f2_micro,
+            "test_f2_macro@0.5": test.f2_macro,
+            "test_f2_micro@thresholds": at_thresholds.f2_micro,
+            "test_f2_macro@thresholds": at_thresholds.f2_macro,
+            "test_map": test.map,
             "quality_vs_baselines": MetadataValue.md(quality_table(metrics)),
             "per_label": MetadataValue.md(per_label_table(metrics)),
-            "thresholds": MetadataValue.json(dict(zip(metrics["labels"], metrics["thresholds"]))),
-            "chips": MetadataValue.json(metrics["data"]["chips"]),
-            "training_seconds": round(metrics["training"]["seconds"], 1),
-            "resumed_from": metrics["training"]["resumed_from"] or "none",
+            "thresholds": MetadataValue.json(dict(zip(metrics.labels, metrics.thresholds, strict=False))),
+            "chips": MetadataValue.json(metrics.data.chips),
+            "training_seconds": round(metrics.training.seconds, 1),
+            "resumed_from": metrics.training.resumed_from or "none",
             "model_card": MetadataValue.url(store.url(key(config.name, version, CARD))),
-            "tensorboard": MetadataValue.path(str(run_dir / "tensorboard")),
+            "tensorboard": MetadataValue.path(str(outcome.run_dir / "tensorboard")),
             **plots,
         },
         check_results=[
-            AssetCheckResult(check_name="reference_benchmark", passed=passed, metadata={
-                "val_loss": metrics["val_loss"], "val_accuracy": metrics["val"]["accuracy"]}),
-            AssetCheckResult(check_name="beats_baselines", passed=beats, metadata={
-                name: MetadataValue.json({"f2_micro": b["test_at_thresholds"]["f2_micro"], "map": b["test"]["map"]})
-                for name, b in base.items()}),
+            AssetCheckResult(check_name="reference_benchmark", passed=checks["reference_benchmark"], metadata={
+                "val_loss": metrics.val_loss, "val_accuracy": metrics.val.accuracy}),
+            AssetCheckResult(check_name="beats_baselines", passed=checks["beats_baselines"], metadata={
+                name: MetadataValue.json({"f2_micro": b.test_at_thresholds.f2_micro, "map": b.test.map})
+                for name, b in metrics.baselines.items()}),
         ],
     )
 
 
 class OnnxModelConfig(Config):
+    """onnx_model's settings: which version, and the checks' floors."""
+
     name: str = Field(default="smlc", description="model name: models/<name>/ in the bucket")
     version: str = Field(default="", description="model version (default: the newest trained)")
     min_test_f2: float = Field(default=0.5, description="publishing floor: test micro F2 at the stored thresholds")
@@ -200,6 +184,7 @@ class OnnxModelConfig(Config):
                 "serves it once similarity_index has built its index.",
 )
 def onnx_model(context: AssetExecutionContext, config: OnnxModelConfig, bucket: BucketResource) -> MaterializeResult:
+    """Export, check and publish the trained version (:func:`~imagesim_pipeline.models.training.export_and_publish`)."""
     from imagesim_pipeline.models.registry import ONNX, model_key
     from imagesim_pipeline.models.training import Benchmark, export_and_publish
     from imagesim_pipeline.storage import layout
@@ -210,11 +195,12 @@ def onnx_model(context: AssetExecutionContext, config: OnnxModelConfig, bucket: 
     with step_errors("ONNX export failed: "):
         done = export_and_publish(store, config.name, config.version, benchmark, progress=context.log.info)
     metrics, parity, checks, version = done.metrics, done.parity, done.checks, done.version
+    onnx_bytes = metrics.onnx.bytes if metrics.onnx else 0
     return MaterializeResult(
         metadata={
             "version": version,
             "onnx": MetadataValue.url(store.url(model_key(config.name, version, ONNX))),
-            "bytes": metrics["onnx"]["bytes"],
+            "bytes": onnx_bytes,
             "max_abs_diff": parity.max_abs,
             "parity_images": parity.images,
             "published": done.published,
@@ -228,7 +214,7 @@ def onnx_model(context: AssetExecutionContext, config: OnnxModelConfig, bucket: 
                 "max_abs_logits": parity.max_abs_logits, "max_abs_embedding": parity.max_abs_embedding,
                 "tolerance": config.max_onnx_diff}),
             AssetCheckResult(check_name="test_f2_floor", passed=checks["test_f2_floor"], metadata={
-                "test_f2_micro@thresholds": metrics["test_at_thresholds"]["f2_micro"], "floor": config.min_test_f2}),
+                "test_f2_micro@thresholds": metrics.test_at_thresholds.f2_micro, "floor": config.min_test_f2}),
         ],
     )
 

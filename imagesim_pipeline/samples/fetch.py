@@ -20,6 +20,8 @@ from imagesim_pipeline.settings import data_dir
 
 @dataclass(frozen=True)
 class Sample:
+    """One offline sample file: which PyPI wheel holds it, where inside, and its licence."""
+
     name: str  # file name under data/samples/
     distribution: str
     version: str
@@ -61,10 +63,11 @@ SAMPLE_INGESTS = [
 
 
 class SampleError(ImagesimError):
-    pass
+    """A sample could not be fetched or checked (the message names the file and what to do)."""
 
 
 def samples_dir() -> Path:
+    """Where fetched samples live: ``<data dir>/samples``."""
     return data_dir() / "samples"
 
 

@@ -158,7 +158,7 @@ def test_reference_inputs_split_by_block_and_corrupt_chips_are_counted(reference
                             backbone="efficientnet_lite0", weights="random")
     module.setup("fit")
     assert sum(len(c) for c in module.corrupt.values()) == 2  # the junk and the truncated chip
-    assert sum(len(module._sets[s]) for s in ("train", "val", "test")) == 238
+    assert sum(module.chip_counts().values()) == 238
     # the cache is reused: same key, nothing recomputed
     again = SmlcDataModule(chip_dir=str(chips), labels_csv=str(csv), input_size=64, num_workers=0,
                            backbone="efficientnet_lite0", weights="random")
@@ -190,9 +190,9 @@ def test_training_learns_and_the_onnx_export_matches(reference_inputs, tmp_path,
                                 run_dir, "smlc", "v-test", progress=lambda m: None)
     metrics = outcome.metrics
     # visible labels are learnt: far above predicting the train frequency, measured in the same run
-    assert metrics["test"]["f2_macro"] > 0.8
-    assert metrics["test"]["map"] > metrics["baselines"]["train_frequency"]["test"]["map"] + 0.3
-    assert len(metrics["thresholds"]) == 3 and all(0 < t < 1 for t in metrics["thresholds"])
+    assert metrics.test.f2_macro > 0.8
+    assert metrics.test.map > metrics.baselines["train_frequency"].test.map + 0.3
+    assert len(metrics.thresholds) == 3 and all(0 < t < 1 for t in metrics.thresholds)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert get_pointer(bucket, "smlc", "trained") == "v-test"
     assert "| SMLC |" in bucket.read_text(staging_key("smlc", "v-test", "model_card.md"))
@@ -210,7 +210,7 @@ def test_training_learns_and_the_onnx_export_matches(reference_inputs, tmp_path,
         assert logits.shape == (5, 3) and embedding.shape == (5, 320)
         assert f8.shape == (5, 40, 8, 8) and f16.shape == (5, 112, 4, 4)  # the backbone's strides 8 and 16
         meta = read_metadata(path)
-        assert meta["labels"] == LABELS and meta["thresholds"] == metrics["thresholds"]
+        assert meta["labels"] == LABELS and meta["thresholds"] == metrics.thresholds
         assert meta["preprocessing"]["size"] == 64
     assert (get_pointer(bucket, "smlc", "latest") == "v-test") == all(checks.values())
 

@@ -133,7 +133,7 @@ def test_each_strategy_trains_exports_and_gets_its_own_version(strategy, referen
     bucket = open_bucket(tmp_path / "bucket")
     outcome = train_and_stage(model, data, make_trainer(run_dir, max_epochs=4, accelerator="cpu"), bucket, run_dir,
                               "smlc", version, progress=lambda m: None)
-    assert outcome.metrics["training"]["strategy"] == strategy
+    assert outcome.metrics.training.strategy == strategy
     loose = Benchmark(max_val_loss=10.0, min_val_accuracy=0.0, min_test_f2=0.0)
     done = export_and_publish(bucket, "smlc", version, loose, progress=lambda m: None)
     assert done.published and done.parity.max_abs < 1e-3
@@ -146,7 +146,7 @@ def test_each_strategy_trains_exports_and_gets_its_own_version(strategy, referen
     if strategy == "descriptor":  # the PCA was fitted on the training chips' features and travels in the checkpoint
         comps = model.pca_components
         assert torch.allclose(comps.T @ comps, torch.eye(16), atol=1e-4)
-        features = data.train_features()
+        features = data.split_features("train")[0]
         assert torch.allclose(model.cpu().eval()(features[:4])[1], (features[:4] - model.pca_mean) @ comps, atol=1e-5)
 
 

@@ -11,6 +11,7 @@ import torch
 
 from imagesim_pipeline.ard.grid import ArdCell
 from imagesim_pipeline.models.data import SmlcDataModule, load_reference_inputs, union_over_ranks
+from imagesim_pipeline.models.metrics_record import ModelMetrics
 from imagesim_pipeline.models.report import model_card
 from imagesim_pipeline.models.smlc import SkywayMultiLabelClassifier
 from imagesim_pipeline.storage import open_bucket
@@ -54,11 +55,12 @@ def _train(data: SmlcDataModule, tmp_path):
     outcome = train_and_stage(model, data, make_trainer(run_dir, max_epochs=1, accelerator="cpu"),
                               open_bucket(tmp_path / "bucket"), run_dir, "smlc", "v-unreadable",
                               progress=lambda m: None)
-    return json.loads(json.dumps(outcome.metrics))  # as metrics.json holds them
+    return json.loads(outcome.metrics.to_json())  # as metrics.json holds them
 
 
-def _card_line(metrics) -> str:
-    (line,) = [line for line in model_card("smlc", "v", metrics).splitlines() if "unreadable chips" in line]
+def _card_line(metrics: dict) -> str:
+    card = model_card("smlc", "v", ModelMetrics.model_validate(metrics))
+    (line,) = [line for line in card.splitlines() if "unreadable chips" in line]
     return line
 
 
