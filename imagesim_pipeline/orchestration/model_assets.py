@@ -18,7 +18,7 @@ from imagesim_pipeline.models.recommended import RECOMMENDED
 from imagesim_pipeline.orchestration.compute import DATAMAKER_TAGS, TRAINER_POOL, TRAINER_TAGS, ComputeResource
 from imagesim_pipeline.orchestration.failures import TRANSIENT_RETRY, step_errors
 from imagesim_pipeline.orchestration.label_assets import training_dataset
-from imagesim_pipeline.orchestration.metadata import image_markdown
+from imagesim_pipeline.orchestration.metadata import plot, rounded
 from imagesim_pipeline.orchestration.resources import BucketResource
 
 
@@ -117,11 +117,10 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
     key = model_key if outcome.already_published else staging_key
     test, at_thresholds = metrics.test, metrics.test_at_thresholds
     plots = {}
-    for plot in ("f2_per_label", "pr_curves"):
-        plots[f"plot_{plot}"] = MetadataValue.md(
-            image_markdown(store.read_bytes(key(config.name, version, f"plots/{plot}.png")), plot))
+    for name in ("f2_per_label", "pr_curves"):
+        plots[f"plot_{name}"] = plot(store.read_bytes(key(config.name, version, f"plots/{name}.png")), name)
     return MaterializeResult(
-        metadata={
+        metadata=rounded({
             "version": version,
             "already_published": outcome.already_published,
             "dataset_version": metrics.data.dataset_version,
@@ -137,20 +136,20 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
             "test_map": test.map,
             "quality_vs_baselines": MetadataValue.md(quality_table(metrics)),
             "per_label": MetadataValue.md(per_label_table(metrics)),
-            "thresholds": MetadataValue.json(dict(zip(metrics.labels, metrics.thresholds, strict=False))),
+            "thresholds": MetadataValue.json(rounded(dict(zip(metrics.labels, metrics.thresholds, strict=False)))),
             "chips": MetadataValue.json(metrics.data.chips),
             "training_seconds": round(metrics.training.seconds, 1),
             "resumed_from": metrics.training.resumed_from or "none",
             "model_card": MetadataValue.url(store.url(key(config.name, version, CARD))),
             "tensorboard": MetadataValue.path(str(outcome.run_dir / "tensorboard")),
             **plots,
-        },
+        }),
         check_results=[
-            AssetCheckResult(check_name="reference_benchmark", passed=checks["reference_benchmark"], metadata={
-                "val_loss": metrics.val_loss, "val_accuracy": metrics.val.accuracy}),
+            AssetCheckResult(check_name="reference_benchmark", passed=checks["reference_benchmark"], metadata=rounded({
+                "val_loss": metrics.val_loss, "val_accuracy": metrics.val.accuracy})),
             AssetCheckResult(check_name="beats_baselines", passed=checks["beats_baselines"], metadata={
-                name: MetadataValue.json({"f2_micro": b.test_at_thresholds.f2_micro, "map": b.test.map})
-                for name, b in metrics.baselines.items()}),
+                baseline: MetadataValue.json(rounded({"f2_micro": b.test_at_thresholds.f2_micro, "map": b.test.map}))
+                for baseline, b in metrics.baselines.items()}),
         ],
     )
 
@@ -197,7 +196,7 @@ def onnx_model(context: AssetExecutionContext, config: OnnxModelConfig, bucket: 
     metrics, parity, checks, version = done.metrics, done.parity, done.checks, done.version
     onnx_bytes = metrics.onnx.bytes if metrics.onnx else 0
     return MaterializeResult(
-        metadata={
+        metadata=rounded({
             "version": version,
             "onnx": MetadataValue.url(store.url(model_key(config.name, version, ONNX))),
             "bytes": onnx_bytes,
@@ -208,13 +207,13 @@ def onnx_model(context: AssetExecutionContext, config: OnnxModelConfig, bucket: 
             "promoted": done.published,  # kept for older sensors' cursors: same meaning as "published"
             "latest": store.url(layout.model_pointer_key(config.name, "latest")),
             "checks": MetadataValue.json(checks),
-        },
+        }),
         check_results=[
-            AssetCheckResult(check_name="onnx_parity", passed=checks["onnx_parity"], metadata={
+            AssetCheckResult(check_name="onnx_parity", passed=checks["onnx_parity"], metadata=rounded({
                 "max_abs_logits": parity.max_abs_logits, "max_abs_embedding": parity.max_abs_embedding,
-                "tolerance": config.max_onnx_diff}),
-            AssetCheckResult(check_name="test_f2_floor", passed=checks["test_f2_floor"], metadata={
-                "test_f2_micro@thresholds": metrics.test_at_thresholds.f2_micro, "floor": config.min_test_f2}),
+                "tolerance": config.max_onnx_diff})),
+            AssetCheckResult(check_name="test_f2_floor", passed=checks["test_f2_floor"], metadata=rounded({
+                "test_f2_micro@thresholds": metrics.test_at_thresholds.f2_micro, "floor": config.min_test_f2})),
         ],
     )
 
