@@ -30,6 +30,8 @@ def significant(value: float, digits: int = 4) -> float:
 
 def rounded(value: Any, digits: int = 4) -> Any:
     """``value`` with every float in it (in dicts, lists and tuples too) rounded by :func:`significant`."""
+    if isinstance(value, MetadataValue):  # Dagster's values are tuples underneath: never taken apart
+        return value
     if isinstance(value, float):
         return significant(value, digits)
     if isinstance(value, dict):

@@ -25,6 +25,13 @@ def test_rounded_reaches_into_nested_values_and_leaves_the_rest():
                               "list": [0.1235, (0.3333, "x")], "ok": True}
 
 
+def test_rounded_leaves_dagster_values_whole():
+    """Dagster's metadata values are tuples underneath and refuse iteration: rounding must pass them through."""
+    json_value, url = MetadataValue.json({"f2": 0.123456}), MetadataValue.url("file:///x")
+    assert rounded({"thresholds": json_value, "card": url, "loss": 0.123456}) == {
+        "thresholds": json_value, "card": url, "loss": 0.1235}
+
+
 def test_counts_table_rounds_floats_and_fits_inline():
     table = counts_table(("median", "p90"), [(0.20857037603855133, 1.23456789)])
     assert "| 0.2086 | 1.235 |" in table
