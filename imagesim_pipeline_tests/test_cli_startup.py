@@ -78,5 +78,5 @@ def test_cli_k_limit_is_the_engines():
     from imagesim_pipeline.search.engine import MAX_K
 
     with pytest.raises(argparse.ArgumentTypeError):
-        cli._parse_k(str(MAX_K + 1))
-    assert cli._parse_k("1000") == 1000 and cli._parse_k("1") == 1
+        cli.parse_k(str(MAX_K + 1))
+    assert cli.parse_k("1000") == 1000 and cli.parse_k("1") == 1

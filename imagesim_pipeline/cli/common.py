@@ -7,27 +7,36 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from imagesim_pipeline.errors import ImagesimError
+
 BUCKET_HELP = "bucket root: a folder or s3://bucket/prefix (default: $IMAGESIM_BUCKET or data/bucket)"
 
 
-def _print(msg: str) -> None:
+class CommandError(ImagesimError):
+    """A command that cannot go on; the message says what to do (``main`` prints it, exit 2)."""
+
+
+def say(msg: str) -> None:
+    """A line of progress or result on stdout, flushed at once (output interleaves with Dagster's logs)."""
     print(msg, flush=True)
 
 
-def _parse_date(text: str) -> date:
+def parse_date(text: str) -> date:
+    """``--since``/``--until``: a YYYY-MM-DD date."""
     try:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date") from None
 
 
-def _parse_zone(text: str) -> int:
+def parse_zone(text: str) -> int:
+    """``--zone``: a UTM zone number 1-60."""
     if not text.isdigit() or not 1 <= int(text) <= 60:
         raise argparse.ArgumentTypeError(f"{text!r} is not a UTM zone number 1-60")
     return int(text)
 
 
-def _parse_k(text: str) -> int:
+def parse_k(text: str) -> int:
     """``--k``: checked while parsing (one line, exit 2), before the search engine is imported."""
     from imagesim_pipeline.search.bbox import MAX_K
 
@@ -40,7 +49,7 @@ def _parse_k(text: str) -> int:
     return k
 
 
-def _parse_bounds(text: str) -> tuple[float, float, float, float]:
+def parse_bounds(text: str) -> tuple[float, float, float, float]:
     """WEST,SOUTH,EAST,NORTH in degrees, range-checked (``search.bbox.parse_bbox``, as the API's bbox)."""
     from imagesim_pipeline.search.bbox import BboxError, parse_bbox
 
@@ -50,7 +59,8 @@ def _parse_bounds(text: str) -> tuple[float, float, float, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _parse_setting(text: str) -> tuple[str, object]:
+def parse_setting(text: str) -> tuple[str, object]:
+    """``--set KEY=VALUE``: the value read as YAML (numbers, booleans, lists)."""
     import yaml
 
     key, eq, value = text.partition("=")
@@ -65,8 +75,8 @@ def _parse_setting(text: str) -> tuple[str, object]:
 # --- commands -------------------------------------------------------------------------------
 
 
-def _port_free(host: str, port: int) -> bool:
-    """Whether ``host:port`` can be listened on; if not, say so in one line (the caller exits 2)."""
+def require_free_port(host: str, port: int) -> None:
+    """Refuse (:class:`CommandError`, exit 2) when ``host:port`` cannot be listened on."""
     import socket
 
     try:
@@ -74,13 +84,11 @@ def _port_free(host: str, port: int) -> bool:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as exc:
-        print(f"error: cannot listen on {host}:{port} ({exc.strerror}): another server holds it; stop it or "
-              "choose another --port", file=sys.stderr)
-        return False
-    return True
+        raise CommandError(f"cannot listen on {host}:{port} ({exc.strerror}): another server holds it; stop it or "
+                           "choose another --port") from None
 
 
-def _exec_dagster(command: str, *args: str) -> None:
+def exec_dagster(command: str, *args: str) -> None:
     """Replace this process with Dagster's ``command`` over the project's workspace, once the instance opens
     (its storage checked: an unreachable PostgreSQL is one line) and imagesim's pools are set."""
     import os
@@ -95,7 +103,7 @@ def _exec_dagster(command: str, *args: str) -> None:
     os.execv(program, [program, *args, "-w", "workspace.yaml"])
 
 
-def _model_options(p: argparse.ArgumentParser, bucket_help: str) -> None:
+def model_options(p: argparse.ArgumentParser, bucket_help: str) -> None:
     """--name, --version and --bucket of the commands that read a published model's outputs."""
     p.add_argument("--name", default="smlc", help="model name (default smlc)")
     p.add_argument("--version", help="model version (default: the one search serves, models/<name>/serving.json)")

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from imagesim_pipeline.cli.common import BUCKET_HELP, _parse_bounds, _parse_date, _parse_setting, _parse_zone, _print
+from imagesim_pipeline.cli.common import BUCKET_HELP, parse_bounds, parse_date, parse_setting, parse_zone, say
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -21,13 +21,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for source in args.sources:
         try:
             result = ingest(source, bucket, args.catalog_id, args.date, bounds_wgs84=args.bounds,
-                            resolution=args.resolution, progress=_print)
+                            resolution=args.resolution, progress=say)
         except IngestError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        _print(f"{source}: wrote {len(result.written)} cell(s) to {bucket.uri}"
-               + (f", skipped {len(result.skipped_nodata)} no-data cell(s)" if result.skipped_nodata else ""))
+        say(f"{source}: wrote {len(result.written)} cell(s) to {bucket.uri}"
+            + (f", skipped {len(result.skipped_nodata)} no-data cell(s)" if result.skipped_nodata else ""))
     return 1 if failed else 0
 
 
@@ -52,10 +52,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
                           "problems": [{"key": p.key, "reason": p.reason} for p in found.problems]}, indent=2))
     else:
         for cell_id, delivery in sorted(found.cells.items()):
-            _print(f"{cell_id}  {len(delivery.acquisitions)} acquisition(s)  {', '.join(delivery.dates)}")
-        _print(f"{len(found.cells)} cell(s), {found.acquisition_count} acquisition(s), "
-               f"{len(found.problems)} malformed entr{'y' if len(found.problems) == 1 else 'ies'} "
-               f"in {bucket.url(prefix)} ({elapsed:.2f} s)")
+            say(f"{cell_id}  {len(delivery.acquisitions)} acquisition(s)  {', '.join(delivery.dates)}")
+        say(f"{len(found.cells)} cell(s), {found.acquisition_count} acquisition(s), "
+            f"{len(found.problems)} malformed entr{'y' if len(found.problems) == 1 else 'ies'} "
+            f"in {bucket.url(prefix)} ({elapsed:.2f} s)")
     if not found.cells:
         print(f"error: no ARD cells under {bucket.url(prefix)}. Ingest imagery with `imagesim ingest`, "
               "or point IMAGESIM_BUCKET at a bucket that holds an ard/ delivery.", file=sys.stderr)
@@ -64,8 +64,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
         from imagesim_pipeline.orchestration.instance import register_cells
 
         added = register_cells(found.cell_ids)
-        _print(f"registered {len(added)} new partition(s) of 'ard_cells' in the Dagster instance "
-               f"({len(found.cells) - len(added)} already known)")
+        say(f"registered {len(added)} new partition(s) of 'ard_cells' in the Dagster instance "
+            f"({len(found.cells) - len(added)} already known)")
     return 0
 
 
@@ -75,30 +75,25 @@ def cmd_samples(args: argparse.Namespace) -> int:
 
     paths = fetch(args.names or None)
     for name, path in paths.items():
-        _print(f"{path}  ({SAMPLES[name].description}; {SAMPLES[name].licence})")
+        say(f"{path}  ({SAMPLES[name].description}; {SAMPLES[name].licence})")
     return 0
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
     """``imagesim grid``: describe one ARD cell (path, zoom, EPSG, size, bounds)."""
-    from imagesim_pipeline.ard.grid import ArdCell, GridError
+    from imagesim_pipeline.ard.grid import ArdCell
 
-    try:
-        cell = ArdCell.parse(args.cell)
-    except GridError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cell = ArdCell.parse(args.cell)  # a GridError names what is wrong with the id: one line, exit 2
     info = {"id": cell.id, "path": cell.path, "zoom": cell.zoom, "epsg": cell.epsg, "size_m": cell.size,
             "bounds": cell.bounds, "wgs84_bounds": cell.wgs84_bounds,
             "parent": cell.parent.id if cell.zoom > 1 else None}
-    _print(json.dumps(info, indent=2))
+    say(json.dumps(info, indent=2))
     return 0
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
     """``imagesim dataset``: build, inspect or export a dataset version."""
-    from imagesim_pipeline.dataset.build import DatasetError
-    from imagesim_pipeline.storage import StorageError, open_bucket
+    from imagesim_pipeline.storage import open_bucket
 
     bucket = open_bucket(args.bucket)
     try:
@@ -109,7 +104,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             if args.version:
                 config["version"] = args.version
             run_config = {"ops": {"training_dataset": {"config": config}}} if config else None
-            return 0 if run_job("trainer_job", progress=_print, run_config=run_config, bucket=args.bucket,
+            return 0 if run_job("trainer_job", progress=say, run_config=run_config, bucket=args.bucket,
                                 assets=["training_dataset"]) else 1
         if args.action == "stats":
             from imagesim_pipeline.dataset.stats import (
@@ -119,7 +114,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             )
 
             stats = dataset_stats(bucket, args.version)
-            _print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+            say(json.dumps(stats, indent=2) if args.json else format_stats(stats))
             if args.plots:
                 out = Path(args.plots)
                 out.mkdir(parents=True, exist_ok=True)
@@ -132,9 +127,6 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         rows = export_dense(bucket, args.version, args.split, args.output)
         print(f"wrote {rows} chips of {args.split} to {args.output}", file=sys.stderr)
         return 0
-    except (DatasetError, StorageError) as exc:  # an unknown version or a missing dataset: 2, as `model report`
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # e.g. `imagesim dataset export | head`
         sys.stderr.close()
         return 0
@@ -148,8 +140,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sources", nargs="+", metavar="SRC", help="GeoTIFF (or any GDAL raster) to ingest")
     p.add_argument("--bucket", help=BUCKET_HELP)
     p.add_argument("--catalog-id", required=True, help="catalog id of the acquisition (letters, digits, _ .)")
-    p.add_argument("--date", required=True, type=_parse_date, help="acquisition date, YYYY-MM-DD")
-    p.add_argument("--bounds", type=_parse_bounds, help="only cells meeting WEST,SOUTH,EAST,NORTH (degrees)")
+    p.add_argument("--date", required=True, type=parse_date, help="acquisition date, YYYY-MM-DD")
+    p.add_argument("--bounds", type=parse_bounds, help="only cells meeting WEST,SOUTH,EAST,NORTH (degrees)")
     p.add_argument("--resolution", type=float, help="output pixel size in metres (default: the source's)")
     p.set_defaults(func=cmd_ingest)
 
@@ -157,7 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Scan ard/ for cells and acquisitions; malformed entries are reported, "
                                    "and the found cells are added to the 'ard_cells' Dagster partitions.")
     p.add_argument("--bucket", help=BUCKET_HELP)
-    p.add_argument("--zone", type=_parse_zone, help="only this UTM zone (1-60)")
+    p.add_argument("--zone", type=parse_zone, help="only this UTM zone (1-60)")
     p.add_argument("--no-register", dest="register", action="store_false",
                    help="only list; do not add partitions to the Dagster instance")
     p.add_argument("--json", action="store_true", help="print the delivery as JSON")
@@ -193,7 +185,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("version", nargs="?", help="dataset version (stats/export default: the latest; build default: "
                                               "a hash of the inputs)")
     p.add_argument("--bucket", help=BUCKET_HELP)
-    p.add_argument("-s", "--set", dest="settings", action="append", type=_parse_setting, metavar="KEY=VALUE",
+    p.add_argument("-s", "--set", dest="settings", action="append", type=parse_setting, metavar="KEY=VALUE",
                    help="build: a training_dataset config value, e.g. -s block_zoom=14 -s unlabelled_share=0.3 "
                         "-s keep_classes='[all data, partial data]' (repeatable)")
     p.add_argument("--json", action="store_true", help="stats as JSON")

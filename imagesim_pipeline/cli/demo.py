@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imagesim_pipeline.cli.common import BUCKET_HELP, _print
-from imagesim_pipeline.cli.model import _print_model
-from imagesim_pipeline.cli.search import _hits_table, print_changes
+from imagesim_pipeline.cli.common import BUCKET_HELP, say
+from imagesim_pipeline.cli.model import print_model_quality
+from imagesim_pipeline.cli.search import hits_table, print_changes
 from imagesim_pipeline.service.smoke import check_service
 
 
@@ -30,15 +30,15 @@ def _build_world(args: argparse.Namespace, bucket) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="imagesim-synthetic-") as tmp:
         if km > 0:
             regions.append(synthetic_region(Path(tmp), km, seed=args.seed))
-        cells = build_world(bucket, regions, seed=args.seed, progress=_print, workers=WORKERS)
+        cells = build_world(bucket, regions, seed=args.seed, progress=say, workers=WORKERS)
     # osm_data reads the synthetic area's OSM from the bucket after the real extracts (its default list),
     # unless IMAGESIM_OSM_PBF names other extracts.
     from imagesim_pipeline.settings import settings
 
     custom = settings().osm_pbf
     if km > 0 and custom and SYNTHETIC_OSM_KEY not in custom.split(","):
-        _print(f"note: the synthetic area's OSM is {bucket.url(SYNTHETIC_OSM_KEY)}; osm_data reads it only when "
-               f"IMAGESIM_OSM_PBF lists it, e.g. IMAGESIM_OSM_PBF={custom},{SYNTHETIC_OSM_KEY}")
+        say(f"note: the synthetic area's OSM is {bucket.url(SYNTHETIC_OSM_KEY)}; osm_data reads it only when "
+            f"IMAGESIM_OSM_PBF lists it, e.g. IMAGESIM_OSM_PBF={custom},{SYNTHETIC_OSM_KEY}")
     return cells
 
 
@@ -56,67 +56,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     bucket = open_bucket(args.bucket)
     if args.action == "build":
         cells = _build_world(args, bucket)
-        _print(f"demo world: {len(cells)} cell(s) in {bucket.uri}/ard/")
+        say(f"demo world: {len(cells)} cell(s) in {bucket.uri}/ard/")
         return 0
-    _print("== 1/7 rendering the demo world into the ARD layout: real OpenStreetMap (Helsinki, Kotka) and a "
-           "procedural land-use area ==")
+    say("== 1/7 rendering the demo world into the ARD layout: real OpenStreetMap (Helsinki, Kotka) and a "
+        "procedural land-use area ==")
     _build_world(args, bucket)
-    _print("== 2/7 discovering cells and registering them as Dagster partitions ==")
+    say("== 2/7 discovering cells and registering them as Dagster partitions ==")
     found = discover_bucket(bucket)
     added = register_cells(found.cell_ids)
-    _print(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
-    _print("== 3/7 running the main job (datamaker_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
-           "for every cell ==")
-    failures = run_cells(found.cell_ids, progress=_print, bucket=args.bucket)
-    _print("== 4/7 building the training dataset (trainer_job: training_dataset and its checks) ==")
-    dataset_ok = run_job("trainer_job", progress=_print, bucket=args.bucket, assets=["training_dataset"])
+    say(f"{len(found.cells)} cells ({len(added)} new partitions): {', '.join(found.cell_ids)}")
+    say("== 3/7 running the main job (datamaker_job: ard_tile, osm_data, chips, nodata_index, chip_labels) "
+        "for every cell ==")
+    failures = run_cells(found.cell_ids, progress=say, bucket=args.bucket)
+    say("== 4/7 building the training dataset (trainer_job: training_dataset and its checks) ==")
+    dataset_ok = run_job("trainer_job", progress=say, bucket=args.bucket, assets=["training_dataset"])
     if dataset_ok:
         from imagesim_pipeline.dataset.stats import dataset_stats, format_stats
 
-        _print(format_stats(dataset_stats(bucket)))
+        say(format_stats(dataset_stats(bucket)))
     model_ok = False
     if dataset_ok and not args.no_train:
-        _print("== 5/7 training the SMLC on cached backbone features, exporting ONNX (trainer_job: smlc_model, "
-               "onnx_model and their checks) ==")
-        model_ok = run_job("trainer_job", progress=_print, bucket=args.bucket, assets=["smlc_model", "onnx_model"])
-        model_ok = model_ok and _print_model(bucket)
+        say("== 5/7 training the SMLC on cached backbone features, exporting ONNX (trainer_job: smlc_model, "
+            "onnx_model and their checks) ==")
+        model_ok = run_job("trainer_job", progress=say, bucket=args.bucket, assets=["smlc_model", "onnx_model"])
+        if model_ok:
+            print_model_quality(bucket)
     search_ok = False
     if model_ok:
-        _print("== 6/7 encoding every chip with the ONNX model, then the similarity index and the change scores "
-               "(encoder_job: one run over every cell) ==")
-        failed = run_cells(None, job_name="encoder_job", progress=_print, bucket=args.bucket, one_run=True)
+        say("== 6/7 encoding every chip with the ONNX model, then the similarity index and the change scores "
+            "(encoder_job: one run over every cell) ==")
+        failed = run_cells(None, job_name="encoder_job", progress=say, bucket=args.bucket, one_run=True)
         search_ok = not failed and _print_search(bucket)
     if search_ok:
-        _print("== 7/7 checking the search service (imagesim serve) over the demo bucket: API, tiles, page ==")
-        search_ok = check_service(bucket, _print)
+        say("== 7/7 checking the search service (imagesim serve) over the demo bucket: API, tiles, page ==")
+        search_ok = check_service(bucket, say)
     home = dagster_home()
-    _print("")
-    _print("Done." if not failures else f"Finished with {len(failures)} failed cell(s): {', '.join(failures)}")
-    _print(f"  bucket (ARD deliveries):  {bucket.uri}/ard/")
-    _print(f"  OSM per cell:             {bucket.uri}/ard/<zone>/<quadkey>/osm_data.json")
-    _print(f"  chips and nodata index:   {bucket.uri}/chips/<zone>/, {bucket.uri}/nodata-index.json")
-    _print(f"  labels per cell:          {bucket.uri}/labels/<zone>/<cell>.parquet and .csv")
-    _print(f"  training dataset:         {bucket.uri}/datasets/<version>/ (latest: {bucket.uri}/datasets/latest.json); "
-           "`imagesim dataset stats`")
-    _print(f"  model:                    {bucket.uri}/models/smlc/<version>/ (model.onnx, model.ckpt, metrics.json, "
-           f"model_card.md, manifest.json; latest published: {bucket.uri}/models/smlc/latest.json, served by "
-           f"search: {bucket.uri}/models/smlc/serving.json); `imagesim model report`, `imagesim model list`")
-    _print(f"  embeddings and index:     {bucket.uri}/embeddings/<model version>/<zone>/<cell>.parquet, "
-           f"{bucket.uri}/index/<model version>/; `imagesim search --chip CHIP_ID`")
-    _print(f"  changes:                  {bucket.uri}/changes/<model version>/changes.parquet (maps per cell in "
-           f"cells/); `imagesim changes --map DIR`" + (f"; the top 10 as before | after | map in {maps}/"
+    say("")
+    say("Done." if not failures else f"Finished with {len(failures)} failed cell(s): {', '.join(failures)}")
+    say(f"  bucket (ARD deliveries):  {bucket.uri}/ard/")
+    say(f"  OSM per cell:             {bucket.uri}/ard/<zone>/<quadkey>/osm_data.json")
+    say(f"  chips and nodata index:   {bucket.uri}/chips/<zone>/, {bucket.uri}/nodata-index.json")
+    say(f"  labels per cell:          {bucket.uri}/labels/<zone>/<cell>.parquet and .csv")
+    say(f"  training dataset:         {bucket.uri}/datasets/<version>/ (latest: {bucket.uri}/datasets/latest.json); "
+        "`imagesim dataset stats`")
+    say(f"  model:                    {bucket.uri}/models/smlc/<version>/ (model.onnx, model.ckpt, metrics.json, "
+        f"model_card.md, manifest.json; latest published: {bucket.uri}/models/smlc/latest.json, served by "
+        f"search: {bucket.uri}/models/smlc/serving.json); `imagesim model report`, `imagesim model list`")
+    say(f"  embeddings and index:     {bucket.uri}/embeddings/<model version>/<zone>/<cell>.parquet, "
+        f"{bucket.uri}/index/<model version>/; `imagesim search --chip CHIP_ID`")
+    say(f"  changes:                  {bucket.uri}/changes/<model version>/changes.parquet (maps per cell in "
+        f"cells/); `imagesim changes --map DIR`" + (f"; the top 10 as before | after | map in {maps}/"
                                                        if (maps := _change_maps_dir(bucket)) else ""))
-    _print("  search page and API:      make serve   then open http://127.0.0.1:8000/ (API docs: /docs)")
-    _print(f"  Dagster instance (runs):  {home}")
-    _print("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets: ard_tile, osm_data, "
-           "chips with a contact sheet, nodata_index, chip_labels, training_dataset with plots, smlc_model with "
-           "F2 and PR plots, onnx_model, chip_embeddings, similarity_index, chip_changes with before | after | map)")
+    say("  search page and API:      make serve   then open http://127.0.0.1:8000/ (API docs: /docs)")
+    say(f"  Dagster instance (runs):  {home}")
+    say("  Dagster UI:               make ui   then open http://127.0.0.1:3000 (Assets: ard_tile, osm_data, "
+        "chips with a contact sheet, nodata_index, chip_labels, training_dataset with plots, smlc_model with "
+        "F2 and PR plots, onnx_model, chip_embeddings, similarity_index, chip_changes with before | after | map)")
     if args.no_train:  # nothing trained: the dataset sensor would start trainer_job for this dataset
-        _print("                            with --no-train no model was trained: `imagesim model train` (or the "
-               "dataset sensor, once turned on) trains one (README: what the sensors do)")
+        say("                            with --no-train no model was trained: `imagesim model train` (or the "
+            "dataset sensor, once turned on) trains one (README: what the sensors do)")
     else:
-        _print("                            its sensors start no run over this bucket: every cell is registered, the "
-               "dataset has a published model and the model has its index (README: what the sensors do)")
+        say("                            its sensors start no run over this bucket: every cell is registered, the "
+            "dataset has a published model and the model has its index (README: what the sensors do)")
     done = search_ok or args.no_train
     return 1 if failures or not dataset_ok or not done else 0
 
@@ -129,12 +130,12 @@ def _print_search(bucket) -> bool:
     try:
         engine = SearchEngine(bucket)
     except ImagesimError as exc:
-        _print(f"error: {exc}")
+        say(f"error: {exc}")
         return False
     chip = engine.example_chip("water")
-    _print(f"\nexample: chips that look like {chip} (`imagesim search --chip {chip} --k 8 --spread`):")
-    _print(_hits_table(engine.by_chip(chip, k=8, spread=True)))
-    _print("")
+    say(f"\nexample: chips that look like {chip} (`imagesim search --chip {chip} --k 8 --spread`):")
+    say(hits_table(engine.by_chip(chip, k=8, spread=True)))
+    say("")
     return print_changes(bucket, engine.name, top=10, maps=_change_maps_dir(bucket)) == 0
 
 
@@ -155,7 +156,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(trainer_job), encode every chip, build the similarity index and score changes "
                                    "(encoder_job), check the search service, and print where to look. "
                                    "`imagesim demo build`: only render the world.")
-    p.add_argument("action", nargs="?", choices=["run", "build"], default="run")
+    p.add_argument("action", nargs="?", choices=["run", "build"], default="run",
+                   help="run: the whole chain (default); build: only render the world into the bucket")
     p.add_argument("--bucket", help=BUCKET_HELP)
     p.add_argument("--seed", type=int, default=7, help="random seed of the rendering (default 7)")
     p.add_argument("--no-train", action="store_true", help="stop after the training dataset")

@@ -3,33 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import UTC
 from typing import TYPE_CHECKING
 
-from imagesim_pipeline.cli.common import BUCKET_HELP, _print
+from imagesim_pipeline.cli.common import BUCKET_HELP, say
 
 if TYPE_CHECKING:
     from imagesim_pipeline.models.registry import PointerName
 
 
-def _print_model(bucket) -> bool:
-    """The published model's quality beside its baselines; whether a model is published."""
-    from imagesim_pipeline.models.registry import ModelNotFoundError, get_pointer, read_metrics
+def print_model_quality(bucket) -> None:
+    """The published model's quality beside its baselines (``ModelNotFoundError`` when none is published)."""
+    from imagesim_pipeline.models.registry import get_pointer, read_metrics
     from imagesim_pipeline.models.report import quality_table
 
-    try:
-        version = get_pointer(bucket, "smlc", "latest")
-    except ModelNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return False
+    version = get_pointer(bucket, "smlc", "latest")
     metrics = read_metrics(bucket, "smlc", version)
     onnx = f"{metrics.onnx.max_abs_diff:.1e}" if metrics.onnx else "not exported"
-    _print(f"model smlc/{version}: val loss {metrics.val_loss:.3f}, val accuracy {metrics.val.accuracy:.3f} "
-           f"(reference benchmark: < 0.3, > 0.85); ONNX max |diff| {onnx}")
-    _print("test split (never trained on), baselines from the same run:")
-    _print(quality_table(metrics))
-    return True
+    say(f"model smlc/{version}: val loss {metrics.val_loss:.3f}, val accuracy {metrics.val.accuracy:.3f} "
+        f"(reference benchmark: < 0.3, > 0.85); ONNX max |diff| {onnx}")
+    say("test split (never trained on), baselines from the same run:")
+    say(quality_table(metrics))
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -41,8 +35,11 @@ def cmd_model(args: argparse.Namespace) -> int:
     if args.action == "train":
         from imagesim_pipeline.orchestration.instance import run_job
 
-        trained = run_job("trainer_job", progress=_print, bucket=args.bucket, assets=["smlc_model", "onnx_model"])
-        return 0 if trained and _print_model(open_bucket(args.bucket)) else 1
+        trained = run_job("trainer_job", progress=say, bucket=args.bucket, assets=["smlc_model", "onnx_model"])
+        if not trained:
+            return 1
+        print_model_quality(open_bucket(args.bucket))
+        return 0
     bucket = open_bucket(args.bucket)
     if args.action == "list":
         return _list_models(bucket, args.name)
@@ -50,15 +47,15 @@ def cmd_model(args: argparse.Namespace) -> int:
     verify(bucket, args.name, version)  # a damaged or unpublished version: one line, exit 2
     metrics = read_metrics(bucket, args.name, version)
     if args.json:
-        _print(metrics.to_json())
+        say(metrics.to_json())
         return 0
-    _print(f"{args.name}/{version} on dataset {metrics.data.dataset_version} "
-           f"({', '.join(f'{s} {n}' for s, n in metrics.data.chips.items())} chips)")
-    _print(f"val: loss {metrics.val_loss:.3f}, accuracy {metrics.val.accuracy:.3f}")
-    _print("test, beside the baselines computed in the same run:")
-    _print(quality_table(metrics))
-    _print("")
-    _print(per_label_table(metrics))
+    say(f"{args.name}/{version} on dataset {metrics.data.dataset_version} "
+        f"({', '.join(f'{s} {n}' for s, n in metrics.data.chips.items())} chips)")
+    say(f"val: loss {metrics.val_loss:.3f}, accuracy {metrics.val.accuracy:.3f}")
+    say("test, beside the baselines computed in the same run:")
+    say(quality_table(metrics))
+    say("")
+    say(per_label_table(metrics))
     return 0
 
 
@@ -72,13 +69,13 @@ def _list_models(bucket, name: str) -> int:
     pointers = {which: (p.version if (p := read_pointer(bucket, name, which)) else None) for which in kinds}
     versions = published_versions(bucket, name)
     if not versions:
-        _print(f"no published version of {name} in {bucket.url('models/')}: `imagesim model train`")
+        say(f"no published version of {name} in {bucket.url('models/')}: `imagesim model train`")
         return 0
-    _print(f"{'version':<20} {'published (UTC)':<19}  {'dataset':<20} roles")
+    say(f"{'version':<20} {'published (UTC)':<19}  {'dataset':<20} roles")
     for m in versions:
         roles = [which for which, v in pointers.items() if v == m.version]
         when = datetime.fromtimestamp(m.published, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        _print(f"{m.version:<20} {when:<19}  {m.dataset_version:<20} {', '.join(roles)}")
+        say(f"{m.version:<20} {when:<19}  {m.dataset_version:<20} {', '.join(roles)}")
     return 0
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imagesim_pipeline.cli.common import BUCKET_HELP, _exec_dagster, _parse_zone, _port_free, _print
+from imagesim_pipeline.cli.common import BUCKET_HELP, exec_dagster, parse_zone, require_free_port, say
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     """``imagesim materialize``: run a job over cells in this process; 1 when a cell failed."""
     from imagesim_pipeline.orchestration.instance import run_cells
 
-    failures = run_cells(args.cells or None, job_name=args.job, progress=_print, bucket=args.bucket,
+    failures = run_cells(args.cells or None, job_name=args.job, progress=say, bucket=args.bucket,
                          one_run=args.job == "encoder_job")
     if failures:
         print(f"error: {len(failures)} cell(s) failed: {', '.join(failures)}. Open the Dagster UI "
@@ -28,16 +28,16 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     instance = open_instance()
     launched = launch_zone_backfill(instance, args.zone, args.assets)
-    _print(f"backfill {launched.backfill_id}: {', '.join(launched.assets)} over {len(launched.cells)} cell(s) of "
-           f"zone {args.zone} ({launched.cells[0]} … {launched.cells[-1]})")
-    _print(f"  follow it in the UI: Runs → Backfills → {launched.backfill_id} (`make ui`, http://127.0.0.1:3000"
-           f"/runs/b/{launched.backfill_id})")
+    say(f"backfill {launched.backfill_id}: {', '.join(launched.assets)} over {len(launched.cells)} cell(s) of "
+        f"zone {args.zone} ({launched.cells[0]} … {launched.cells[-1]})")
+    say(f"  follow it in the UI: Runs → Backfills → {launched.backfill_id} (`make ui`, http://127.0.0.1:3000"
+        f"/runs/b/{launched.backfill_id})")
     if not daemon_running(instance):
-        _print("  no dagster-daemon is running for this instance: the backfill waits until one starts "
-               "(`make ui` starts one; on AWS the daemon service runs it)")
+        say("  no dagster-daemon is running for this instance: the backfill waits until one starts "
+            "(`make ui` starts one; on AWS the daemon service runs it)")
     if not args.wait:
         return 0
-    status = wait_for_backfill(instance, launched.backfill_id, _print)
+    status = wait_for_backfill(instance, launched.backfill_id, say)
     return 0 if status in ("COMPLETED", "COMPLETED_SUCCESS") else 1
 
 
@@ -45,10 +45,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """``imagesim ui``: the Dagster webserver and daemon for this instance."""
     from imagesim_pipeline.settings import dagster_home
 
-    if not _port_free(args.host, args.port):
-        return 2
-    _print(f"Dagster UI (webserver and daemon) on http://{args.host}:{args.port}, instance {dagster_home()}")
-    _exec_dagster("dagster", "dev", "-h", args.host, "-p", str(args.port))
+    require_free_port(args.host, args.port)
+    say(f"Dagster UI (webserver and daemon) on http://{args.host}:{args.port}, instance {dagster_home()}")
+    exec_dagster("dagster", "dev", "-h", args.host, "-p", str(args.port))
     return 0
 
 
@@ -57,7 +56,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from imagesim_pipeline.orchestration.compute import require_deployment
 
     require_deployment()
-    _exec_dagster("dagster-daemon", "run")
+    exec_dagster("dagster-daemon", "run")
     return 0
 
 
@@ -70,30 +69,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     from imagesim_pipeline.storage import open_bucket
 
     current, problems = settings(), []
-    _print(f"deployment: {current.deployment} (executor: {deployment_executor(current).name})")
+    say(f"deployment: {current.deployment} (executor: {deployment_executor(current).name})")
     if current.deployment == "aws":
         problems += aws_problems(current)
     try:
-        _print(f"Dagster instance: {check_instance_storage(dagster_home())}")
+        say(f"Dagster instance: {check_instance_storage(dagster_home())}")
     except ImagesimError as exc:
         problems.append(str(exc))
     bucket = None
     try:
         bucket = open_bucket(args.bucket)
         first = next(iter(bucket.list("ard/")), None)
-        _print(f"bucket: {bucket.uri} ({'holds deliveries' if first else 'no delivery under ard/ yet'})")
+        say(f"bucket: {bucket.uri} ({'holds deliveries' if first else 'no delivery under ard/ yet'})")
     except ImagesimError as exc:
         problems.append(str(exc))
     try:
         from imagesim_pipeline.search.stores import engine_status
 
-        _print(engine_status(bucket))
+        say(engine_status(bucket))
     except ImagesimError as exc:
         problems.append(str(exc))
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    _print(f"GPUs: {gpus}" + ("" if gpus else " (training runs on the CPU here; the trainer profile has GPUs)"))
+    say(f"GPUs: {gpus}" + ("" if gpus else " (training runs on the CPU here; the trainer profile has GPUs)"))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return 2 if problems else 0
@@ -125,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Store one asset backfill over every registered cell of --zone in the running "
                                    "Dagster instance (DAGSTER_HOME); the daemon runs it, one run per cell (the "
                                    "same as Materialize → backfill in the UI).")
-    p.add_argument("--zone", type=_parse_zone, required=True, help="the UTM zone (1-60)")
+    p.add_argument("--zone", type=parse_zone, required=True, help="the UTM zone (1-60)")
     p.add_argument("--assets", nargs="+", metavar="ASSET",
                    help="per-cell assets to backfill (default: every asset of datamaker_job)")
     p.add_argument("--wait", action="store_true", help="follow the backfill until it ends; exit 1 if a run failed")

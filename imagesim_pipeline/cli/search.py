@@ -10,19 +10,20 @@ from typing import TYPE_CHECKING
 
 from imagesim_pipeline.cli.common import (
     BUCKET_HELP,
-    _model_options,
-    _parse_bounds,
-    _parse_date,
-    _parse_k,
-    _port_free,
-    _print,
+    CommandError,
+    model_options,
+    parse_bounds,
+    parse_date,
+    parse_k,
+    require_free_port,
+    say,
 )
 
 if TYPE_CHECKING:
     from imagesim_pipeline.storage import Bucket
 
 
-def _hits_table(hits, first: tuple[str, ...] = ()) -> str:
+def hits_table(hits, first: tuple[str, ...] = ()) -> str:
     """Hits as a table; every predicted label, the ``first`` ones (a label filter) leading."""
     lines = [f"{'#':>3}  {'score':>6}  {'chip':<40} {'date':<10}  {'catalog':<18} predicted labels"]
     for h in hits:
@@ -60,10 +61,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                  "k": args.k, "model_version": engine.version}
         Path(args.geojson).write_text(json.dumps(hits_to_geojson(hits, query)))
     if args.json:
-        _print(json.dumps([h.to_feature()["properties"] for h in hits], indent=1))
+        say(json.dumps([h.to_feature()["properties"] for h in hits], indent=1))
     else:
-        _print(f"{len(hits)} results of {len(engine)} indexed chips (model {engine.version})")
-        _print(_hits_table(hits, tuple(args.label or ())))
+        say(f"{len(hits)} results of {len(engine)} indexed chips (model {engine.version})")
+        say(hits_table(hits, tuple(args.label or ())))
     if not hits and filters.active():
         print(f"hint: {engine.why_empty(filters)}", file=sys.stderr)
     return 0
@@ -94,9 +95,9 @@ def print_changes(bucket: Bucket, name: str, version: str = "", top: int = 20,
         rows = [r for r in rows if shapely.from_wkb(r["geometry"]).intersects(area)]
     method = rows[0].get("method", "embedding") if rows else "embedding"
     truth = ChangeTruth.from_bucket(bucket)  # a demo world knows which buildings vanished
-    _print(f"{len(rows)} place pairs (model {version}, score from {method}); most changed first:")
-    _print(f"{'#':>3}  {'score':>6}  {'change':>6}  {'dist':>5}  {'place':<22} {'before':<10}  {'after':<10}  "
-           f"{'kind':<12}" + ("  truth (demo world)" if truth else ""))
+    say(f"{len(rows)} place pairs (model {version}, score from {method}); most changed first:")
+    say(f"{'#':>3}  {'score':>6}  {'change':>6}  {'dist':>5}  {'place':<22} {'before':<10}  {'after':<10}  "
+        f"{'kind':<12}" + ("  truth (demo world)" if truth else ""))
     shown = [r for r in rows if r["score"] == r["score"]][:top]  # NaN: a pair that could not be scored
     for i, r in enumerate(shown, 1):
         change = f"{r['change']:6.3f}" if r.get("change") is not None and r["change"] == r["change"] else f"{'-':>6}"
@@ -106,10 +107,10 @@ def print_changes(bucket: Bucket, name: str, version: str = "", top: int = 20,
             gone = truth.of(r)
             line += (f"  {gone.buildings} building(s) vanished, {gone.share:.1%} of the place"
                      if gone.buildings else "  -")
-        _print(line)
+        say(line)
     if truth and shown:
-        _print(f"demo truth: {truth.hits(shown)} of these {len(shown)} are places where buildings vanished "
-               f"({len(truth.rows)} such place pairs in {bucket.url(CHANGES_KEY)})")
+        say(f"demo truth: {truth.hits(shown)} of these {len(shown)} are places where buildings vanished "
+            f"({len(truth.rows)} such place pairs in {bucket.url(CHANGES_KEY)})")
     if maps:
         return _write_change_maps(bucket, shown, maps)
     return 0
@@ -134,10 +135,9 @@ def _write_change_maps(bucket: Bucket, rows: list[dict], folder: Path) -> int:
         target.write_bytes(triptych(before, after, change))
         written += 1
     if rows and not written:
-        print("error: these rows have no change maps (scored from embeddings by a model exported without feature "
-              "maps): train and publish a new version, then run encoder_job", file=sys.stderr)
-        return 2
-    _print(f"{written} change map(s) (before | after | map) in {folder}/")
+        raise CommandError("these rows have no change maps (scored from embeddings by a model exported without "
+                           "feature maps): train and publish a new version, then run encoder_job")
+    say(f"{written} change map(s) (before | after | map) in {folder}/")
     return 0
 
 
@@ -147,31 +147,31 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     if args.action == "start":
         server = LocalPostgres.running(args.dir) or LocalPostgres.start(args.dir)
-        _print(f"PostgreSQL with pgvector runs on 127.0.0.1:{server.port} (pid {server.pid}, data {server.data}).\n"
-               f"Use it:\n  export IMAGESIM_VECTOR_ENGINE=pgvector IMAGESIM_PGVECTOR_DSN={server.dsn}\n"
-               f"  imagesim engine sync     (the served model's index into it; similarity_index does the same)\n"
-               f"Stop it: imagesim engine stop --dir {args.dir}")
+        say(f"PostgreSQL with pgvector runs on 127.0.0.1:{server.port} (pid {server.pid}, data {server.data}).\n"
+            f"Use it:\n  export IMAGESIM_VECTOR_ENGINE=pgvector IMAGESIM_PGVECTOR_DSN={server.dsn}\n"
+            f"  imagesim engine sync     (the served model's index into it; similarity_index does the same)\n"
+            f"Stop it: imagesim engine stop --dir {args.dir}")
         return 0
     if args.action == "stop":
         running = LocalPostgres.running(args.dir)
         if running is None:
-            _print(f"no PostgreSQL runs from {args.dir}")
+            say(f"no PostgreSQL runs from {args.dir}")
             return 0
         running.stop()
-        _print(f"stopped PostgreSQL (pid {running.pid})")
+        say(f"stopped PostgreSQL (pid {running.pid})")
         return 0
     from imagesim_pipeline.search.stores import engine_status, write_index
     from imagesim_pipeline.storage import open_bucket
 
     bucket = open_bucket(args.bucket)
-    _print(engine_status(bucket))
+    say(engine_status(bucket))
     if args.action == "sync":
         from imagesim_pipeline.models.registry import served_version
 
         version = args.version or served_version(bucket, args.name)
-        build = write_index(bucket, version, progress=_print)
-        _print(f"index of {args.name}/{version}: {build.mode}, {build.vectors} vectors in {build.cells} cells "
-               f"({build.added} written, {build.seconds:.1f} s)")
+        build = write_index(bucket, version, progress=say)
+        say(f"index of {args.name}/{version}: {build.mode}, {build.vectors} vectors in {build.cells} cells "
+            f"({build.added} written, {build.seconds:.1f} s)")
     return 0
 
 
@@ -182,16 +182,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from imagesim_pipeline.service.app import create_app
     from imagesim_pipeline.storage import open_bucket
 
-    if not _port_free(args.host, args.port):
-        return 2
+    require_free_port(args.host, args.port)
     bucket = open_bucket(args.bucket)
     app = create_app(bucket, args.name, args.version or "", refresh_s=args.refresh)
     health = app.state.engines.get()
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
-    _print(f"imagesim search over {bucket.url('')}: "
-           + (f"model {health.name}/{health.version}, {len(health)} indexed chips" if health
+    say(f"imagesim search over {bucket.url('')}: "
+        + (f"model {health.name}/{health.version}, {len(health)} indexed chips" if health
               else f"no index yet ({app.state.engines.problem})"))
-    _print(f"page: http://{shown}:{args.port}/   API docs: http://{shown}:{args.port}/docs")
+    say(f"page: http://{shown}:{args.port}/   API docs: http://{shown}:{args.port}/docs")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0
 
@@ -208,16 +207,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", action="append", metavar="FILE", help="query image, encoded with the same model")
     p.add_argument("--positive", action="append", metavar="CHIP_ID", help="more like this chip (repeatable)")
     p.add_argument("--negative", action="append", metavar="CHIP_ID", help="less like this chip (repeatable)")
-    p.add_argument("--k", type=_parse_k, default=10, help="how many results, 1..1000 (default 10)")
-    p.add_argument("--bbox", type=_parse_bounds, metavar="W,S,E,N", help="only chips meeting this box (degrees)")
+    p.add_argument("--k", type=parse_k, default=10, help="how many results, 1..1000 (default 10)")
+    p.add_argument("--bbox", type=parse_bounds, metavar="W,S,E,N", help="only chips meeting this box (degrees)")
     p.add_argument("--label", action="append", help="only chips predicted to show this label (repeatable: all of them)")
-    p.add_argument("--since", type=_parse_date, metavar="DATE", help="acquired on or after DATE")
-    p.add_argument("--until", type=_parse_date, metavar="DATE", help="acquired on or before DATE")
+    p.add_argument("--since", type=parse_date, metavar="DATE", help="acquired on or after DATE")
+    p.add_argument("--until", type=parse_date, metavar="DATE", help="acquired on or before DATE")
     p.add_argument("--catalog", action="append", metavar="CATALOG_ID", help="only these acquisitions (repeatable)")
     p.add_argument("--spread", action="store_true", help="at most one result per 625 m neighbourhood")
     p.add_argument("--geojson", metavar="FILE", help="also write the results as a GeoJSON FeatureCollection")
     p.add_argument("--json", action="store_true", help="results as JSON instead of a table")
-    _model_options(p, BUCKET_HELP)
+    model_options(p, BUCKET_HELP)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("changes", help="places that changed most between acquisitions",
@@ -226,11 +225,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "location by location; the embedding distance for a model without feature "
                                    "maps), its robust z-score within the acquisition pair and the place's kind, "
                                    "and the change map; most changed first.")
-    p.add_argument("--top", type=_parse_k, default=20, help="rows to show, 1..1000 (default 20)")
-    p.add_argument("--bbox", type=_parse_bounds, metavar="W,S,E,N", help="only places meeting this box (degrees)")
+    p.add_argument("--top", type=parse_k, default=20, help="rows to show, 1..1000 (default 20)")
+    p.add_argument("--bbox", type=parse_bounds, metavar="W,S,E,N", help="only places meeting this box (degrees)")
     p.add_argument("--map", type=Path, metavar="DIR",
                    help="also write each shown row's before | after | change map as DIR/<rank>_<place>.jpg")
-    _model_options(p, BUCKET_HELP)
+    model_options(p, BUCKET_HELP)
     p.set_defaults(func=cmd_changes)
 
     p = sub.add_parser("engine", help="the vector engine: a local PostgreSQL + pgvector, its status, writing an index",
@@ -243,7 +242,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["start", "stop", "status", "sync"])
     p.add_argument("--dir", type=Path, default=Path("data/pgvector"),
                    help="start/stop: the local server's folder (default data/pgvector)")
-    _model_options(p, BUCKET_HELP)
+    model_options(p, BUCKET_HELP)
     p.set_defaults(func=cmd_engine)
 
     p = sub.add_parser("serve", help="the search service and web page: HTTP API, ARD map tiles, click-to-search",
@@ -256,5 +255,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how often the model pointer and the ARD listing are re-read (default 60)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request")
-    _model_options(p, BUCKET_HELP)
+    model_options(p, BUCKET_HELP)
     p.set_defaults(func=cmd_serve)

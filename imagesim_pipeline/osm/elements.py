@@ -85,11 +85,6 @@ class CellBox:
         return LineString(points).intersects(self.geometry())
 
 
-def point_in(boxes: Iterable[CellBox], lon: float, lat: float) -> list[CellBox]:
-    """The boxes that hold the point."""
-    return [b for b in boxes if b.contains(lon, lat)]
-
-
 @overload
 def latlon(coord: tuple[float, float]) -> dict[str, float]: ...
 @overload
@@ -187,5 +182,5 @@ def top_keys(data: dict[str, Any], top: int = 15) -> list[tuple[str, int]]:
     return counts.most_common(top)
 
 
-__all__ = ["CellBox", "DEFAULT_MARGIN_DEG", "OsmError", "empty_osm_data", "node_element", "point_in",
+__all__ = ["CellBox", "DEFAULT_MARGIN_DEG", "OsmError", "empty_osm_data", "node_element",
            "sort_elements", "tag_summary", "top_keys", "way_element", "bounds_of", "latlon"]
