@@ -94,3 +94,13 @@ def test_bucket_option_reaches_the_dagster_jobs(kotka_bucket, tmp_path, dagster_
 def test_an_unknown_dataset_version_exits_2_like_an_unknown_model_version(tmp_path, capsys):
     code = main(["dataset", "stats", "ds-nope", "--bucket", str(tmp_path)])
     assert code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_model_train_whose_checks_published_nothing_exits_1(tmp_path, monkeypatch, capsys):
+    """The exit-code convention: trainer_job ran, but onnx_model's checks published no model: 1, not 2."""
+    import imagesim_pipeline.orchestration.instance as instance
+
+    monkeypatch.setattr(instance, "run_job", lambda *args, **kwargs: True)  # a run that succeeded, publishing nothing
+    assert main(["model", "train", "--bucket", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: trainer_job published no model:") and err.count("\n") == 1

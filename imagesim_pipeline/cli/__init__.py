@@ -25,12 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``imagesim`` command; its exit code (2 with one line on stderr for an error that says what to do)."""
+    from imagesim_pipeline.cli.common import RunFailedError
     from imagesim_pipeline.errors import ImagesimError
     from imagesim_pipeline.storage import StorageError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except RunFailedError as exc:  # it ran, and failed: 1
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (ImagesimError, StorageError) as exc:  # one line, never a traceback: the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,10 @@ class CommandError(ImagesimError):
     """A command that cannot go on; the message says what to do (``main`` prints it, exit 2)."""
 
 
+class RunFailedError(ImagesimError):
+    """A run or check that completed but failed; the message says which (``main`` prints it, exit 1)."""
+
+
 def say(msg: str) -> None:
     """A line of progress or result on stdout, flushed at once (output interleaves with Dagster's logs)."""
     print(msg, flush=True)

@@ -45,6 +45,7 @@ def _build_world(args: argparse.Namespace, bucket) -> list[str]:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``imagesim demo``: render the demo world and run the whole pipeline over it; 1 when a check failed."""
     from imagesim_pipeline.ard.discovery import discover_bucket
+    from imagesim_pipeline.models.registry import ModelNotFoundError
     from imagesim_pipeline.orchestration.instance import (
         register_cells,
         run_cells,
@@ -79,8 +80,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say("== 5/7 training the SMLC on cached backbone features, exporting ONNX (trainer_job: smlc_model, "
             "onnx_model and their checks) ==")
         model_ok = run_job("trainer_job", progress=say, bucket=args.bucket, assets=["smlc_model", "onnx_model"])
-        if model_ok:
-            print_model_quality(bucket)
+        try:
+            if model_ok:
+                print_model_quality(bucket)
+        except ModelNotFoundError as exc:  # the run completed, but its checks published nothing
+            say(f"trainer_job published no model: {exc}")
+            model_ok = False
     search_ok = False
     if model_ok:
         say("== 6/7 encoding every chip with the ONNX model, then the similarity index and the change scores "
@@ -136,7 +141,12 @@ def _print_search(bucket) -> bool:
     say(f"\nexample: chips that look like {chip} (`imagesim search --chip {chip} --k 8 --spread`):")
     say(hits_table(engine.by_chip(chip, k=8, spread=True)))
     say("")
-    return print_changes(bucket, engine.name, top=10, maps=_change_maps_dir(bucket)) == 0
+    try:
+        print_changes(bucket, engine.name, top=10, maps=_change_maps_dir(bucket))
+    except ImagesimError as exc:
+        say(f"error: {exc}")
+        return False
+    return True
 
 
 def _change_maps_dir(bucket) -> Path | None:

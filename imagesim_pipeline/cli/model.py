@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC
 from typing import TYPE_CHECKING
 
-from imagesim_pipeline.cli.common import BUCKET_HELP, say
+from imagesim_pipeline.cli.common import BUCKET_HELP, RunFailedError, say
 
 if TYPE_CHECKING:
     from imagesim_pipeline.models.registry import PointerName
@@ -28,7 +28,7 @@ def print_model_quality(bucket) -> None:
 
 def cmd_model(args: argparse.Namespace) -> int:
     """Run `imagesim model train|report|list`; the exit status."""
-    from imagesim_pipeline.models.registry import get_pointer, read_metrics, verify
+    from imagesim_pipeline.models.registry import ModelNotFoundError, get_pointer, read_metrics, verify
     from imagesim_pipeline.models.report import per_label_table, quality_table
     from imagesim_pipeline.storage import open_bucket
 
@@ -38,7 +38,10 @@ def cmd_model(args: argparse.Namespace) -> int:
         trained = run_job("trainer_job", progress=say, bucket=args.bucket, assets=["smlc_model", "onnx_model"])
         if not trained:
             return 1
-        print_model_quality(open_bucket(args.bucket))
+        try:
+            print_model_quality(open_bucket(args.bucket))
+        except ModelNotFoundError as exc:  # trainer_job ran, but onnx_model's checks published nothing
+            raise RunFailedError(f"trainer_job published no model: {exc}") from None
         return 0
     bucket = open_bucket(args.bucket)
     if args.action == "list":

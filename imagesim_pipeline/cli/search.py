@@ -74,13 +74,15 @@ def cmd_changes(args: argparse.Namespace) -> int:
     """``imagesim changes``: the most changed place pairs of the served (or --version) model."""
     from imagesim_pipeline.storage import open_bucket
 
-    return print_changes(open_bucket(args.bucket), args.name, args.version or "", args.top, args.bbox, args.map)
+    print_changes(open_bucket(args.bucket), args.name, args.version or "", args.top, args.bbox, args.map)
+    return 0
 
 
 def print_changes(bucket: Bucket, name: str, version: str = "", top: int = 20,
-                  bbox: tuple[float, float, float, float] | None = None, maps: Path | None = None) -> int:
+                  bbox: tuple[float, float, float, float] | None = None, maps: Path | None = None) -> None:
     """Print the ``top`` most changed place pairs of model ``name`` (``version``, default the served one), only
-    those meeting ``bbox`` when given, and write their change maps into ``maps``; the exit code."""
+    those meeting ``bbox`` when given, and write their change maps into ``maps`` (:class:`CommandError` when
+    the rows have none)."""
     import shapely
 
     from imagesim_pipeline.changes.detect import read_changes
@@ -112,11 +114,10 @@ def print_changes(bucket: Bucket, name: str, version: str = "", top: int = 20,
         say(f"demo truth: {truth.hits(shown)} of these {len(shown)} are places where buildings vanished "
             f"({len(truth.rows)} such place pairs in {bucket.url(CHANGES_KEY)})")
     if maps:
-        return _write_change_maps(bucket, shown, maps)
-    return 0
+        _write_change_maps(bucket, shown, maps)
 
 
-def _write_change_maps(bucket: Bucket, rows: list[dict], folder: Path) -> int:
+def _write_change_maps(bucket: Bucket, rows: list[dict], folder: Path) -> None:
     """``changes --map``: each row's before | after | after with its change map, as a JPEG in ``folder``."""
     from imagesim_pipeline.changes.cell_changes import read_change_map
     from imagesim_pipeline.changes.maps import triptych
@@ -138,7 +139,6 @@ def _write_change_maps(bucket: Bucket, rows: list[dict], folder: Path) -> int:
         raise CommandError("these rows have no change maps (scored from embeddings by a model exported without "
                            "feature maps): train and publish a new version, then run encoder_job")
     say(f"{written} change map(s) (before | after | map) in {folder}/")
-    return 0
 
 
 def cmd_engine(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ class DatasetCounts(BaseModel):
     blocks_by_split: dict[str, int]
     label_free_by_split: dict[str, int]
     dropped: dict[str, int]
-    kept_without_cloud_mask: int
+    kept_without_cloud_mask: int = 0  # counted since the cloud filter came; older manifests lack it
 
 
 class DatasetInput(BaseModel):

@@ -53,6 +53,7 @@ def load_dataset_version(bucket_uri: str, version: str = "") -> LabelledChips:
     from imagesim_pipeline.dataset.build import DatasetError, read_manifest
     from imagesim_pipeline.dataset.read import iter_dense
     from imagesim_pipeline.storage import StorageError, open_bucket
+    from imagesim_pipeline.storage.records import CorruptRecordError
 
     bucket = open_bucket(bucket_uri)
     try:
@@ -66,7 +67,7 @@ def load_dataset_version(bucket_uri: str, version: str = "") -> LabelledChips:
                 chips += names
                 parts.append(matrix.astype(np.uint8))
             splits[split] = SplitData(chips, np.concatenate(parts) if parts else np.zeros((0, len(labels)), np.uint8))
-    except (DatasetError, StorageError) as exc:
+    except (DatasetError, StorageError, CorruptRecordError) as exc:
         raise DataError(str(exc)) from None
     return LabelledChips(labels, splits, bucket.uri, manifest.version)
 

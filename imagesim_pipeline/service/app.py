@@ -61,7 +61,7 @@ from imagesim_pipeline.storage.records import CorruptRecordError
 
 log = logging.getLogger("imagesim.service")
 HERE = Path(__file__).resolve().parent
-STATIC_DIR = HERE / "static"
+STATIC_DIR = routes_service.STATIC_DIR  # the page and its scripts
 LEAFLET_DIR = HERE / "web" / "node_modules" / "leaflet" / "dist"
 SWAGGER_UI_DIR = HERE / "web" / "node_modules" / "swagger-ui-dist"  # /docs: FastAPI's default loads it from a CDN
 

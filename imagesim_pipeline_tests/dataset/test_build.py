@@ -224,6 +224,11 @@ def test_the_stored_manifest_keeps_its_json_keys_and_an_older_writers_file_still
     assert read_manifest(bucket) == result.manifest
     # and rebuilding from the same inputs recognises it as unchanged
     assert build_dataset(bucket, vocab, DatasetConfig(version="v1")).unchanged
+    # a manifest written before the cloud filter (no kept_without_cloud_mask) still loads, as 0
+    older = json.loads(json.dumps(stored))
+    del older["counts"]["kept_without_cloud_mask"]
+    bucket.write_text(key, json.dumps(older, indent=2))
+    assert read_manifest(bucket).counts.kept_without_cloud_mask == 0
     del stored["counts"]
     bucket.write_text(key, json.dumps(stored))
     with pytest.raises(CorruptRecordError, match=r"manifest.json is not a valid DatasetManifest record \(counts: "
