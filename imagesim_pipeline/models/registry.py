@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 from imagesim_pipeline.errors import ImagesimError
 from imagesim_pipeline.models.metrics_record import ModelMetrics
 from imagesim_pipeline.storage import Bucket, MissingObjectError, layout
-from imagesim_pipeline.storage.records import CorruptRecordError, read_record, write_record
+from imagesim_pipeline.storage.records import CorruptRecordError, first_problem, read_record, write_record
 
 DEFAULT_NAME = "smlc"
 CHECKPOINT, ONNX, METRICS, CARD, MANIFEST = "model.ckpt", "model.onnx", "metrics.json", "model_card.md", "manifest.json"
@@ -267,10 +267,8 @@ def read_metrics(bucket: Bucket, name: str, version: str) -> ModelMetrics:
         except json.JSONDecodeError as exc:
             raise CorruptRecordError(f"{bucket.url(key)} is not valid JSON ({exc}): train the model again") from None
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "the document"
-            raise CorruptRecordError(f"{bucket.url(key)} is not a model's metrics.json ({where}: "
-                                     f"{first.get('msg', 'invalid')}): train the model again") from None
+            raise CorruptRecordError(f"{bucket.url(key)} is not a model's metrics.json ({first_problem(exc)}): "
+                                     "train the model again") from None
     raise ModelNotFoundError(f"model {name}/{version} is neither published nor staged under "
                              f"{bucket.url(model_key(name, version, ''))}: train it (trainer_job)")
 

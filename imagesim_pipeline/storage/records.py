@@ -23,6 +23,13 @@ class CorruptRecordError(ImagesimError):
     """A pointer or manifest in the bucket that is not what imagesim wrote; the message says what to do."""
 
 
+def first_problem(exc: ValidationError) -> str:
+    """A validation error in one line: where in the document, and what is wrong there."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "the document"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
 def read_record(bucket: Bucket, key: str, model: type[Record], fix: str) -> Record | None:
     """The record at ``key``, None when there is none; :class:`CorruptRecordError` (with ``fix``) when unreadable."""
     try:
@@ -32,9 +39,7 @@ def read_record(bucket: Bucket, key: str, model: type[Record], fix: str) -> Reco
     try:
         return model.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "the document"
-        reason = f"{where}: {first.get('msg', 'invalid')}"
+        reason = first_problem(exc)
     except UnicodeDecodeError as exc:  # pragma: no cover - pydantic reports bad UTF-8 as a ValidationError
         reason = f"not UTF-8 text ({exc.reason})"
     raise CorruptRecordError(f"{bucket.url(key)} is not a valid {model.__name__} record ({reason}): {fix}")
@@ -45,4 +50,4 @@ def write_record(bucket: Bucket, key: str, record: BaseModel) -> None:
     bucket.write_text(key, record.model_dump_json(indent=1))
 
 
-__all__ = ["CorruptRecordError", "read_record", "write_record"]
+__all__ = ["CorruptRecordError", "first_problem", "read_record", "write_record"]
