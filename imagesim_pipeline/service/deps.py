@@ -64,6 +64,7 @@ def parse_filters(bbox: str | None = None, labels: list[str] | None = None, sinc
     from pydantic import ValidationError
 
     from imagesim_pipeline.search.bbox import BboxError, parse_bbox
+    from imagesim_pipeline.storage.records import first_problem
 
     try:
         box = parse_bbox(bbox) if bbox else None  # the same checks as FiltersIn's and the CLI's --bbox
@@ -72,8 +73,7 @@ def parse_filters(bbox: str | None = None, labels: list[str] | None = None, sinc
     except BboxError as exc:
         raise HTTPException(422, str(exc)) from None
     except ValidationError as exc:  # too many labels or catalog ids: one line, not a 500
-        first = exc.errors()[0]
-        raise HTTPException(422, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        raise HTTPException(422, first_problem(exc)) from None
 
 
 async def search_filters(
