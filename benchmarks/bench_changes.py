@@ -52,6 +52,7 @@ from imagesim_pipeline.changes.detect import MIN_GROUP, read_changes, robust_sco
 from imagesim_pipeline.changes.spatial import CHIP_PARAMS, decode_rgb
 from imagesim_pipeline.chips.naming import ChipName, chip_key
 from imagesim_pipeline.demo.truth import STRICT_SHARE, ChangeTruth
+from imagesim_pipeline.models.recommended import RECOMMENDED
 from imagesim_pipeline.storage import open_bucket
 
 TOP = 10
@@ -151,12 +152,12 @@ def speed(source: Path, version: str, cells: int) -> dict:
     return out
 
 
-def tune(root: Path) -> None:
+def tune(root: Path, size: int) -> None:
     """The grid behind CHIP_PARAMS on a world the reported figures never saw (no model: ImageNet backbone)."""
     import torch
 
     from imagesim_pipeline.ard.discovery import discover_bucket
-    from imagesim_pipeline.changes.scorer import FeatureExtractor, aggregate, change_map
+    from imagesim_pipeline.changes.scorer import FeatureExtractor, aggregate, change_map, damp_shadows
     from imagesim_pipeline.embeddings.cell_embeddings import kept_chips
     from imagesim_pipeline.models.preprocess import Preprocessing, to_input
 
@@ -175,10 +176,14 @@ def tune(root: Path) -> None:
                       "catalog_before": a["catalog_id"],
                       "catalog_after": b["catalog_id"]} for a, b in zip(chips, chips[1:])]
     extractor = FeatureExtractor((2, 4), upsample=1.0, normalise="imagenet")
-    prep = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    prep = Preprocessing(size=size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     torch.set_num_threads(1)
-    grid = [*itertools.product(((2, 4), (2,)), ("envelope",), (0.0, 0.5, 1.0, 2.0), (0.05, 0.1)),
-            ((2, 4), "match", 1.0, 0.1)]  # the best-match pixel cue, ten times slower, at the chosen setting
+    # (blocks, pixel cue, pixel weight, top fraction, shadow weight, shadow level); the best-match pixel cue,
+    # ten times slower than the envelope, only at the setting chosen without shadows
+    fused = [*itertools.product(((2, 4), (2,)), ("envelope",), (0.0, 0.5, 1.0, 2.0)), ((2, 4), "match", 1.0)]
+    shadows = [(0.0, CHIP_PARAMS.shadow_level), *itertools.product((0.25, 0.35, 0.5), (0.5, 0.55, 0.6))]
+    grid = [(*f, top, *sh) for f in fused for top in (0.05, 0.1) for sh in shadows
+            if f[1] == "envelope" or (top, sh[0]) == (0.1, 0.0)]
     cost = {cue: 0.0 for cue in ("envelope", "match")}
     scores = {g: np.zeros(len(rows)) for g in grid}
     started = time.perf_counter()
@@ -187,14 +192,17 @@ def tune(root: Path) -> None:
         small = [np.clip(to_input(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), prep).numpy()
                          .transpose(1, 2, 0) * 255 + 0.5, 0, 255).astype(np.uint8) for x in pair]
         maps = extractor(np.stack(small))
-        for g in grid:
-            blocks, cue, weight, top = g
-            params = replace(CHIP_PARAMS, blocks=blocks, pixel_cue=cue, pixel_weight=weight, top_fraction=top)
+        for blocks, cue, weight in fused:
+            params = replace(CHIP_PARAMS, blocks=blocks, pixel_cue=cue, pixel_weight=weight, shadow_weight=0.0)
             chosen = [maps[(2, 4).index(b)] for b in blocks]
             t = time.perf_counter()
-            scores[g][i] = aggregate(change_map([f[0] for f in chosen], [f[1] for f in chosen], *small, params), top)
-            if (blocks, weight, top) == ((2, 4), 1.0, 0.1):
+            change = change_map([f[0] for f in chosen], [f[1] for f in chosen], *small, params)
+            if (blocks, weight) == ((2, 4), 1.0):
                 cost[cue] += time.perf_counter() - t
+            for g in grid:
+                if g[:3] == (blocks, cue, weight):
+                    damped = damp_shadows(change, *small, replace(params, shadow_weight=g[4], shadow_level=g[5]))
+                    scores[g][i] = aggregate(damped, g[3])
         if i % 100 == 0:
             print(f"\r  tuning: {i + 1}/{len(rows)} pairs ({time.perf_counter() - started:.0f} s)", end="", flush=True)
     print()
@@ -204,9 +212,10 @@ def tune(root: Path) -> None:
         for z in (False, True):
             s = robust_scores(scores[g], [pair_of], MIN_GROUP) if z else scores[g]
             graded += grade(truth, rows, {f"{g}{' z/pair' if z else ''}": s})
-    graded.sort(key=lambda r: -(r["auroc_5pct"] + r["auroc_any"]))
-    print_table(f"tuning world {root}: blocks, pixel cue, pixel weight, top fraction (z/pair: robust z within the "
-                "acquisition pair); best first by AUROC>=5% + AUROCany", graded[:25])
+    graded.sort(key=lambda r: -(r["auroc_5pct"] + r["ap_5pct"] + r["auroc_any"]))
+    print_table(f"tuning world {root}, {size} px: blocks, pixel cue, pixel weight, top fraction, shadow weight, "
+                "shadow level (z/pair: robust z within the acquisition pair); best first by AUROC>=5% + AP>=5% + "
+                "AUROCany", graded[:25])
     print(f"\n  CHIP_PARAMS: {CHIP_PARAMS}")
     print("  map arithmetic at the chosen setting, ms a pair: " + ", ".join(
         f"{cue} pixel cue {1000 * seconds / len(rows):.1f}" for cue, seconds in cost.items()))
@@ -219,9 +228,11 @@ def main() -> None:
     ap.add_argument("--speed-cells", type=int, default=1, help="cells to time the encoder on (0: skip)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--tune", type=Path, metavar="BUCKET", help="run the parameter grid on this other-seed world")
+    ap.add_argument("--size", type=int, default=RECOMMENDED.input_size,
+                    help="--tune: the model input size the chips are resized to (default: the recommended model's)")
     args = ap.parse_args()
     if args.tune:
-        tune(args.tune)
+        tune(args.tune, args.size)
         return
     from imagesim_pipeline.models.registry import served_version
 

@@ -5,8 +5,9 @@ pairs there costs only the map arithmetic (no second decode, no second pass thro
 :class:`CellPairScorer` takes a cell's chips place by place as they come out of the encoder, scores
 each pair of consecutive acquisitions of a place (:func:`imagesim_pipeline.changes.spatial.pair_change`)
 and keeps one row per pair: place, both chips with their byte counts (a re-chipped chip is a
-different chip), the change score and the change map (an 8-bit grey PNG,
-:func:`imagesim_pipeline.changes.maps.encode_map`). The rows are written once per cell,
+different chip), the change score, the change map (an 8-bit grey PNG,
+:func:`imagesim_pipeline.changes.maps.encode_map`) and the scorer's parameters' fingerprint (a row
+scored with other parameters, e.g. before an upgrade, is scored again rather than ranked beside new ones). The rows are written once per cell,
 atomically, after the cell's embeddings: one object per cell, not one per place (thousands of
 small writes would cost more than the scoring on S3). ``chip_changes`` joins them to the
 embeddings' pairs, scores any pair they lack and writes the cell's file again with those added.
@@ -29,7 +30,7 @@ from imagesim_pipeline.storage import Bucket, StorageError, layout
 PairKey = tuple[str, str, int, int]  # chip before, chip after, their byte counts
 SCHEMA = pa.schema([("place", pa.string()), ("chip_before", pa.string()), ("chip_after", pa.string()),
                     ("bytes_before", pa.int64()), ("bytes_after", pa.int64()), ("change", pa.float64()),
-                    ("map_png", pa.binary())])
+                    ("map_png", pa.binary()), ("scorer", pa.string())])
 
 
 def pair_key(before: Mapping, after: Mapping) -> PairKey:
@@ -43,9 +44,11 @@ def _read(bucket: Bucket, key: str) -> pa.Table:
     return pq.read_table(io.BytesIO(bucket.read_bytes(key)))
 
 
-def read_cell_changes(bucket: Bucket, version: str, cell_id: str,
+def read_cell_changes(bucket: Bucket, version: str, cell_id: str, scorer: str,
                       warn: Callable[[str], None] | None = None) -> dict[PairKey, dict]:
-    """The cell's scored pairs (pair -> row); empty when it has none or they cannot be read (named via ``warn``)."""
+    """The cell's pairs scored by the scorer whose parameters have the fingerprint ``scorer`` (pair -> row);
+    empty when it has none or they cannot be read (named via ``warn``). Rows of other parameters are left
+    out (named via ``warn``), so they are scored again."""
     key = layout.cell_changes_key(version, cell_id)
     try:
         table = _read(bucket, key)
@@ -55,7 +58,12 @@ def read_cell_changes(bucket: Bucket, version: str, cell_id: str,
         if warn:
             warn(f"{bucket.url(key)} is unreadable ({exc}): its pairs are scored again")
         return {}
-    return {(r["chip_before"], r["chip_after"], r["bytes_before"], r["bytes_after"]): r for r in table.to_pylist()}
+    rows = table.to_pylist()
+    current = [r for r in rows if r.get("scorer") == scorer]
+    if len(current) < len(rows) and warn:
+        warn(f"{bucket.url(key)}: {len(rows) - len(current)} pair(s) were scored with other change-scorer parameters "
+             "(an earlier release): they are scored again")
+    return {(r["chip_before"], r["chip_after"], r["bytes_before"], r["bytes_after"]): r for r in current}
 
 
 def write_cell_changes(bucket: Bucket, version: str, cell_id: str, rows: list[dict]) -> str:
@@ -121,14 +129,16 @@ class CellPairScorer:
         rows = []
         for i in range(len(chips) - 1):
             scored = pair_change(maps[i], maps[i + 1], rgb[i], rgb[i + 1], self.params)
-            rows.append(pair_row(place, pair_key(chips[i], chips[i + 1]), scored.score, scored.change))
+            rows.append(pair_row(place, pair_key(chips[i], chips[i + 1]), scored.score, scored.change,
+                                 self.params.fingerprint))
         return rows
 
 
-def pair_row(place: str, key: PairKey, change: float, change_map: np.ndarray) -> dict:
-    """A row of a cell's change file."""
+def pair_row(place: str, key: PairKey, change: float, change_map: np.ndarray, scorer: str) -> dict:
+    """A row of a cell's change file (``scorer``: the fingerprint of the parameters that scored it)."""
     return {"place": place, "chip_before": key[0], "chip_after": key[1], "bytes_before": key[2],
-            "bytes_after": key[3], "change": float(change), "map_png": encode_map(change_map, STORED_DOWNSAMPLE)}
+            "bytes_after": key[3], "change": float(change), "map_png": encode_map(change_map, STORED_DOWNSAMPLE),
+            "scorer": scorer}
 
 
 __all__ = ["CellPairScorer", "PairKey", "SCHEMA", "pair_key", "pair_row", "read_cell_changes", "read_change_map",

@@ -124,13 +124,14 @@ def _cell_changes(bucket: Bucket, scorer: ChipPairScorer, version: str, cell: st
     from their chips and the file is written again with them."""
     from imagesim_pipeline.changes.cell_changes import pair_row, read_cell_changes, write_cell_changes
 
-    known = read_cell_changes(bucket, version, cell, warn)
+    known = read_cell_changes(bucket, version, cell, scorer.params.fingerprint, warn)
     key = layout.cell_changes_key(version, cell)
     missing = [i for i in range(first, len(rows["place"])) if rows["key"][i] not in known]
     if missing:
         for i, scored in zip(missing, score_pairs(bucket, scorer, rows, missing, warn)):
             if scored is not None:
-                known[rows["key"][i]] = pair_row(rows["place"][i], rows["key"][i], scored.score, scored.change)
+                known[rows["key"][i]] = pair_row(rows["place"][i], rows["key"][i], scored.score, scored.change,
+                                                 scorer.params.fingerprint)
         current = set(rows["key"][first:])  # pairs of chips no longer there are dropped
         write_cell_changes(bucket, version, cell, [row for k, row in known.items() if k in current])
     for i in range(first, len(rows["place"])):

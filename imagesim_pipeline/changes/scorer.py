@@ -50,8 +50,10 @@ does), not with a fixed threshold.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -73,6 +75,13 @@ class ScorerParams:
     pixel_radius: int = 2  # pixel cue matching neighbourhood, in pixels
     pixel_sigma: float = 2.0  # Gaussian smoothing of the pixel cue, in pixels
     top_fraction: float = 0.1  # the score is the mean of this highest fraction of the map
+    shadow_weight: float = 0.0  # how much the map is damped where either image is in shadow (0: off)
+    shadow_level: float = 0.55  # in shadow: darker than this fraction of the image's median luminance
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of every parameter: scores made with other parameters are not comparable."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
 DEFAULT_PARAMS = ScorerParams()
@@ -236,6 +245,26 @@ def pixel_envelope_distance(before: np.ndarray, after: np.ndarray, radius: int =
     return _gaussian_blur(d, sigma)
 
 
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luminance of RGB
+SHADOW_RAMP = 0.1  # the shadow mask goes from 1 to 0 over this band of relative luminance around the level
+
+
+def shadow_mask(before: np.ndarray, after: np.ndarray, level: float = DEFAULT_PARAMS.shadow_level) -> np.ndarray:
+    """(H, W) float32 in 0..1: where either (H, W, 3) image is in shadow, i.e. darker than ``level`` times
+    its own median luminance (a soft step :data:`SHADOW_RAMP` wide, smoothed by one pixel).
+
+    Shadows move with the sun between acquisitions and lengthen in winter, so every building casts a
+    change; a relative level follows each image's exposure and haze. Damping the map there keeps what
+    changed in sunlit pixels (a roof replaced by ground) ahead of shadows that only moved.
+    """
+    def dark(img: np.ndarray) -> np.ndarray:
+        luma = img.astype(np.float32) @ LUMA
+        relative = luma / max(float(np.median(luma)), 1.0)
+        return _gaussian_blur(np.clip((level + SHADOW_RAMP / 2 - relative) / SHADOW_RAMP, 0, 1), 1.0)
+
+    return np.maximum(dark(before), dark(after)).astype(np.float32)
+
+
 def resize_bilinear(m: np.ndarray, height: int, width: int) -> np.ndarray:
     """A 2-d map bilinearly resized to (height, width), pixel centres aligned (``align_corners=False``)."""
     h, w = m.shape
@@ -267,7 +296,14 @@ def change_map(features_before: Sequence[np.ndarray], features_after: Sequence[n
     if params.pixel_weight > 0:
         cue = pixel_envelope_distance if params.pixel_cue == "envelope" else pixel_distance
         feat = feat + params.pixel_weight * cue(before, after, params.pixel_radius, params.pixel_sigma)
-    return (feat / (1 + params.pixel_weight)).astype(np.float32)
+    return damp_shadows((feat / (1 + params.pixel_weight)).astype(np.float32), before, after, params)
+
+
+def damp_shadows(change: np.ndarray, before: np.ndarray, after: np.ndarray, params: ScorerParams) -> np.ndarray:
+    """``change`` times ``1 - shadow_weight * shadow_mask`` (unchanged when ``params.shadow_weight`` is 0)."""
+    if params.shadow_weight <= 0:
+        return change
+    return (change * (1 - params.shadow_weight * shadow_mask(before, after, params.shadow_level))).astype(np.float32)
 
 
 def aggregate(change: np.ndarray, top_fraction: float = DEFAULT_PARAMS.top_fraction) -> float:
@@ -303,5 +339,6 @@ def score_pair(before: np.ndarray, after: np.ndarray, extractor: FeatureExtracto
     return aggregate(change, params.top_fraction), change
 
 
-__all__ = ["DEFAULT_PARAMS", "FeatureExtractor", "ScorerParams", "aggregate", "change_map", "feature_distance",
-           "pixel_distance", "pixel_envelope_distance", "resize_bilinear", "score_pair"]
+__all__ = ["DEFAULT_PARAMS", "FeatureExtractor", "ScorerParams", "aggregate", "change_map", "damp_shadows",
+           "feature_distance",
+           "pixel_distance", "pixel_envelope_distance", "resize_bilinear", "score_pair", "shadow_mask"]

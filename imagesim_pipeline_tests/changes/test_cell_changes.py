@@ -8,6 +8,7 @@ import json
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -168,7 +169,7 @@ def test_a_corrupt_change_file_is_named_and_rewritten(scored_cell, tmp_path):
     expected = _keys(_rows(bucket, version, cell))
     bucket.write_bytes(key, b"\x00garbage, not parquet" * 10)
     warnings: list[str] = []
-    assert read_cell_changes(bucket, version, cell, warnings.append) == {}
+    assert read_cell_changes(bucket, version, cell, scorer.params.fingerprint, warnings.append) == {}
     assert len(warnings) == 1 and key in warnings[0] and "unreadable" in warnings[0]
 
     warnings.clear()
@@ -176,4 +177,27 @@ def test_a_corrupt_change_file_is_named_and_rewritten(scored_cell, tmp_path):
     assert any(key in w for w in warnings)
     assert table.num_rows == first.pairs_scored and np.isfinite(table.column("score").to_numpy()).all()
     assert _keys(_rows(bucket, version, cell)) == expected  # readable again, every pair
-    assert len(read_cell_changes(bucket, version, cell)) == first.pairs_scored
+    assert len(read_cell_changes(bucket, version, cell, scorer.params.fingerprint)) == first.pairs_scored
+
+
+def test_pairs_scored_with_other_scorer_parameters_are_scored_again(scored_cell, tmp_path):
+    """After an upgrade that changes the scorer's parameters, the cell's old rows are not ranked beside new ones:
+    they are named, scored again with the current parameters and the file is rewritten."""
+    _, version, cell, first, _, scorer = scored_cell
+    bucket = _copy(scored_cell, tmp_path)
+    key = layout.cell_changes_key(version, cell)
+    rows = _rows(bucket, version, cell)
+    assert {r["scorer"] for r in rows} == {scorer.params.fingerprint}
+    table = pq.read_table(io.BytesIO(bucket.read_bytes(key)))
+    buffer = io.BytesIO()  # what an earlier release wrote: other parameters, a made-up score
+    pq.write_table(table.set_column(table.schema.get_field_index("change"), "change",
+                                    pa.array([9.0] * table.num_rows)).drop_columns(["scorer"]), buffer)
+    bucket.write_bytes(key, buffer.getvalue())
+    warnings: list[str] = []
+    assert read_cell_changes(bucket, version, cell, scorer.params.fingerprint, warnings.append) == {}
+    assert any("other change-scorer parameters" in w for w in warnings)
+
+    scores = change_table(bucket, version, warn=warnings.append, scorer=scorer).column("change").to_numpy()
+    assert np.allclose(np.sort(scores), np.sort([r["change"] for r in rows]), atol=1e-5)  # none of the 9.0s
+    again = _rows(bucket, version, cell)
+    assert _keys(again) == _keys(rows) and {r["scorer"] for r in again} == {scorer.params.fingerprint}

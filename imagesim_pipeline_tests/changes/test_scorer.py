@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagesim_pipeline.changes.scorer import (FeatureExtractor, _best_match, _unit_centred, aggregate, change_map,
-                                              feature_distance, pixel_distance, score_pair)
+from dataclasses import replace
+
+from imagesim_pipeline.changes.scorer import (DEFAULT_PARAMS, FeatureExtractor, _best_match, _unit_centred, aggregate,
+                                              change_map, feature_distance, pixel_distance, score_pair, shadow_mask)
 
 PAIRS = Path(os.environ.get("IMAGESIM_CHANGE_PAIRS",
                             Path(__file__).resolve().parents[3] / "shared" / "data" / "change-pairs"))
@@ -142,3 +144,29 @@ def test_score_is_a_top_fraction_so_small_changes_count():
     assert aggregate(change, 0.1) == pytest.approx(0.5)
     assert change.mean() == pytest.approx(0.05)  # what a mean would have given
     assert aggregate(np.full((4, 4), 0.3, np.float32), 0.1) == pytest.approx(0.3)
+
+
+def test_shadow_mask_marks_pixels_darker_than_the_level_of_either_image(scene):
+    cast = scene.copy()
+    cast[40:80, 40:120] = (scene[40:80, 40:120] * 0.3).astype(np.uint8)  # a shadow falls on the ground
+    mask = shadow_mask(scene, cast, level=0.55)
+    assert mask.shape == scene.shape[:2] and mask.dtype == np.float32
+    assert mask[45:75, 45:115].mean() > 0.9  # the new shadow (darker than 0.55 x the median luminance)
+    assert np.array_equal(shadow_mask(scene, cast), shadow_mask(cast, scene))  # either image's shadows count
+    dim = (scene.astype(np.float32) * 0.5).astype(np.uint8)  # a darker exposure is not a shadow
+    assert np.abs(shadow_mask(scene, dim) - shadow_mask(scene, scene)).mean() < 0.01
+
+
+def test_shadow_damping_lowers_a_moved_shadow_and_keeps_a_new_sunlit_object(scene, extractor):
+    cast = scene.copy()
+    cast[104:152, 104:152] = (scene[104:152, 104:152] * 0.3).astype(np.uint8)  # a longer shadow, nothing else
+    new = scene.copy()
+    new[104:152, 104:152] = _rgb("dsifn/B/0_2.png")[20:68, 20:68]  # new sunlit ground
+    damped = replace(DEFAULT_PARAMS, shadow_weight=0.5)
+    shadow_plain, _ = score_pair(scene, cast, extractor)
+    shadow_damped, shadow_map = score_pair(scene, cast, extractor, damped)
+    new_plain, _ = score_pair(scene, new, extractor)
+    new_damped, _ = score_pair(scene, new, extractor, damped)
+    assert shadow_damped < 0.75 * shadow_plain  # the shadow is the whole change (its blurred rim is not damped)
+    assert new_damped > 0.9 * new_plain  # the sunlit change keeps its score
+    assert shadow_map.shape == scene.shape[:2]
