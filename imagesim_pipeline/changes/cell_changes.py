@@ -3,14 +3,15 @@
 The encoder already computes every chip's feature maps on its way to the embedding, so scoring the
 pairs there costs only the map arithmetic (no second decode, no second pass through the backbone).
 :class:`CellPairScorer` takes a cell's chips place by place as they come out of the encoder, scores
-each pair of consecutive acquisitions of a place (:func:`imagesim_pipeline.changes.spatial.pair_change`)
-and keeps one row per pair: place, both chips with their byte counts (a re-chipped chip is a
-different chip), the change score, the change map (an 8-bit grey PNG,
-:func:`imagesim_pipeline.changes.maps.encode_map`) and the scorer's parameters' fingerprint (a row
-scored with other parameters, e.g. before an upgrade, is scored again rather than ranked beside new ones). The rows are written once per cell,
-atomically, after the cell's embeddings: one object per cell, not one per place (thousands of
-small writes would cost more than the scoring on S3). ``chip_changes`` joins them to the
-embeddings' pairs, scores any pair they lack and writes the cell's file again with those added.
+each pair of consecutive acquisitions of a place
+(:func:`imagesim_pipeline.changes.spatial.pair_change`) and keeps one row per pair: place, both
+chips with their byte counts (a re-chipped chip is a different chip), the change score, the change
+map (an 8-bit grey PNG, :func:`imagesim_pipeline.changes.maps.encode_map`) and the scorer's
+parameters' fingerprint (a row scored with other parameters, e.g. before an upgrade, is scored again
+rather than ranked beside new ones). The rows are written once per cell, atomically, after the
+cell's embeddings: one object per cell, not one per place (thousands of small writes would cost more
+than the scoring on S3). ``chip_changes`` joins them to the embeddings' pairs, scores any pair they
+lack and writes the cell's file again with those added.
 """
 
 from __future__ import annotations
