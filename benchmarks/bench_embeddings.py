@@ -5,7 +5,9 @@ backbone's features of every dataset chip, from the bucket's feature cache or co
 every strategy of :mod:`imagesim_pipeline.models.strategies` is trained through the project's own
 Lightning module and data module (the same code ``smlc_model`` and ``train_model`` run, ``--epochs``
 epochs on the CPU), and its ``embedding`` of every dataset chip is scored for retrieval beside the
-raw backbone features and random vectors of the same chips:
+raw backbone features and random vectors of the same chips; each strategy also followed by its
+classifier's label probabilities (``label_weight``, what the pipeline indexes;
+``benchmarks/bench_retrieval.py`` chose the weight on val queries):
 
 * protocol of ``benchmarks/bench_retrieval.py`` part 1 (its ``retrieval`` function): queries are the
   labelled test-split chips (spatially held out: no strategy trained on them or on places near
@@ -103,12 +105,25 @@ def train(strategy: str, size: int, pooling: str, bucket: str, epochs: int, seed
     return model, data, wall, cpu, (at.f2_micro, at.f2_macro)
 
 
-def embed(model, features) -> np.ndarray:
-    """The model's embeddings of cached features."""
+def embed(model, features, label_weight: float = 0.0) -> np.ndarray:
+    """The model's embeddings of cached features, followed by its label probabilities at ``label_weight``."""
     import torch
 
+    from imagesim_pipeline.models.smlc import with_labels
+
     with torch.inference_mode():
-        return model.head_outputs(features)[1].float().numpy()
+        return with_labels(*model.head_outputs(features), label_weight).float().numpy()
+
+
+def representations(trained: dict, features) -> dict[str, np.ndarray]:
+    """The raw backbone, each strategy's embedding, and each followed by the label probabilities (the
+    recommended ``label_weight``: what the pipeline indexes)."""
+    from imagesim_pipeline.models.recommended import RECOMMENDED
+
+    reps = {"backbone (raw)": features.numpy()}
+    reps.update({s: embed(m, features) for s, (m, *_) in trained.items()})
+    reps.update({f"{s} + labels": embed(m, features, RECOMMENDED.label_weight) for s, (m, *_) in trained.items()})
+    return reps
 
 
 def world_of(bucket: str, size: int, pooling: str) -> dict:
@@ -149,18 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         data = next(iter(trained.values()))[1]
         manifest = json.loads(open_bucket(bucket).read_text(layout.features_key(data.cache_key, "manifest.json")))
         world = corpus(data)
-        reps = {"backbone (raw)": world["features"].numpy()}
-        reps.update({s: embed(m, world["features"]) for s, (m, *_) in trained.items()})
+        reps = representations(trained, world["features"])
         log(f"{config}: retrieval over {len(world['chips'])} chips, {len(world['query_rows'])} test queries")
         demo = score(world, reps, args.seed, args.random_repeats)
         transfer = {}
         if args.transfer_bucket:
             other = world_of(args.transfer_bucket, size, pooling)
-            other_reps = {"backbone (raw)": other["features"].numpy()}
-            other_reps.update({s: embed(m, other["features"]) for s, (m, *_) in trained.items()})
-            transfer = score(other, other_reps, args.seed, args.random_repeats)
+            transfer = score(other, representations(trained, other["features"]), args.seed, args.random_repeats)
         for name in [*reps, "random", "_ceiling"]:
-            cost = trained.get(name)
+            cost = trained.get(name.removesuffix(" + labels"))
             row = {"config": config, "representation": name if name != "_ceiling" else "ceiling",
                    **{f"{rule} P@10": demo[name][rule][0] for rule in RULES},
                    **{f"{rule} mAP@10": demo[name][rule][1] for rule in RULES},

@@ -43,6 +43,15 @@ averaged, the spread across repeats is printed).
   and "equal to the empty set" is not a similarity); the count is printed. Corpus chips without
   labels stay in the corpus and are never relevant to a labelled query under either rule.
 
+Part 1b, the label weight
+-------------------------
+The same protocol for the model's own embedding (unit length) followed by its classifier's label
+probabilities less 0.5 (unit length, times a weight: 0, 1, 2, 3, 4, and the probabilities alone),
+from the stored ``embedding`` and ``probs`` columns, with the **val** split's chips as queries (where
+the weight is chosen: the smallest label weight, i.e. the most weight on appearance, whose exact
+P@10 is within 0.005 of the best) and with the test split's (the reported figures). This is how
+``models/recommended.py``'s ``label_weight`` was chosen.
+
 Part 2, change detection against the ground truth
 -------------------------------------------------
 Pairs: the rows of the change table (one per place and pair of consecutive acquisitions); a pair
@@ -129,13 +138,15 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
 def load_embeddings(bucket, version: str) -> dict:
     from imagesim_pipeline.embeddings.cell_embeddings import iter_embeddings, vectors
 
-    chips, places, emb = [], [], []
+    chips, places, emb, probs = [], [], [], []
     for _cell, t in iter_embeddings(bucket, version):
         chips += t.column("chip").to_pylist()
         places += t.column("place").to_pylist()
         emb.append(vectors(t, "embedding"))
+        probs.append(vectors(t, "probs"))
     log(f"embeddings: {len(chips)} chips")
-    return {"chips": chips, "places": places, "emb": np.concatenate(emb) if emb else np.zeros((0, 320), np.float32)}
+    return {"chips": chips, "places": places, "emb": np.concatenate(emb) if emb else np.zeros((0, 320), np.float32),
+            "probs": np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)}
 
 
 def load_features(bucket, key: str) -> tuple[dict[str, int], np.ndarray]:
@@ -250,6 +261,28 @@ def retrieval(data: dict, k: int, seed: int, repeats: int, reps: dict[str, list[
                 "precision_at_k_std_over_repeats": float(precs.std()) if len(precs) > 1 else None,
                 "repeats": len(variants), "precision_at_k_by_region": by_region}
     return results
+
+
+LABEL_WEIGHTS = (0.0, 1.0, 2.0, 3.0, 4.0)
+NEAR_BEST = 0.005  # the label weight's rule: the most weight on appearance within this of the best val P@10
+
+
+def label_weight_sweep(data: dict, own: np.ndarray, probs: np.ndarray, split: np.ndarray, k: int) -> dict:
+    """P@k and mAP@k of the embedding ``own`` followed by the label probabilities less 0.5 at each weight of
+    :data:`LABEL_WEIGHTS` (and of the label probabilities alone), with the val queries (where the weight
+    is chosen) and the test queries (the reported figures)."""
+    labelled = data["labels"].sum(1) > 0
+    centred = unit(probs - 0.5)
+    reps = {f"label weight {w:g}": [np.hstack([unit(own), w * centred])] for w in LABEL_WEIGHTS}
+    reps["label probabilities alone"] = [centred]
+    out = {}
+    for name in ("val", "test"):
+        queries = {**data, "query_rows": np.flatnonzero((split == name) & labelled)}
+        out[name] = retrieval(queries, k, 0, 1, reps)
+    exact = {r: v["precision_at_k"] for r, v in out["val"]["rules"]["exact"]["reps"].items()}
+    best = max(exact.values())
+    out["chosen"] = next(w for w in LABEL_WEIGHTS if exact[f"label weight {w:g}"] >= best - NEAR_BEST)
+    return out
 
 
 # --------------------------------------------------------------------------- part 2
@@ -407,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     for p, b in zip(data["places"], bits):
         by_place.setdefault(p, set()).add(int(b))
     ret["places_with_differing_label_sets"] = sum(len(s) > 1 for s in by_place.values())
+    n_labels = emb["probs"].shape[1]
+    own = data["smlc"][:, :-n_labels] if metrics.training.label_weight > 0 else data["smlc"]  # the strategy's part
+    sweep = label_weight_sweep(data, own, emb["probs"][[erow[c] for c in corpus]],
+                               np.array([split_of[c] for c in corpus]), args.k)
 
     log("change detection")
     chg = changes(bucket, version, emb, feat_row, feats)
@@ -441,6 +478,16 @@ def main(argv: list[str] | None = None) -> int:
           ["rule", "representation", f"P@{k}", f"mAP@{k}", *(f"P@{k} {g}" for g in sorted(ret["query_regions"]))],
           rows)
 
+    sweep_rows = []
+    for name in ("val", "test"):
+        for rule, r in sweep[name]["rules"].items():
+            sweep_rows += [[name, rule, rep_name, v["precision_at_k"], v["map_at_k"]]
+                           for rep_name, v in r["reps"].items()]
+    table(f"the embedding followed by the label probabilities (model label_weight {metrics.training.label_weight:g}); "
+          f"chosen on val: the largest weight on appearance (smallest label weight) within {NEAR_BEST} of the best "
+          f"val exact P@{k}: {sweep['chosen']:g}", ["queries", "rule", "representation", f"P@{k}", f"mAP@{k}"],
+          sweep_rows)
+
     print(f"\nPART 2  change detection: {chg['pairs_evaluated']} of {chg['pairs_in_table']} pairs of the change "
           f"table evaluated (left out, no backbone feature: {chg['places_left_out']})")
     print(f"  truth: {chg['truth_places']} places with vanished buildings; without a pair in the table "
@@ -468,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"model_version": version, "dataset": dataset, "features": fkey, "bucket": bucket.url(""),
-                       "retrieval": ret, "changes": chg, "seconds": time.perf_counter() - T0}, f, indent=2)
+                       "retrieval": ret, "label_weight_sweep": sweep, "changes": chg, "seconds": time.perf_counter() - T0}, f, indent=2)
         log(f"wrote {args.json}")
     log("done")
     return 0

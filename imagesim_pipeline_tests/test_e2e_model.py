@@ -71,9 +71,11 @@ def test_trainer_job_publishes_a_checked_onnx_model(dataset_bucket, monkeypatch)
         runtime = session(path)
         size = metrics.data.input_size
         logits, embedding = runtime.run(["logits", "embedding"], {"input": np.zeros((3, 3, size, size), np.float32)})
-        # the recommended defaults: 320 px, multiscale pooling (1280 + 192 features), the metric strategy
-        assert size == 320 and metrics.training.pooling == "multiscale"
-        assert logits.shape == (3, len(metrics.labels)) and embedding.shape == (3, (1280 + 192) // 4)
+        # the recommended defaults: 320 px, multiscale pooling (1280 + 192 features), the metric strategy followed
+        # by the label probabilities
+        assert size == 320 and metrics.training.pooling == "multiscale" and metrics.training.label_weight == 2.0
+        assert logits.shape == (3, len(metrics.labels))
+        assert embedding.shape == (3, (1280 + 192) // 4 + len(metrics.labels)) == (3, metrics.training.embedding_dim)
         assert read_metadata(path)["strategy"] == metrics.training.strategy == "metric"
         assert read_metadata(path)["thresholds"] == metrics.thresholds
     assert metrics.onnx is not None and metrics.onnx.max_abs_diff < 1e-3

@@ -44,7 +44,7 @@ class _Exportable(nn.Module):
         settings = self.model.settings
         vector, maps = forward_with_maps(self.model.backbone, settings.backbone, images, settings.pooling)
         logits, embedding = self.model.head_outputs(vector)
-        return (logits, embedding, *(maps[name] for name in MAP_OUTPUTS))
+        return (logits, self.model.search_embedding(logits, embedding), *(maps[name] for name in MAP_OUTPUTS))
 
 
 class _PooledBackbone(nn.Module):

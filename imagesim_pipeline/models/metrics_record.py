@@ -77,6 +77,7 @@ class TrainingInfo(_Record):
     strategy: str = "classifier"  # files written before strategies existed
     pooling: str = "avg"  # files written before pooling was a setting
     embedding_dim: int | None = None
+    label_weight: float = 0.0  # files written before the label part of the embedding existed
     epochs: int
     seconds: float
     device: str = ""

@@ -14,6 +14,7 @@ class Recommended:
     input_size: int = 320
     pooling: str = "multiscale"
     strategy: str = "metric"
+    label_weight: float = 2.0  # the embedding followed by the label probabilities (benchmarks/bench_retrieval.py)
 
 
 RECOMMENDED = Recommended()

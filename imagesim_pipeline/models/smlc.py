@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from imagesim_pipeline.models.backbones import build_backbone, feature_width, freeze, pooled_features, spec_of
@@ -54,6 +55,16 @@ class SmlcSettings:
     metric_weight: float
     temperature: float
     pca_dim: int
+    label_weight: float = 0.0
+
+
+def with_labels(logits: torch.Tensor, embedding: torch.Tensor, weight: float) -> torch.Tensor:
+    """``embedding`` (weight 0), or the unit embedding followed by ``weight`` times the unit vector of the label
+    probabilities less 0.5: cosine similarity then mixes appearance (1) and labels (``weight`` squared)."""
+    if weight <= 0:
+        return embedding
+    labels = torch.sigmoid(logits) - 0.5
+    return torch.cat([F.normalize(embedding, dim=1), weight * F.normalize(labels, dim=1)], dim=1)
 
 
 class MlpHead(nn.Module):
@@ -90,6 +101,10 @@ class SkywayMultiLabelClassifier(L.LightningModule):
         metric_weight: weight of the ``metric`` strategy's Jaccard loss beside the classification loss.
         temperature: the ``label-free`` strategy's InfoNCE temperature.
         pca_dim: width of the ``descriptor`` strategy's embedding.
+        label_weight: when above 0, the exported ``embedding`` is the strategy's embedding (unit length)
+            followed by the label probabilities less 0.5 (unit length, times this weight): search then
+            ranks chips by what the classifier says they show first, by how they look second. Training is
+            unchanged (only search uses it), so a version that differs in it alone trains the same head.
     """
 
     # only with the label-free strategy
@@ -103,9 +118,11 @@ class SkywayMultiLabelClassifier(L.LightningModule):
                  unfreeze_last_stage: bool = False, lr: float = 1e-3, eta_min: float = 1e-5,
                  weight_decay: float = 1e-3, dropout: float = 0.2, threshold: float = 0.5, pooling: str = "avg",
                  strategy: str = "classifier", metric_weight: float = 1.0, temperature: float = 0.1,
-                 pca_dim: int = 256) -> None:
+                 pca_dim: int = 256, label_weight: float = 0.0) -> None:
         super().__init__()
         check_strategy(strategy)
+        if label_weight < 0:
+            raise ValueError(f"label_weight must be 0 (off) or positive, got {label_weight}")
         if len(labels) < 2:
             raise ValueError(f"the model needs at least two labels (multi-label metrics); got {list(labels)}")
         if eta_min >= lr:
@@ -113,7 +130,7 @@ class SkywayMultiLabelClassifier(L.LightningModule):
                              "eta_min raises the learning rate instead of decaying it")
         self.save_hyperparameters()
         self.settings = SmlcSettings(backbone, weights, unfreeze_last_stage, lr, eta_min, weight_decay, dropout,
-                                     threshold, pooling, strategy, metric_weight, temperature, pca_dim)
+                                     threshold, pooling, strategy, metric_weight, temperature, pca_dim, label_weight)
         self.labels = list(labels)
         spec = spec_of(backbone)
         self.backbone = build_backbone(backbone, weights or None)
@@ -138,7 +155,8 @@ class SkywayMultiLabelClassifier(L.LightningModule):
     @property
     def embedding_dim(self) -> int:
         """Width of the embedding search indexes."""
-        return self.settings.pca_dim if self.settings.strategy == "descriptor" else self.feature_dim // 4
+        width = self.settings.pca_dim if self.settings.strategy == "descriptor" else self.feature_dim // 4
+        return width + (len(self.labels) if self.settings.label_weight > 0 else 0)
 
     def train(self, mode: bool = True) -> SkywayMultiLabelClassifier:
         """Frozen backbone layers stay in eval mode (their BatchNorm statistics are ImageNet's);
@@ -163,6 +181,11 @@ class SkywayMultiLabelClassifier(L.LightningModule):
         if strategy == "descriptor":
             return logits, (features - self.pca_mean) @ self.pca_components
         return logits, hidden
+
+    def search_embedding(self, logits: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """What search indexes: ``embedding`` itself, or with ``label_weight`` > 0 the unit embedding followed
+        by ``label_weight`` times the unit vector of the label probabilities less 0.5."""
+        return with_labels(logits, embedding, self.settings.label_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, embedding) of normalised images (B, 3, H, W) or of backbone features (B, D)."""
@@ -265,4 +288,4 @@ class SkywayMultiLabelClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
 
-__all__ = ["MlpHead", "SkywayMultiLabelClassifier", "SmlcSettings"]
+__all__ = ["MlpHead", "SkywayMultiLabelClassifier", "SmlcSettings", "with_labels"]

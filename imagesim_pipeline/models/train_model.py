@@ -8,8 +8,9 @@
     python -m imagesim_pipeline.models.train_model --model.strategy label-free   # or classifier, metric, descriptor
 
 The defaults are the measured choice (``models/recommended.py``): 320 px input, multiscale pooling, the
-``metric`` embedding strategy; ``--data.input_size 224 --model.pooling avg --model.strategy classifier``
-trains the reference's SMLC.
+``metric`` embedding strategy followed by the label probabilities (``--model.label_weight 2``);
+``--data.input_size 224 --model.pooling avg --model.strategy classifier --model.label_weight 0`` trains the
+reference's SMLC.
 
 It fits the model (a killed run resumes from its last checkpoint: run the same command again),
 chooses per-label thresholds on val, scores test with the baselines, stages checkpoint, metrics
@@ -37,7 +38,8 @@ HELP_DESCRIPTION = (
     "Train the SMLC, export model.onnx and publish it when its checks pass. Besides the arguments below: "
     "--gpus N (the reference's flag: N GPUs with DDP, -1 all, 0 the CPU; mapped onto --trainer.accelerator, "
     "--trainer.devices and --trainer.strategy) and --force-new (train another version of published settings). "
-    "Defaults: 320 px input, multiscale pooling, the metric embedding strategy (models/recommended.py).")
+    "Defaults: 320 px input, multiscale pooling, the metric embedding strategy followed by the label probabilities "
+    "(label_weight 2; models/recommended.py).")
 
 
 def map_gpus_flag(argv: list[str]) -> list[str]:
@@ -80,7 +82,7 @@ class SmlcCLI(LightningCLI):
         parser.link_arguments("model.strategy", "data.strategy")
         # the measured choice (bench_embeddings.py), as smlc_model's config has it
         parser.set_defaults({"data.input_size": RECOMMENDED.input_size, "model.pooling": RECOMMENDED.pooling,
-                             "model.strategy": RECOMMENDED.strategy})
+                             "model.strategy": RECOMMENDED.strategy, "model.label_weight": RECOMMENDED.label_weight})
         parser.link_arguments("data.labels", "model.labels", apply_on="instantiate")
         parser.add_argument("--name", default="smlc", help="model name: models/<name>/ in the bucket")
         parser.add_argument("--version", default="", help="model version (default: a hash of data and settings)")

@@ -200,9 +200,10 @@ def _metrics(model: SkywayMultiLabelClassifier, data: SmlcDataModule, trainer: L
                       parity_chips=(splits["test"].chips + splits["val"].chips)[:16]),
         training=TrainingInfo(
             backbone=hp.backbone, weights=hp.weights or "default",
-            head=f"{model.feature_dim}→{model.feature_dim // 2}→{model.embedding_dim}→{len(model.labels)}",
+            head=f"{model.feature_dim}→{model.feature_dim // 2}→{model.feature_dim // 4}→{len(model.labels)}",
             unfreeze_last_stage=hp.unfreeze_last_stage, lr=hp.lr, eta_min=hp.eta_min, strategy=hp.strategy,
-            pooling=hp.pooling, embedding_dim=model.embedding_dim, epochs=trainer.current_epoch, seconds=seconds,
+            pooling=hp.pooling, embedding_dim=model.embedding_dim, label_weight=hp.label_weight,
+            epochs=trainer.current_epoch, seconds=seconds,
             device=f"{trainer.num_devices}x {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}",
             cached_features=bool(data_hp.cache_features), augmentation=data_hp.augmentation,
             resumed_from=str(resume) if resume else None))
@@ -305,6 +306,7 @@ def onnx_metadata(metrics: ModelMetrics, model: SkywayMultiLabelClassifier) -> d
             "thresholds": metrics.thresholds, "preprocessing": metrics.data.preprocessing,
             "input_size": metrics.data.input_size, "backbone": metrics.training.backbone,
             "strategy": metrics.training.strategy, "pooling": metrics.training.pooling,
+            "label_weight": metrics.training.label_weight,
             "embedding_dim": model.embedding_dim, "dataset_version": metrics.data.dataset_version,
             "outputs": ["logits", "embedding", "features_8", "features_16"], "feature_strides": {"features_8": 8,
                                                                                           "features_16": 16}}

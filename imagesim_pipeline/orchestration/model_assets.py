@@ -37,6 +37,8 @@ class SmlcTrainingConfig(Config):
                                                                   "pool of an earlier stage)")
     embedding_strategy: str = Field(default=RECOMMENDED.strategy, description="what search indexes: classifier, "
                                                                               "metric, label-free or descriptor")
+    label_weight: float = Field(default=RECOMMENDED.label_weight, description="weight of the label probabilities "
+                                "appended to the embedding search indexes (0: the embedding alone)")
     batch_size: int = 64
     max_epochs: int = 40
     lr: float = 1e-3
@@ -97,7 +99,8 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
         model = SkywayMultiLabelClassifier(labels=data.labels, backbone=config.backbone, weights=config.weights,
                                            unfreeze_last_stage=config.unfreeze_last_stage, lr=config.lr,
                                            eta_min=config.eta_min, weight_decay=config.weight_decay,
-                                           pooling=config.pooling, strategy=config.embedding_strategy)
+                                           pooling=config.pooling, strategy=config.embedding_strategy,
+                                           label_weight=config.label_weight)
 
         def trainer(run_dir: Path) -> L.Trainer:
             if accelerator == "cpu" and config.accelerator == "auto":
@@ -126,6 +129,7 @@ def smlc_model(context: AssetExecutionContext, config: SmlcTrainingConfig, bucke
             "dataset_version": metrics.data.dataset_version,
             "embedding_strategy": metrics.training.strategy,
             "pooling": metrics.training.pooling,
+            "label_weight": metrics.training.label_weight,
             "input_size": metrics.data.input_size,
             "val_loss": metrics.val_loss,
             "val_accuracy": metrics.val.accuracy,

@@ -124,11 +124,16 @@ def test_each_strategy_trains_exports_and_gets_its_own_version(strategy, referen
     pooling = "multiscale" if strategy == "metric" else "avg"
     data = SmlcDataModule(chip_dir=str(chips), labels_csv=str(csv), input_size=64, batch_size=32, num_workers=0,
                           pooling=pooling, strategy=strategy)
-    model = SkywayMultiLabelClassifier(labels=data.labels, pooling=pooling, strategy=strategy, pca_dim=16)
+    label_weight = 3.0 if strategy == "metric" else 0.0  # the recommended metric embedding carries the labels
+    model = SkywayMultiLabelClassifier(labels=data.labels, pooling=pooling, strategy=strategy, pca_dim=16,
+                                       label_weight=label_weight)
     classifier = SkywayMultiLabelClassifier(labels=data.labels, pooling=pooling)
     trainer_settings = {"max_epochs": 4}
     version = model_version(model, data, trainer_settings)
     assert version != model_version(classifier, data, trainer_settings)  # never the classifier's embeddings
+    if label_weight:
+        without = SkywayMultiLabelClassifier(labels=data.labels, pooling=pooling, strategy=strategy)
+        assert version != model_version(without, data, trainer_settings)
     run_dir = tmp_path / "runs" / version
     bucket = open_bucket(tmp_path / "bucket")
     outcome = train_and_stage(model, data, make_trainer(run_dir, max_epochs=4, accelerator="cpu"), bucket, run_dir,
@@ -140,9 +145,16 @@ def test_each_strategy_trains_exports_and_gets_its_own_version(strategy, referen
     width = feature_width("efficientnet_lite0", pooling)
     with bucket.local_copy(model_key("smlc", version, "model.onnx")) as path:
         meta = read_metadata(path)
-        assert meta["strategy"] == strategy and meta["pooling"] == pooling
-        _, embedding, *_ = session(path).run(None, {"input": np.zeros((3, 3, 64, 64), np.float32)})
-    assert embedding.shape[1] == meta["embedding_dim"] == (16 if strategy == "descriptor" else width // 4)
+        assert meta["strategy"] == strategy and meta["pooling"] == pooling and meta["label_weight"] == label_weight
+        images = np.random.default_rng(0).random((3, 3, 64, 64), np.float32)
+        logits, embedding, *_ = session(path).run(None, {"input": images})
+    own = 16 if strategy == "descriptor" else width // 4
+    assert embedding.shape[1] == meta["embedding_dim"] == own + (len(data.labels) if label_weight else 0)
+    if label_weight:  # the unit embedding, then the unit label probabilities less 0.5 at the weight
+        assert np.allclose(np.linalg.norm(embedding[:, :own], axis=1), 1, atol=1e-4)
+        centred = 1 / (1 + np.exp(-logits)) - 0.5
+        want = label_weight * centred / np.linalg.norm(centred, axis=1, keepdims=True)
+        assert np.allclose(embedding[:, own:], want, atol=1e-4)
     if strategy == "descriptor":  # the PCA was fitted on the training chips' features and travels in the checkpoint
         comps = model.pca_components
         assert torch.allclose(comps.T @ comps, torch.eye(16), atol=1e-4)
