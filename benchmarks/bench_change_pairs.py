@@ -35,6 +35,8 @@ Methods, all scored on the same windows:
 * ``scorer``: :func:`score_pair`'s map, each window's score by :func:`aggregate` (top 10 % mean);
 * ``scorer-no-match``: the same with feature matching off (radius 0): ablation;
 * ``scorer-no-pixel``: the same without the colour-normalised pixel cue: ablation;
+* ``scorer-shadows``: the same with the pipeline's shadow damping (``CHIP_PARAMS``' shadow weight and
+  level): what damping shadows does to real building and land-cover change;
 * ``pipeline``: what ``chip_changes`` computes (:data:`imagesim_pipeline.changes.spatial.CHIP_PARAMS`:
   ImageNet-normalised input, no upsampling, the envelope pixel cue), chosen on a demo world and
   never on these pairs, so every half of them is held out for it;
@@ -168,6 +170,9 @@ def evaluate(pairs: list[Pair], extractor: FeatureExtractor, probe: FeatureExtra
             "scorer-no-match": change_map(f_before, f_after, p.before, p.after, replace(DEFAULT_PARAMS, radius=0)),
             "scorer-no-pixel": change_map(f_before, f_after, p.before, p.after,
                                           replace(DEFAULT_PARAMS, pixel_weight=0.0)),
+            "scorer-shadows": change_map(f_before, f_after, p.before, p.after,
+                                         replace(DEFAULT_PARAMS, shadow_weight=CHIP_PARAMS.shadow_weight,
+                                                 shadow_level=CHIP_PARAMS.shadow_level)),
         }
         cmaps = chip(np.stack([p.before, p.after]))  # the pipeline's scorer: CHIP_PARAMS on ImageNet-normalised input
         maps["pipeline"] = change_map([f[0] for f in cmaps], [f[1] for f in cmaps], p.before, p.after, CHIP_PARAMS)
@@ -183,7 +188,7 @@ def evaluate(pairs: list[Pair], extractor: FeatureExtractor, probe: FeatureExtra
     return results, pairs_per_s
 
 
-METHODS = ("scorer", "scorer-no-match", "scorer-no-pixel", "pipeline", "feature-cosine", "cva", "global-cosine")
+METHODS = ("scorer", "scorer-no-match", "scorer-no-pixel", "scorer-shadows", "pipeline", "feature-cosine", "cva", "global-cosine")
 PIXEL_METHODS = ("scorer", "pipeline", "cva")
 
 

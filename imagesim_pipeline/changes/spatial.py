@@ -9,8 +9,9 @@ the same pass that makes the embeddings (:func:`imagesim_pipeline.embeddings.cel
 the model's input size); :class:`ChipPairScorer` does the whole thing from chip bytes, for pairs the
 encoder did not score (cells encoded before, or by a run that stopped between its two writes).
 
-:data:`CHIP_PARAMS` were chosen on a demo world rendered with another seed (``imagesim demo build
---seed 11``; ``benchmarks/bench_changes.py`` says how), not on the figures README reports.
+:data:`CHIP_PARAMS` were chosen on demo worlds rendered with other seeds (``imagesim demo build
+--seed 11`` and ``--seed 13``, their pairs pooled; ``benchmarks/bench_changes.py --tune`` says how),
+not on the figures README reports.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from imagesim_pipeline.changes.feature_maps import OnnxFeatureMaps
 from imagesim_pipeline.changes.scorer import ScorerParams, aggregate, change_map
 from imagesim_pipeline.errors import ImagesimError
 
-# The pipeline's choice: both feature maps, the cheap envelope pixel cue weighted as much as the features
-# (a vanished roof is above all a change of colour), the mean of the map's most changed tenth.
+# The pipeline's choice: both feature maps, the cheap envelope pixel cue at half the features' weight,
+# shadows (darker than 0.55 x the chip's median luminance in either date) damped by half, the mean of
+# the map's most changed twentieth.
 CHIP_PARAMS = ScorerParams(blocks=(2, 4), upsample=1.0, normalise="imagenet", radius=1, match_penalty=0.2,
-                           pixel_weight=1.0, pixel_cue="envelope", pixel_radius=2, pixel_sigma=2.0, top_fraction=0.1)
+                           pixel_weight=0.5, pixel_cue="envelope", pixel_radius=2, pixel_sigma=2.0, top_fraction=0.05,
+                           shadow_weight=0.5, shadow_level=0.55)
 OUTPUT_OF_BLOCK = {2: "features_8", 4: "features_16"}  # the exported maps (models.backbones.FEATURE_MAPS)
 
 

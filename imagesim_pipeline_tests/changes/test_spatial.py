@@ -54,7 +54,7 @@ def test_a_global_brightness_and_colour_shift_scores_low(scorer, chip):
     pasted = chip.copy()
     pasted[96:192, 256:352] = (200, 60, 40)
     (shifted,), (real,) = scorer.score_images([(chip, after)]), scorer.score_images([(chip, pasted)])
-    assert shifted.score < 0.1 and shifted.score < real.score / 3, (shifted.score, real.score)
+    assert shifted.score < 0.15 and shifted.score < real.score / 4, (shifted.score, real.score)
 
 
 def test_the_maps_of_model_onnx_give_the_pair_apis_change_map(scorer, chip):
