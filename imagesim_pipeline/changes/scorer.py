@@ -266,7 +266,9 @@ def shadow_mask(before: np.ndarray, after: np.ndarray, level: float = DEFAULT_PA
     """
     def dark(img: np.ndarray) -> np.ndarray:
         luma = img.astype(np.float32) @ LUMA
-        relative = luma / max(float(np.median(luma)), 1.0)
+        levels = np.cumsum(np.bincount((luma + 0.5).astype(np.uint8).ravel(), minlength=256))
+        median = int(np.searchsorted(levels, (luma.size + 1) / 2))  # of the luminance rounded to 0..255: O(n)
+        relative = luma / max(median, 1)
         return _gaussian_blur(np.clip((level + SHADOW_RAMP / 2 - relative) / SHADOW_RAMP, 0, 1), 1.0)
 
     return np.maximum(dark(before), dark(after)).astype(np.float32)
