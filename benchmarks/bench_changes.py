@@ -23,12 +23,14 @@ many of the 10 highest-scoring rows are places where some building vanished.
 Cost (``--speed-cells``): the encoder over a copy of that many cells' chips, without and with the
 change scoring it does in the same pass, in this run; the ratio is what change scoring adds.
 
-Tuning (``--tune BUCKET``): the parameter grid behind :data:`imagesim_pipeline.changes.spatial.CHIP_PARAMS`
-on a demo world rendered with another seed (no model needed: the frozen ImageNet backbone gives
-the same maps as the model's export), e.g.::
+Tuning (``--tune BUCKET``, repeated for several worlds): the parameter grid behind
+:data:`imagesim_pipeline.changes.spatial.CHIP_PARAMS` on demo worlds rendered with other seeds (no
+model needed: the frozen ImageNet backbone gives the same maps as the model's export), chips
+resized to ``--size`` (default: the recommended model's input), the worlds scored in parallel and
+ranked on their pooled pairs by AUROC>=5% + AP>=5% + AUROC any (``--json``: every row), e.g.::
 
-    imagesim demo build --seed 11 --scale 5 --bucket /tmp/seed11   # then chip it (imagesim chip, or make demo)
-    python benchmarks/bench_changes.py --tune /tmp/seed11
+    imagesim demo --seed 11 --scale 5 --no-train --bucket /tmp/seed11   # and --seed 13 into /tmp/seed13
+    python benchmarks/bench_changes.py --tune /tmp/seed11 --tune /tmp/seed13
 
 Usage: python benchmarks/bench_changes.py [--bucket data/bucket] [--speed-cells 1] [--json OUT] [--tune BUCKET]
 """

@@ -281,7 +281,8 @@ def label_weight_sweep(data: dict, own: np.ndarray, probs: np.ndarray, split: np
         out[name] = retrieval(queries, k, 0, 1, reps)
     exact = {r: v["precision_at_k"] for r, v in out["val"]["rules"]["exact"]["reps"].items()}
     best = max(exact.values())
-    out["chosen"] = next(w for w in LABEL_WEIGHTS if exact[f"label weight {w:g}"] >= best - NEAR_BEST)
+    out["chosen"] = next((w for w in LABEL_WEIGHTS if exact[f"label weight {w:g}"] >= best - NEAR_BEST - 1e-9),
+                         LABEL_WEIGHTS[-1])  # none close enough: the most weight on labels offered
     return out
 
 

@@ -45,7 +45,7 @@ def _read(bucket: Bucket, key: str) -> pa.Table:
     return pq.read_table(io.BytesIO(bucket.read_bytes(key)))
 
 
-def read_cell_changes(bucket: Bucket, version: str, cell_id: str, scorer: str,
+def read_cell_changes(bucket: Bucket, version: str, cell_id: str, *, scorer: str,
                       warn: Callable[[str], None] | None = None) -> dict[PairKey, dict]:
     """The cell's pairs scored by the scorer whose parameters have the fingerprint ``scorer`` (pair -> row);
     empty when it has none or they cannot be read (named via ``warn``). Rows of other parameters are left

@@ -5,7 +5,7 @@ acquisitions gets:
 
 * ``change``: the **spatial change score** of the two chips
   (:class:`imagesim_pipeline.changes.spatial.ChipPairScorer`: the published model's feature maps
-  compared location by location, the mean of the map's most changed tenth), and its **change
+  compared location by location, the mean of the map's most changed twentieth), and its **change
   map**, kept in its cell's change file ``changes/<model version>/cells/<zone>/<cell>.parquet``
   (the row's ``map`` column holds that key; :func:`imagesim_pipeline.changes.cell_changes.read_change_map`
   reads one);
@@ -124,7 +124,7 @@ def _cell_changes(bucket: Bucket, scorer: ChipPairScorer, version: str, cell: st
     from their chips and the file is written again with them."""
     from imagesim_pipeline.changes.cell_changes import pair_row, read_cell_changes, write_cell_changes
 
-    known = read_cell_changes(bucket, version, cell, scorer.params.fingerprint, warn)
+    known = read_cell_changes(bucket, version, cell, scorer=scorer.params.fingerprint, warn=warn)
     key = layout.cell_changes_key(version, cell)
     missing = [i for i in range(first, len(rows["place"])) if rows["key"][i] not in known]
     if missing:

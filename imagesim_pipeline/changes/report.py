@@ -60,7 +60,7 @@ def histogram_png(scores: np.ndarray, method: str) -> bytes:
     ax = fig.subplots()
     ax.hist(np.clip(scores[np.isfinite(scores)], -5, 30), bins=70, color="#4477aa")
     ax.set_yscale("log")
-    ax.set_xlabel("change score (mean of the map's most changed tenth; 0 unchanged, 1 unrelated)"
+    ax.set_xlabel("change score (mean of the map's most changed twentieth; 0 unchanged, 1 unrelated)"
                   if method == "feature-maps" else
                   "change score (embedding distance, robust z within acquisition pair and kind; clipped to -5..30)")
     ax.set_ylabel("place pairs")

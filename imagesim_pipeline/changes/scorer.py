@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+SCORER_REVISION = 2  # raise when the arithmetic changes under the same parameters (2: shadow mask, 256-bin median)
 UNRELATED_COLOUR_DISTANCE = 2 * np.sqrt(3)  # E|a - b| for independent standardised RGB pixels, about
 
 
@@ -85,10 +86,20 @@ class ScorerParams:
     shadow_weight: float = 0.0  # how much the map is damped where either image is in shadow (0: off)
     shadow_level: float = 0.55  # in shadow: darker than this fraction of the image's median luminance
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.shadow_weight <= 1:
+            raise ValueError(f"shadow_weight must be within 0..1 (a map never turns negative), "
+                             f"got {self.shadow_weight}")
+        if self.shadow_level <= 0:
+            raise ValueError(f"shadow_level must be positive, got {self.shadow_level}")
+
     @property
     def fingerprint(self) -> str:
-        """A short hash of every parameter: scores made with other parameters are not comparable."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """A short hash of every parameter and of the scorer's revision: scores made otherwise are not comparable."""
+        spec = {k: list(map(float, v)) if isinstance(v, tuple) else float(v) if isinstance(v, int | float)
+                else v for k, v in asdict(self).items()}
+        spec["revision"] = SCORER_REVISION
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
 DEFAULT_PARAMS = ScorerParams()

@@ -158,7 +158,8 @@ def embed_cell(bucket: Bucket, encoder: OnnxEncoder, cell_id: str, progress: Pro
         from imagesim_pipeline.changes.cell_changes import CellPairScorer, pair_key, read_cell_changes
 
         pairs = CellPairScorer()
-        scored = read_cell_changes(bucket, encoder.version, cell_id, pairs.params.fingerprint, warn or progress)
+        scored = read_cell_changes(bucket, encoder.version, cell_id, scorer=pairs.params.fingerprint,
+                                   warn=warn or progress)
         for _place, chips in places.items():
             keys = [pair_key(a, b) for a, b in zip(chips, chips[1:])]
             if all(c["chip"] in reuse for c in chips) and all(k in scored for k in keys):

@@ -121,8 +121,8 @@ def model_card(name: str, version: str, metrics: ModelMetrics) -> str:
         f"({training.backbone} → {training.head}), multi-label over {len(metrics.labels)} labels.",
         f"Embedding for search: strategy `{training.strategy}`, "
         f"{'' if training.embedding_dim is None else training.embedding_dim}-d, on `{training.pooling}`-pooled "
-        "backbone features" + (f", followed by the label probabilities at weight {training.label_weight}."
-                               if training.label_weight > 0 else "."),
+        "backbone features" + (f" (the strategy's embedding followed by the label probabilities at weight "
+                               f"{training.label_weight})." if training.label_weight > 0 else "."),
         "",
         "## Data",
         f"- dataset version `{data.dataset_version}` ({counts} chips; splits by spatial block)",

@@ -105,6 +105,7 @@ class SkywayMultiLabelClassifier(L.LightningModule):
             followed by the label probabilities less 0.5 (unit length, times this weight): search then
             ranks chips by what the classifier says they show first, by how they look second. Training is
             unchanged (only search uses it), so a version that differs in it alone trains the same head.
+            Ignored by the ``label-free`` strategy, whose embedding must not depend on labels.
     """
 
     # only with the label-free strategy
@@ -156,7 +157,12 @@ class SkywayMultiLabelClassifier(L.LightningModule):
     def embedding_dim(self) -> int:
         """Width of the embedding search indexes."""
         width = self.settings.pca_dim if self.settings.strategy == "descriptor" else self.feature_dim // 4
-        return width + (len(self.labels) if self.settings.label_weight > 0 else 0)
+        return width + (len(self.labels) if self.label_weight > 0 else 0)
+
+    @property
+    def label_weight(self) -> float:
+        """The weight of the label probabilities in the search embedding: 0 for the ``label-free`` strategy."""
+        return 0.0 if self.settings.strategy == "label-free" else self.settings.label_weight
 
     def train(self, mode: bool = True) -> SkywayMultiLabelClassifier:
         """Frozen backbone layers stay in eval mode (their BatchNorm statistics are ImageNet's);
@@ -185,7 +191,7 @@ class SkywayMultiLabelClassifier(L.LightningModule):
     def search_embedding(self, logits: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """What search indexes: ``embedding`` itself, or with ``label_weight`` > 0 the unit embedding followed
         by ``label_weight`` times the unit vector of the label probabilities less 0.5."""
-        return with_labels(logits, embedding, self.settings.label_weight)
+        return with_labels(logits, embedding, self.label_weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, embedding) of normalised images (B, 3, H, W) or of backbone features (B, D)."""

@@ -202,7 +202,7 @@ def _metrics(model: SkywayMultiLabelClassifier, data: SmlcDataModule, trainer: L
             backbone=hp.backbone, weights=hp.weights or "default",
             head=f"{model.feature_dim}→{model.feature_dim // 2}→{model.feature_dim // 4}→{len(model.labels)}",
             unfreeze_last_stage=hp.unfreeze_last_stage, lr=hp.lr, eta_min=hp.eta_min, strategy=hp.strategy,
-            pooling=hp.pooling, embedding_dim=model.embedding_dim, label_weight=hp.label_weight,
+            pooling=hp.pooling, embedding_dim=model.embedding_dim, label_weight=model.label_weight,
             epochs=trainer.current_epoch, seconds=seconds,
             device=f"{trainer.num_devices}x {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}",
             cached_features=bool(data_hp.cache_features), augmentation=data_hp.augmentation,

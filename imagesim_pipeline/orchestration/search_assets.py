@@ -185,7 +185,7 @@ class ChangesConfig(ModelChoice):
        description="Change between consecutive acquisitions of every place: the published model's feature maps "
                    "of both chips compared location by location (a change map per place, in its cell's "
                    "`changes/<model version>/cells/<zone>/<cell>.parquet`), scored by the mean of each map's "
-                   "most changed tenth, most changed first, at `changes/<model version>/changes.parquet`. "
+                   "most changed twentieth, most changed first, at `changes/<model version>/changes.parquet`. "
                    "A model exported without feature maps gets the embedding distance instead, with a warning.")
 def chip_changes(context: AssetExecutionContext, config: ChangesConfig, bucket: BucketResource) -> MaterializeResult:
     """Score every place's consecutive acquisitions for change and write the change table."""

@@ -114,7 +114,8 @@ class ChangeOut(BaseModel):
     score: float = Field(description="robust z-score of the change among places of its kind and image pair")
     method: str = Field(description="what the score normalises: feature-maps (the spatial change score) or "
                                     "embedding (the embedding distance, for a model without feature maps)")
-    change: float | None = Field(None, description="the spatial change score (mean of the map's most changed tenth)")
+    change: float | None = Field(None, description="the spatial change score (mean of the map's most changed "
+                                                   "twentieth)")
     distance: float = Field(description="cosine distance of the two acquisitions' embeddings")
     map_url: str | None = Field(None, description="the change map as a heat overlay PNG for the after chip")
     kind: str

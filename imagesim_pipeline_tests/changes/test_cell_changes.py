@@ -169,7 +169,7 @@ def test_a_corrupt_change_file_is_named_and_rewritten(scored_cell, tmp_path):
     expected = _keys(_rows(bucket, version, cell))
     bucket.write_bytes(key, b"\x00garbage, not parquet" * 10)
     warnings: list[str] = []
-    assert read_cell_changes(bucket, version, cell, scorer.params.fingerprint, warnings.append) == {}
+    assert read_cell_changes(bucket, version, cell, scorer=scorer.params.fingerprint, warn=warnings.append) == {}
     assert len(warnings) == 1 and key in warnings[0] and "unreadable" in warnings[0]
 
     warnings.clear()
@@ -177,7 +177,7 @@ def test_a_corrupt_change_file_is_named_and_rewritten(scored_cell, tmp_path):
     assert any(key in w for w in warnings)
     assert table.num_rows == first.pairs_scored and np.isfinite(table.column("score").to_numpy()).all()
     assert _keys(_rows(bucket, version, cell)) == expected  # readable again, every pair
-    assert len(read_cell_changes(bucket, version, cell, scorer.params.fingerprint)) == first.pairs_scored
+    assert len(read_cell_changes(bucket, version, cell, scorer=scorer.params.fingerprint)) == first.pairs_scored
 
 
 def test_pairs_scored_with_other_scorer_parameters_are_scored_again(scored_cell, tmp_path):
@@ -194,7 +194,7 @@ def test_pairs_scored_with_other_scorer_parameters_are_scored_again(scored_cell,
                                     pa.array([9.0] * table.num_rows)).drop_columns(["scorer"]), buffer)
     bucket.write_bytes(key, buffer.getvalue())
     warnings: list[str] = []
-    assert read_cell_changes(bucket, version, cell, scorer.params.fingerprint, warnings.append) == {}
+    assert read_cell_changes(bucket, version, cell, scorer=scorer.params.fingerprint, warn=warnings.append) == {}
     assert any("other change-scorer parameters" in w for w in warnings)
 
     scores = change_table(bucket, version, warn=warnings.append, scorer=scorer).column("change").to_numpy()

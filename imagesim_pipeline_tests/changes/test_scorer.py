@@ -170,3 +170,12 @@ def test_shadow_damping_lowers_a_moved_shadow_and_keeps_a_new_sunlit_object(scen
     assert shadow_damped < 0.75 * shadow_plain  # the shadow is the whole change (its blurred rim is not damped)
     assert new_damped > 0.9 * new_plain  # the sunlit change keeps its score
     assert shadow_map.shape == scene.shape[:2]
+
+
+def test_scorer_parameters_are_checked_and_fingerprinted():
+    with pytest.raises(ValueError, match="shadow_weight"):
+        replace(DEFAULT_PARAMS, shadow_weight=1.5)  # would turn the map negative in shadows
+    with pytest.raises(ValueError, match="shadow_level"):
+        replace(DEFAULT_PARAMS, shadow_level=0.0)
+    assert replace(DEFAULT_PARAMS, pixel_weight=1).fingerprint == replace(DEFAULT_PARAMS, pixel_weight=1.0).fingerprint
+    assert replace(DEFAULT_PARAMS, shadow_weight=0.5).fingerprint != DEFAULT_PARAMS.fingerprint

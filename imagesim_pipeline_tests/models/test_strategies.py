@@ -174,3 +174,26 @@ def test_the_feature_cache_runs_the_backbone_through_onnxruntime_as_torch_does()
             got = extract(view)
             assert got.shape == want.shape == (3, 1472)
             assert float((got - want).abs().max()) <= 1e-4 * max(1.0, float(want.abs().max()))
+
+
+def test_the_label_free_embedding_never_carries_labels():
+    """label_weight appends the classifier's probabilities, which learn from labels: the label-free strategy
+    exports its own embedding alone, whatever the setting says."""
+    import torch.nn.functional as F
+
+    width = feature_width("efficientnet_lite0", "avg")
+    free = SkywayMultiLabelClassifier(labels=LABELS, weights="random", strategy="label-free", label_weight=2.0)
+    labelled = SkywayMultiLabelClassifier(labels=LABELS, weights="random", strategy="metric", label_weight=2.0)
+    assert free.label_weight == 0.0 and free.embedding_dim == width // 4
+    assert labelled.label_weight == 2.0 and labelled.embedding_dim == width // 4 + len(LABELS)
+    features = torch.randn(4, width)
+    free.eval(), labelled.eval()
+    with torch.no_grad():
+        logits, embedding = free(features)
+        assert torch.equal(free.search_embedding(logits, embedding), embedding)
+        logits, embedding = labelled(features)
+        combined = labelled.search_embedding(logits, embedding)
+    assert torch.allclose(combined[:, :width // 4], F.normalize(embedding, dim=1), atol=1e-6)
+    assert torch.allclose(combined[:, width // 4:].norm(dim=1), torch.full((4,), 2.0), atol=1e-5)
+    with pytest.raises(ValueError, match="label_weight"):
+        SkywayMultiLabelClassifier(labels=LABELS, weights="random", label_weight=-1.0)
