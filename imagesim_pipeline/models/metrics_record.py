@@ -4,9 +4,9 @@ Training writes it when it stages a version (:func:`~imagesim_pipeline.models.tr
 and again, with ``onnx`` and ``checks``, when the export is checked; everything else reads it through
 :func:`~imagesim_pipeline.models.registry.read_metrics`. Files written by earlier versions still load:
 fields added since (``settings_id``, ``data.unreadable``, ``training.strategy``, ``training.pooling``,
-``training.label_weight``, ``onnx.max_rel_features``...) have defaults, and keys this code does not know are kept. A record is
-written back with the keys it was read or made with (fields left at their defaults are not added), as
-``json.dumps`` writes them (``NaN`` for an undefined figure).
+``training.label_weight``, ``onnx.max_rel_features``...) have defaults, and keys this code does not
+know are kept. A record is written back with the keys it was read or made with (fields left at their
+defaults are not added), as ``json.dumps`` writes them (``NaN`` for an undefined figure).
 
 Pydantic only: `imagesim model report` reads it without torch.
 """
