@@ -61,6 +61,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -93,7 +94,7 @@ class ScorerParams:
         if self.shadow_level <= 0:
             raise ValueError(f"shadow_level must be positive, got {self.shadow_level}")
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """A short hash of every parameter and of the scorer's revision: scores made otherwise are not comparable."""
         spec = {k: list(map(float, v)) if isinstance(v, tuple) else float(v) if isinstance(v, int | float)
