@@ -248,20 +248,29 @@ def pixel_envelope_distance(before: np.ndarray, after: np.ndarray, radius: int =
     :func:`pixel_distance`: how far each pixel's colour lies outside the other image's per-channel
     range (min..max) within ``radius`` px, both directions (the larger kept), over
     :data:`UNRELATED_COLOUR_DISTANCE`, Gaussian-smoothed. Like :func:`pixel_distance` it forgives a
-    shift of up to ``radius`` px, at a fraction of the cost (four separable min/max filters)."""
-    def standardise(img: np.ndarray) -> np.ndarray:
-        img = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
-        return (img - img.mean(axis=(1, 2), keepdims=True)) / (img.std(axis=(1, 2), keepdims=True) + 1.0)
+    shift of up to ``radius`` px, at a fraction of the cost (four separable min/max filters, run on the
+    uint8 pixels: standardising is increasing per channel, so it commutes with min and max and is
+    applied to their results, bit for bit what filtering the standardised floats gives)."""
+    def channels(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        raw = np.ascontiguousarray(img.transpose(2, 0, 1))
+        f = raw.astype(np.float32)
+        mean, scale = f.mean(axis=(1, 2), keepdims=True), f.std(axis=(1, 2), keepdims=True) + 1.0
+        return raw, (f - mean) / scale, mean, scale
 
-    a, b = standardise(before), standardise(after)
-
-    def outside(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        below = np.maximum(_sliding(y, radius, np.minimum) - x, 0)
-        above = np.maximum(x - _sliding(y, radius, np.maximum), 0)
+    def outside(x: np.ndarray, y: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        raw, _, mean, scale = y
+        below = np.maximum((_sliding(raw, radius, np.minimum).astype(np.float32) - mean) / scale - x, 0)
+        above = np.maximum(x - (_sliding(raw, radius, np.maximum).astype(np.float32) - mean) / scale, 0)
         return (below * below + above * above).sum(0)
 
-    d = np.sqrt(np.maximum(outside(a, b), outside(b, a))) / UNRELATED_COLOUR_DISTANCE
+    a, b = channels(_as_uint8(before)), channels(_as_uint8(after))
+    d = np.sqrt(np.maximum(outside(a[1], b), outside(b[1], a))) / UNRELATED_COLOUR_DISTANCE
     return _gaussian_blur(d, sigma)
+
+
+def _as_uint8(img: np.ndarray) -> np.ndarray:
+    """Images are uint8 RGB; other dtypes (tests, notebooks) are rounded into 0..255 first."""
+    return img if img.dtype == np.uint8 else np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luminance of RGB

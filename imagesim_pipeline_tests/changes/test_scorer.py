@@ -13,7 +13,8 @@ from PIL import Image
 from dataclasses import replace
 
 from imagesim_pipeline.changes.scorer import (DEFAULT_PARAMS, FeatureExtractor, _best_match, _unit_centred, aggregate,
-                                              change_map, feature_distance, pixel_distance, score_pair, shadow_mask)
+                                              change_map, feature_distance, pixel_distance, pixel_envelope_distance,
+                                              score_pair, shadow_mask)
 
 PAIRS = Path(os.environ.get("IMAGESIM_CHANGE_PAIRS",
                             Path(__file__).resolve().parents[3] / "shared" / "data" / "change-pairs"))
@@ -136,6 +137,33 @@ def test_pixel_cue_ignores_gain_and_offset_but_sees_new_content(scene):
     d = pixel_distance(before, changed)
     assert d[38:58, 38:58].mean() > 0.2
     assert d[:16, :16].max() < 0.05 and d[80:, 80:].max() < 0.05
+
+
+def test_envelope_cue_filters_uint8_pixels_exactly_as_the_standardised_colours(scene):
+    """The envelope's min/max filters run on the uint8 pixels and are standardised afterwards: the result
+    must be what filtering the standardised colours gives (scipy's filters, edges replicated)."""
+    from scipy.ndimage import gaussian_filter, maximum_filter, minimum_filter
+
+    before = scene[:96, :128]
+    after = scene[8:104, 16:144]  # shifted content: every pixel has a distance to explain
+
+    def standardise(img):
+        f = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
+        return (f - f.mean(axis=(1, 2), keepdims=True)) / (f.std(axis=(1, 2), keepdims=True) + 1.0)
+
+    def outside(x, y):
+        below = np.maximum(minimum_filter(y, size=(1, 5, 5), mode="nearest") - x, 0)
+        above = np.maximum(x - maximum_filter(y, size=(1, 5, 5), mode="nearest"), 0)
+        return (below ** 2 + above ** 2).sum(0)
+
+    a, b = standardise(before), standardise(after)
+    expected = gaussian_filter(np.sqrt(np.maximum(outside(a, b), outside(b, a))) / (2 * np.sqrt(3)), 2.0,
+                               mode="reflect", truncate=4.0)
+    got = pixel_envelope_distance(before, after, radius=2, sigma=2.0)
+    assert got.shape == (96, 128) and got.max() > 0.1
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    as_float = pixel_envelope_distance(before.astype(np.float32), after.astype(np.float32), radius=2, sigma=2.0)
+    np.testing.assert_array_equal(as_float, got)
 
 
 def test_score_is_a_top_fraction_so_small_changes_count():
