@@ -252,7 +252,8 @@ def pixel_envelope_distance(before: np.ndarray, after: np.ndarray, radius: int =
     uint8 pixels: standardising is increasing per channel, so it commutes with min and max and is
     applied to their results, bit for bit what filtering the standardised floats gives)."""
     def channels(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        raw = np.ascontiguousarray(img.transpose(2, 0, 1))
+        # uint8 pixels are filtered as bytes; any other dtype as float32 (the same order, so the same result)
+        raw = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=None if img.dtype == np.uint8 else np.float32)
         f = raw.astype(np.float32)
         mean, scale = f.mean(axis=(1, 2), keepdims=True), f.std(axis=(1, 2), keepdims=True) + 1.0
         return raw, (f - mean) / scale, mean, scale
@@ -263,14 +264,9 @@ def pixel_envelope_distance(before: np.ndarray, after: np.ndarray, radius: int =
         above = np.maximum(x - (_sliding(raw, radius, np.maximum).astype(np.float32) - mean) / scale, 0)
         return (below * below + above * above).sum(0)
 
-    a, b = channels(_as_uint8(before)), channels(_as_uint8(after))
+    a, b = channels(before), channels(after)
     d = np.sqrt(np.maximum(outside(a[1], b), outside(b[1], a))) / UNRELATED_COLOUR_DISTANCE
     return _gaussian_blur(d, sigma)
-
-
-def _as_uint8(img: np.ndarray) -> np.ndarray:
-    """Images are uint8 RGB; other dtypes (tests, notebooks) are rounded into 0..255 first."""
-    return img if img.dtype == np.uint8 else np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luminance of RGB

@@ -156,14 +156,19 @@ def test_envelope_cue_filters_uint8_pixels_exactly_as_the_standardised_colours(s
         above = np.maximum(x - maximum_filter(y, size=(1, 5, 5), mode="nearest"), 0)
         return (below ** 2 + above ** 2).sum(0)
 
-    a, b = standardise(before), standardise(after)
-    expected = gaussian_filter(np.sqrt(np.maximum(outside(a, b), outside(b, a))) / (2 * np.sqrt(3)), 2.0,
+    def expected(x, y):
+        a, b = standardise(x), standardise(y)
+        return gaussian_filter(np.sqrt(np.maximum(outside(a, b), outside(b, a))) / (2 * np.sqrt(3)), 2.0,
                                mode="reflect", truncate=4.0)
+
     got = pixel_envelope_distance(before, after, radius=2, sigma=2.0)
     assert got.shape == (96, 128) and got.max() > 0.1
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, expected(before, after), rtol=1e-5, atol=1e-6)
     as_float = pixel_envelope_distance(before.astype(np.float32), after.astype(np.float32), radius=2, sigma=2.0)
-    np.testing.assert_array_equal(as_float, got)
+    np.testing.assert_array_equal(as_float, got)  # float pixels take the float path: the same map
+    jitter = np.random.default_rng(3).uniform(-0.49, 0.49, before.shape)  # fractional values are not rounded
+    np.testing.assert_allclose(pixel_envelope_distance(before + jitter, after, radius=2, sigma=2.0),
+                               expected(before + jitter, after), rtol=1e-5, atol=1e-6)
 
 
 def test_score_is_a_top_fraction_so_small_changes_count():
