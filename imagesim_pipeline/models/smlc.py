@@ -86,7 +86,8 @@ class SkywayMultiLabelClassifier(L.LightningModule):
 
     Args:
         labels: label names, in the dataset vocabulary's order (linked from the data module).
-        backbone: ``efficientnet_lite0`` (offline ImageNet weights) or ``resnet50`` (the reference's).
+        backbone: ``efficientnet_lite0`` (the default), ``efficientnet_lite1`` or ``efficientnet_lite2`` (offline
+            ImageNet weights), or ``resnet50`` (the reference's).
         weights: backbone weights: a file, a URL, ``random``, or empty for the backbone's default.
         unfreeze_last_stage: also train the backbone's last stage (needs image batches).
         lr: Adam learning rate.

@@ -27,7 +27,8 @@ class SmlcTrainingConfig(Config):
 
     name: str = Field(default="smlc", description="model name: models/<name>/ in the bucket")
     dataset_version: str = Field(default="", description="dataset version (default: the latest)")
-    backbone: str = Field(default="efficientnet_lite0", description="efficientnet_lite0 or resnet50")
+    backbone: str = Field(default="efficientnet_lite0", description="efficientnet_lite0, efficientnet_lite1 or "
+                          "efficientnet_lite2 (offline ImageNet weights), or resnet50")
     weights: str = Field(default="", description="backbone weights file or URL (default: the backbone's own)")
     unfreeze_last_stage: bool = Field(default=False, description="fine-tune the backbone's last stage (images)")
     cache_features: bool = Field(default=True, description="train the head on cached backbone features")

