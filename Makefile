@@ -53,6 +53,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_service.py
 	$(BIN)/python benchmarks/bench_delivery_sensor.py
 	$(BIN)/python benchmarks/bench_change_pairs.py
+	$(BIN)/python benchmarks/bench_change_fusion.py
 	$(BIN)/python benchmarks/bench_changes.py
 
 serve: setup
