@@ -85,6 +85,7 @@ def fit(cues: dict[str, dict], names: list[str], C: float) -> tuple[StandardScal
 
 
 def auroc(cues: dict[str, dict], names: list[str], scores: dict[str, np.ndarray]) -> float:
+    """Window AUROC of ``scores`` pooled over the labelled windows of the pairs ``names``."""
     lab = np.concatenate([cues[n]["labels"] for n in names])
     sc = np.concatenate([scores[n] for n in names])
     return float(roc_auc_score(lab[lab >= 0], sc[lab >= 0]))
@@ -107,17 +108,18 @@ def main() -> None:
     groups = {g: {s: [p.name for p in pairs if p.group == g and p.split == s] for s in ("tuning", "held-out")}
               for g in ("levir", "dsifn")}
 
-    def predict(models: dict, name: str) -> np.ndarray:
-        scaler, model = models[name]
+    def predict(fitted: tuple[StandardScaler, LogisticRegression], name: str) -> np.ndarray:
+        scaler, model = fitted
         return model.decision_function(scaler.transform(cues[name]["X"]))
 
     rows: list[dict] = []
 
-    def report(method: str, scores: dict[str, np.ndarray], in_sample: dict[str, np.ndarray] | None = None) -> None:
+    def report(method: str, scores: dict[str, np.ndarray]) -> None:
+        """One row: held-out and tuning window AUROC per dataset (a fusion's tuning figure is in sample)."""
         cells = []
         for g, split in groups.items():
             held = auroc(cues, split["held-out"], scores)
-            tune = auroc(cues, split["tuning"], in_sample if in_sample is not None else scores)
+            tune = auroc(cues, split["tuning"], scores)
             cells.append(f"{held:10.3f} {tune:10.3f}")
             rows.append({"method": method, "dataset": g, "held_out_auroc": round(held, 4),
                          "tuning_auroc": round(tune, 4)})
@@ -129,17 +131,17 @@ def main() -> None:
         report(method, {n: cues[n]["scorer"] if column is None else cues[n]["X"][:, CUES.index(column)]
                         for n in cues})
     one = fit(cues, tuning, args.C)
-    report("fusion (tuning half)", {n: predict({n: one}, n) for n in cues})
+    report("fusion (tuning half)", {n: predict(one, n) for n in cues})
     per_res = {r: fit(cues, [n for n in tuning if RESOLUTION[by_name[n].group] == r], args.C) for r in ("0.5 m", "2 m")}
-    report("fusion per resolution", {n: predict({n: per_res[RESOLUTION[by_name[n].group]]}, n) for n in cues})
+    report("fusion per resolution", {n: predict(per_res[RESOLUTION[by_name[n].group]], n) for n in cues})
     # Leave one pair out: each LEVIR / DSIFN pair by a model fitted on every other pair and levir-1024.
     scored = [n for g in groups.values() for s in g.values() for n in s]
-    loo = {n: predict({n: fit(cues, [m for m in cues if m != n], args.C)}, n) for n in scored}
+    loo = {n: predict(fit(cues, [m for m in cues if m != n], args.C), n) for n in scored}
     full = fit(cues, list(cues), args.C)
     cells = []
     for g, split in groups.items():
         names = split["tuning"] + split["held-out"]
-        out_of_fold, fitted = auroc(cues, names, loo), auroc(cues, names, {n: predict({n: full}, n) for n in names})
+        out_of_fold, fitted = auroc(cues, names, loo), auroc(cues, names, {n: predict(full, n) for n in names})
         cells.append(f"{out_of_fold:10.3f} {fitted:10.3f}")
         rows.append({"method": "fusion leave-one-pair-out", "dataset": g, "out_of_fold_auroc": round(out_of_fold, 4),
                      "in_sample_auroc": round(fitted, 4)})
